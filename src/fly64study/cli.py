@@ -1,0 +1,19 @@
+"""What every stage command line shares: logging, and clean errors for bad input."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Sequence
+
+from fly64study.contract import ContractError
+from fly64study.design import ParamsError
+
+
+def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's ``main``; bad parameters or data end it with one clear line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        main(argv)
+    except (ParamsError, ContractError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

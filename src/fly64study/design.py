@@ -1,0 +1,312 @@
+"""Phase A: the study's parameters, read from ``params.yaml`` into frozen dataclasses and validated.
+
+One function, :func:`load_params`, turns the YAML into :class:`Params`; every stage calls it, so
+an invalid value stops any stage before long work starts, with a :class:`ParamsError` that
+names the field (``design.neighbor_count``) and the fix. Unknown keys are errors too.
+"""
+from __future__ import annotations
+
+import math
+import re
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# Labels become stage names (generate@1e3) and folder names (dose_1e3): keep them path-safe.
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+METRIC_COMPONENTS = ("phase", "amplitude")
+SPLIT_AXES = ("x", "y")
+
+
+class ParamsError(ValueError):
+    """A parameter is missing, unknown or out of range; the message names it and the fix."""
+
+
+# --------------------------------------------------------------------------- design section
+@dataclass(frozen=True)
+class Seeds:
+    simulation: int  # object, scan and Poisson noise (phase C)
+    grouping: int  # K-choose-C neighbour groups (phases D, E)
+    subsampling: int  # greedy Poisson-disc order of the overlap views (phase D)
+
+    def check(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ParamsError(f"design.seeds.{f.name}: must be a non-negative integer")
+
+
+@dataclass(frozen=True)
+class MetricsDesign:
+    ms_ssim_sigma: float  # Gaussian sigma of the MS-SSIM window on amplitude
+    frc_threshold: float  # FRC level whose first crossing defines the resolution
+    components: tuple[str, ...]  # reported in this order: phase first
+
+    def check(self) -> None:
+        if not self.ms_ssim_sigma > 0:
+            raise ParamsError("design.metrics.ms_ssim_sigma: must be > 0 (design value 1.0)")
+        if not 0 < self.frc_threshold < 1:
+            raise ParamsError("design.metrics.frc_threshold: must lie in (0, 1) (design value 0.5)")
+        if not self.components or len(set(self.components)) != len(self.components) or any(
+            c not in METRIC_COMPONENTS for c in self.components
+        ):
+            raise ParamsError(
+                f"design.metrics.components: expected distinct entries from {list(METRIC_COMPONENTS)}, "
+                f"got {list(self.components)}"
+            )
+
+
+@dataclass(frozen=True)
+class Design:
+    doses: dict[str, float]  # stage label -> expected photons per diffraction pattern
+    gridsizes: tuple[int, ...]  # PINN grouping: C = gridsize**2 patterns per group
+    neighbor_count: int  # K nearest neighbours a group is drawn from
+    N: int  # patch and detector size, pixels
+    views: dict[str, float]  # overlap view name -> overlap fraction f; spacing S = (1 - f) * D
+    split_axis: str  # train below the midpoint of the scanned range on this axis, test above
+    seeds: Seeds
+    metrics: MetricsDesign
+
+    def check(self) -> None:
+        if not self.doses:
+            raise ParamsError("design.doses: the dose list is empty; give at least one, e.g. \"1e3\": 1000.0")
+        for label, dose in self.doses.items():
+            _check_label(label, "design.doses")
+            if not (math.isfinite(dose) and dose > 0):
+                raise ParamsError(
+                    f"design.doses.{label}: dose {dose!r} must be a positive number of photons per pattern"
+                )
+        if not self.gridsizes:
+            raise ParamsError("design.gridsizes: empty; the study uses [1, 2]")
+        if len(set(self.gridsizes)) != len(self.gridsizes) or min(self.gridsizes) < 1:
+            raise ParamsError(f"design.gridsizes: expected distinct integers >= 1, got {list(self.gridsizes)}")
+        for g in self.gridsizes:
+            if self.neighbor_count < g * g:
+                raise ParamsError(
+                    f"design.neighbor_count: K={self.neighbor_count} is smaller than C = gridsize² = {g * g} "
+                    f"for gridsize {g}; K-choose-C grouping needs K >= C (design value K = 7)"
+                )
+        if self.N < 16 or self.N % 2:
+            raise ParamsError(f"design.N: patch size {self.N} must be an even integer >= 16 (design value 128)")
+        if not self.views:
+            raise ParamsError("design.views: no overlap view; the study uses dense: 0.7 and sparse: 0.2")
+        for name, f in self.views.items():
+            _check_label(name, "design.views")
+            if not (0 <= f < 1):
+                raise ParamsError(
+                    f"design.views.{name}: overlap fraction {f!r} is outside [0, 1); "
+                    "the spacing S = (1 - f) * D must be positive (dense 0.7, sparse 0.2)"
+                )
+        if self.split_axis not in SPLIT_AXES:
+            raise ParamsError(f"design.split_axis: expected one of {list(SPLIT_AXES)}, got {self.split_axis!r}")
+        self.seeds.check()
+        self.metrics.check()
+
+    def group_size(self, gridsize: int) -> int:
+        """C, the number of patterns in one group of the given gridsize."""
+        return gridsize * gridsize
+
+
+# ------------------------------------------------------------------------- generate section
+@dataclass(frozen=True)
+class ProbeOptics:
+    """A zone-plate-like focus: annular pupil, propagated to a defocus plane."""
+
+    aperture: float  # pupil radius as a fraction of the detector's half-width (the NA used)
+    central_stop: float  # fraction of the pupil radius blocked by the central stop
+    defocus: float  # quadratic pupil phase at the pupil edge, radians (0 = in focus)
+
+    def check(self) -> None:
+        if not 0 < self.aperture <= 1:
+            raise ParamsError("generate.probe.aperture: must lie in (0, 1] (fraction of the detector half-width)")
+        if not 0 <= self.central_stop < 1:
+            raise ParamsError("generate.probe.central_stop: must lie in [0, 1)")
+        if not (math.isfinite(self.defocus) and self.defocus >= 0):
+            raise ParamsError("generate.probe.defocus: must be a finite phase >= 0, radians")
+
+
+@dataclass(frozen=True)
+class ObjectModel:
+    """A two-material synthetic specimen: projected thickness -> absorption and phase shift."""
+
+    amplitude_min: float  # transmission of the thickest absorbing region, in (0, 1]
+    phase_range: float  # peak-to-peak phase shift, radians
+    particle_density: float  # particles (discs with hard edges) per 1000 object pixels
+    particle_radius_max: float  # largest particle radius, pixels (smallest: 1 px)
+
+    def check(self) -> None:
+        if not 0 < self.amplitude_min <= 1:
+            raise ParamsError("generate.object.amplitude_min: must lie in (0, 1]")
+        if not 0 < self.phase_range <= 2 * math.pi:
+            raise ParamsError("generate.object.phase_range: must lie in (0, 2π] radians")
+        if not self.particle_density >= 0:
+            raise ParamsError("generate.object.particle_density: must be >= 0")
+        if not self.particle_radius_max >= 1:
+            raise ParamsError("generate.object.particle_radius_max: must be >= 1 pixel")
+
+
+@dataclass(frozen=True)
+class Generate:
+    object_size: int  # M, side of the synthetic object (a base_npz brings its own size)
+    n_positions: int  # scan positions per dose, before the train/test split
+    base_npz: str  # "" = synthetic probe and object; else an NPZ under inputs/ with probeGuess/objectGuess
+    probe: ProbeOptics
+    object: ObjectModel
+
+    def check(self, design: Design) -> None:
+        if self.object_size < design.N + 2:
+            raise ParamsError(
+                f"generate.object_size: M={self.object_size} leaves no room to scan an N={design.N} probe; "
+                f"use M >= N + 2 (several times N in practice)"
+            )
+        if self.n_positions < 2:
+            raise ParamsError("generate.n_positions: need at least 2 scan positions (one per split)")
+        if self.base_npz:
+            p = Path(self.base_npz)
+            if p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0] != "inputs" or p.suffix != ".npz":
+                raise ParamsError(
+                    f"generate.base_npz: {self.base_npz!r} must be a relative path inside inputs/ ending in .npz "
+                    "(inputs/ is a declared dependency of the generate stages), or \"\" for the synthetic sample"
+                )
+        self.probe.check()
+        self.object.check()
+
+
+# -------------------------------------------------------------------------- overlap section
+@dataclass(frozen=True)
+class Overlap:
+    min_positions: int  # a view keeping fewer positions than this (per split) is an error
+
+    def check(self, design: Design) -> None:
+        c_max = max(design.group_size(g) for g in design.gridsizes)
+        if self.min_positions < c_max:
+            raise ParamsError(
+                f"overlap.min_positions: {self.min_positions} is below C = {c_max}, the largest group; "
+                f"use at least 2·C = {2 * c_max}"
+            )
+
+
+@dataclass(frozen=True)
+class Params:
+    design: Design
+    generate: Generate
+    overlap: Overlap
+
+    def check(self) -> None:
+        self.design.check()
+        self.generate.check(self.design)
+        self.overlap.check(self.design)
+
+
+# ------------------------------------------------------------------------------ reading
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file (the committed default profile, or one from profiles/)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file; run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Build and validate :class:`Params` from a parsed params mapping."""
+    params = _build(Params, raw, "")
+    params.check()
+    return params
+
+
+def _check_label(label: str, where: str) -> None:
+    if not LABEL_RE.match(label):
+        raise ParamsError(
+            f"{where}.{label}: label {label!r} must be letters, digits, '_', '.', '+' or '-' "
+            "(it names stages and folders), and quoted in YAML, e.g. \"1e3\""
+        )
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    prefix = f"{where}." if where else ""
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{where or 'params'}: expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ParamsError(f"{prefix}{key}: unknown key; expected one of {names}")
+    for name in names:
+        if name not in raw:
+            raise ParamsError(f"{prefix}{name}: missing; see profiles/default.yaml for its meaning")
+    return cls(**{name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in names})
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # DVC reads params as YAML 1.2 (1e3 is a number); PyYAML reads 1e3 as text. Accept both.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ParamsError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected text (quote it in YAML), got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise ParamsError(f"{where}: key {key!r} must be text; quote it in YAML, e.g. \"1e3\"")
+            out[key] = _coerce(item_tp, v, f"{where}.{key}")
+        return out
+    raise TypeError(f"unsupported parameter type {tp!r} at {where}")
+
+
+def design_record(design: Design) -> dict:
+    """The validated design as plain JSON-able values (written to data/design.json)."""
+    return {
+        "doses": dict(design.doses),
+        "dose_list": list(design.doses.values()),
+        "gridsizes": list(design.gridsizes),
+        "group_sizes": {str(g): design.group_size(g) for g in design.gridsizes},
+        "neighbor_count": design.neighbor_count,
+        "N": design.N,
+        "views": dict(design.views),
+        "split_axis": design.split_axis,
+        "seeds": {f.name: getattr(design.seeds, f.name) for f in fields(design.seeds)},
+        "metrics": {
+            "ms_ssim_sigma": design.metrics.ms_ssim_sigma,
+            "frc_threshold": design.metrics.frc_threshold,
+            "components": list(design.metrics.components),
+        },
+        # sqrt(dose) / (N/2): the amplitude scale of a transparent object under the probe
+        # normalisation sum|P|^2 = (N/2)^2 (physics.normalise_probe).
+        "intensity_scale_nominal": {k: math.sqrt(d) / (design.N / 2) for k, d in design.doses.items()},
+    }

@@ -1,0 +1,124 @@
+"""Phase A: every profile is valid, and each invalid value is refused with its field named."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from fly64study.design import ParamsError, design_record, load_params, params_from_dict
+
+PROFILES = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
+
+
+def _raw(profile: str = "tiny") -> dict:
+    return yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
+
+
+def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("doses", "views"):
+            keys |= _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def test_profiles_exist_and_validate():
+    assert {"tiny", "default", "full"} <= set(PROFILES)
+    for name in PROFILES:
+        load_params(REPO / "profiles" / f"{name}.yaml")
+
+
+def test_committed_params_is_the_default_profile():
+    assert (REPO / "params.yaml").read_text() == (REPO / "profiles" / "default.yaml").read_text()
+
+
+def test_profiles_share_one_key_set():
+    keys = {name: _leaf_keys(_raw(name)) for name in PROFILES}
+    assert all(k == keys["default"] for k in keys.values())
+
+
+def test_full_profile_holds_the_design_values():
+    full = load_params(REPO / "profiles" / "full.yaml")
+    assert full.design.N == 128
+    assert full.generate.n_positions >= 10_000
+    assert list(full.design.doses.values()) == [1e3, 1e4, 1e5]
+    assert full.design.views == {"dense": 0.7, "sparse": 0.2}
+    assert full.design.neighbor_count == 7 and full.design.gridsizes == (1, 2)
+    seeds = full.design.seeds
+    assert (seeds.simulation, seeds.grouping, seeds.subsampling) == (42, 123, 456)
+
+
+def _set(raw: dict, path: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+_DELETE = object()
+
+BAD = [
+    ("design.neighbor_count", 3, "design.neighbor_count: K=3 is smaller than C = gridsize² = 4"),
+    ("design.views.sparse", 1.5, "design.views.sparse: overlap fraction 1.5 is outside [0, 1)"),
+    ("design.views.dense", -0.1, "design.views.dense: overlap fraction -0.1 is outside [0, 1)"),
+    ("design.doses", {}, "design.doses: the dose list is empty"),
+    ("design.doses.1e3", -1000.0, "design.doses.1e3: dose -1000.0 must be a positive number"),
+    ("design.doses.1e4", 0.0, "design.doses.1e4: dose 0.0 must be a positive number"),
+    ("design.doses", {1000.0: 1000.0}, "key 1000.0 must be text; quote it"),
+    ("design.doses", {"1 e3": 1000.0}, "design.doses.1 e3: label"),
+    ("design.N", 33, "design.N: patch size 33 must be an even integer"),
+    ("design.gridsizes", [], "design.gridsizes: empty"),
+    ("design.split_axis", "z", "design.split_axis: expected one of"),
+    ("design.seeds.grouping", -1, "design.seeds.grouping: must be a non-negative integer"),
+    ("design.metrics.frc_threshold", 1.5, "design.metrics.frc_threshold"),
+    ("design.metrics.components", ["phase", "colour"], "design.metrics.components"),
+    ("design.colour", 1, "design.colour: unknown key"),
+    ("design.N", _DELETE, "design.N: missing"),
+    ("design.N", "64", "design.N: expected an integer"),
+    ("generate.object_size", 20, "generate.object_size: M=20 leaves no room"),
+    ("generate.n_positions", 1, "generate.n_positions"),
+    ("generate.base_npz", "/etc/passwd.npz", "generate.base_npz"),
+    ("generate.base_npz", "inputs/../x.npz", "generate.base_npz"),
+    ("generate.probe.aperture", 0.0, "generate.probe.aperture"),
+    ("generate.probe.central_stop", 1.0, "generate.probe.central_stop"),
+    ("generate.probe.defocus", -1.0, "generate.probe.defocus"),
+    ("generate.object.amplitude_min", 0.0, "generate.object.amplitude_min"),
+    ("generate.object.phase_range", 10.0, "generate.object.phase_range"),
+    ("overlap.min_positions", 2, "overlap.min_positions: 2 is below C = 4"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
+def test_invalid_value_names_its_field(path, value, message):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(_set(_raw(), path, value))
+    assert message in str(err.value)
+
+
+def test_params_error_is_a_value_error():
+    assert issubclass(ParamsError, ValueError)
+
+
+def test_dose_written_as_yaml_1_2_float_is_accepted():
+    # DVC reads params as YAML 1.2, where 1e3 is a number; PyYAML hands us the text "1e3".
+    params = params_from_dict(_set(_raw(), "design.doses.1e3", "1e3"))
+    assert params.design.doses["1e3"] == 1000.0
+
+
+def test_design_record():
+    params = load_params(REPO / "profiles" / "default.yaml")
+    rec = design_record(params.design)
+    assert rec["dose_list"] == [1e3, 1e4, 1e5]
+    assert rec["group_sizes"] == {"1": 1, "2": 4}
+    assert rec["intensity_scale_nominal"]["1e4"] == pytest.approx(100.0 / 32)
+    assert rec["metrics"]["components"][0] == "phase"

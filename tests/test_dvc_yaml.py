@@ -1,0 +1,69 @@
+"""dvc.yaml lists, for each stage, its script and exactly the package modules that script imports."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "fly64study"
+
+
+def _imports(path: Path) -> set[str]:
+    """fly64study modules imported by a file (``from fly64study import x`` and ``from fly64study.x import y``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "fly64study":
+            if node.module == "fly64study":
+                found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").exists()}
+            else:
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("fly64study.")}
+    return found
+
+
+def _closure(script: Path) -> set[str]:
+    todo, seen = list(_imports(script)), set()
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo.extend(_imports(PACKAGE / f"{mod}.py"))
+    return seen
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_script_and_every_imported_module(name):
+    stage = STAGES[name]
+    script = re.search(r"python (stages/\w+\.py)", stage["cmd"]).group(1)
+    deps = set(stage["deps"])
+    assert script in deps
+    expected = {f"src/fly64study/{m}.py" for m in _closure(REPO / script)} | {"src/fly64study/__init__.py"}
+    listed = {d for d in deps if d.startswith("src/")}
+    assert listed == expected, f"missing: {sorted(expected - listed)}, not imported: {sorted(listed - expected)}"
+
+
+def test_no_package_module_imports_a_stage():
+    for path in PACKAGE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.split(".")[0] == "stages" for n in names), path
+
+
+def test_physics_imports_nothing_of_ours_but_contract():
+    assert _imports(PACKAGE / "physics.py") <= {"contract"}
+
+
+def test_dvc_is_configured_offline():
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "analytics = false" in config and "check_update = false" in config
