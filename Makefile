@@ -25,7 +25,9 @@ repro: setup
 	@echo "  design:              data/design.json"
 	@echo "  phase C (simulated): data/phase_c/dose_<d>/patched_{train,test}.npz, overview.png"
 	@echo "  phase D (overlap):   data/phase_d/dose_<d>/<view>/{train,test}.npz, metrics.json"
-	@echo "  overlap metrics:     dvc metrics show"
+	@echo "  phase E (PINN):      data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip"
+	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
+	@echo "  metrics:             dvc metrics show"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,6 +41,7 @@ profile:
 bench: setup
 	$(PY) bench/simulate.py
 	$(PY) bench/grouping.py
+	$(PY) bench/train.py
 
 clean-venv:
 	rm -rf $(VENV)

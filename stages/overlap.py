@@ -1,4 +1,8 @@
-"""Phase D: the overlap view of one dose's train and test splits, and its overlap metrics."""
+"""Phase D: the view of one dose's train and test splits, and its overlap metrics.
+
+A view with an overlap fraction keeps a Poisson-disc subset; a view without one (the
+baseline) keeps every position, so its files are phase C's splits byte for byte.
+"""
 import argparse
 from pathlib import Path
 
@@ -33,9 +37,9 @@ def main(argv=None):
             grouping_seed=design.seeds.grouping,
             min_positions=params.overlap.min_positions,
         )
-        record = view.metadata["transformations"][-1]
         metrics.update(dose=view.metadata["dose_label"], nphotons=view.metadata["nphotons"],
-                       probe_diameter_px=record["probe_diameter90_px"], spacing_px=record["spacing_px"])
+                       probe_diameter_px=metrics[part].pop("probe_diameter90_px"),
+                       spacing_px=metrics[part].pop("spacing_px"))
         save_dataset(out / f"{part}.npz", view)
     write_json(out / "metrics.json", metrics)
 

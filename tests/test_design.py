@@ -46,7 +46,7 @@ def test_full_profile_holds_the_design_values():
     assert full.design.N == 128
     assert full.generate.n_positions >= 10_000
     assert list(full.design.doses.values()) == [1e3, 1e4, 1e5]
-    assert full.design.views == {"dense": 0.7, "sparse": 0.2}
+    assert full.design.views == {"baseline": None, "dense": 0.7, "sparse": 0.2}
     assert full.design.neighbor_count == 7 and full.design.gridsizes == (1, 2)
     seeds = full.design.seeds
     assert (seeds.simulation, seeds.grouping, seeds.subsampling) == (42, 123, 456)
@@ -122,3 +122,15 @@ def test_design_record():
     assert rec["group_sizes"] == {"1": 1, "2": 4}
     assert rec["intensity_scale_nominal"]["1e4"] == pytest.approx(100.0 / 32)
     assert rec["metrics"]["components"][0] == "phase"
+
+
+def test_train_jobs_must_name_a_view():
+    raw = _set(_raw(), "train.jobs", {"baseline": 1, "medium": 2})
+    with pytest.raises(ParamsError, match=r"train.jobs.medium: not a view of design.views"):
+        params_from_dict(raw)
+    with pytest.raises(ParamsError, match="train.jobs.dense: gridsize 3 is not in design.gridsizes"):
+        params_from_dict(_set(_raw(), "train.jobs.dense", 3))
+    with pytest.raises(ParamsError, match="train.thinning"):
+        params_from_dict(_set(_raw(), "train.thinning", 1.0))
+    with pytest.raises(ParamsError, match="train.depth"):
+        params_from_dict(_set(_raw(), "train.depth", 6))

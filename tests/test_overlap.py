@@ -120,8 +120,15 @@ def test_oversampling_error_messages():
         group_positions(x, y, gridsize=2, neighbor_count=7, seed=123, n_groups=3501)
     with pytest.raises(ValueError, match="K=3 < C=4"):
         group_positions(x, y, gridsize=2, neighbor_count=3, seed=123)
-    with pytest.raises(ValueError, match="only 5 positions"):
-        group_positions(x[:5], y[:5], gridsize=2, neighbor_count=7, seed=123)
+    with pytest.raises(ValueError, match="only 3 positions: gridsize 2 groups need at least C = 4"):
+        group_positions(x[:3], y[:3], gridsize=2, neighbor_count=7, seed=123)
+
+
+def test_few_positions_draw_neighbours_from_all_others():
+    x, y = _scan(5)
+    g = group_positions(x, y, gridsize=2, neighbor_count=7, seed=123)
+    assert g.indices.shape == (5, 4)
+    assert all(len(set(row)) == 4 for row in g.indices)
 
 
 def test_build_view_records_the_transformation(tiny):

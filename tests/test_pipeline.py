@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO
 from fly64study.contract import load_dataset
+from fly64study.files import sha256_file
 
 pytestmark = pytest.mark.pipeline
 
@@ -70,8 +71,9 @@ def _edit(root: Path, old: str, new: str) -> None:
     params.write_text(text.replace(old, new))
 
 
-STAGES = {"design", *(f"generate@{d}" for d in ("1e3", "1e4", "1e5")),
-          *(f"overlap@{d}-{v}" for d in ("1e3", "1e4", "1e5") for v in ("dense", "sparse"))}
+DOSES, VIEWS = ("1e3", "1e4", "1e5"), ("baseline", "dense", "sparse")
+STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS),
+          *(f"train@{d}-{v}" for d in DOSES for v in VIEWS)}
 
 
 def test_repro_caches_and_reruns_only_what_changed(project):
@@ -84,6 +86,14 @@ def test_repro_caches_and_reruns_only_what_changed(project):
             for v in ("dense", "sparse"):
                 view = load_dataset(project / f"data/phase_d/dose_{d}/{v}/{part}.npz")
                 assert view.metadata["transformations"][-1]["view"] == v
+            # the baseline view keeps every position: phase C's split, byte for byte
+            assert (project / f"data/phase_d/dose_{d}/baseline/{part}.npz").read_bytes() == \
+                (project / f"data/phase_c/dose_{d}/patched_{part}.npz").read_bytes()
+        for v, g in (("baseline", 1), ("dense", 2), ("sparse", 2)):
+            manifest = json.loads((project / f"data/phase_e/runs/{d}-{v}/training_manifest.json").read_text())
+            (job,) = manifest["jobs"]
+            assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/wts.h5.zip"
+            assert job["sha256"] == sha256_file(project / "data/phase_e" / job["bundle_path"])
         assert (project / f"data/phase_c/dose_{d}/overview.png").stat().st_size > 10_000
     design = json.loads((project / "data/design.json").read_text())
     assert design["dose_list"] == [1e3, 1e4, 1e5]
@@ -91,6 +101,8 @@ def test_repro_caches_and_reruns_only_what_changed(project):
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     assert "data/phase_d/dose_1e3/sparse/metrics.json" in shown
+    evaluation = shown["data/phase_e/runs/1e5-dense/eval_1e5_dense.json"]["data"]
+    assert evaluation["phase_rmse_rad"] > 0 and evaluation["flat_phase_rmse_rad"] > 0
     dense = shown["data/phase_d/dose_1e3/dense/metrics.json"]["data"]
     sparse = shown["data/phase_d/dose_1e3/sparse/metrics.json"]["data"]
     assert dense["train"]["kept"] > sparse["train"]["kept"]
@@ -106,12 +118,12 @@ def test_repro_caches_and_reruns_only_what_changed(project):
     change = diff["params.yaml"]["design.doses.1e4"]
     assert (change["old"], change["new"]) == (10000.0, 12000.0)
     one_dose = sh(project, "dvc", "repro")
-    assert ran(one_dose) == {"design", "generate@1e4", "overlap@1e4-dense", "overlap@1e4-sparse"}
+    assert ran(one_dose) == {"design", "generate@1e4", *(f"{s}@1e4-{v}" for s in ("overlap", "train") for v in VIEWS)}
     assert load_dataset(project / "data/phase_c/dose_1e4/patched_test.npz").metadata["nphotons"] == 12000.0
 
     _edit(project, "sparse: 0.2", "sparse: 0.3")
     one_view = sh(project, "dvc", "repro")
-    assert ran(one_view) == {"design", "overlap@1e3-sparse", "overlap@1e4-sparse", "overlap@1e5-sparse"}
+    assert ran(one_view) == {"design", *(f"{s}@{d}-sparse" for s in ("overlap", "train") for d in DOSES)}
     spacing = json.loads((project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.7 * json.loads(
         (project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["probe_diameter_px"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class Design:
     gridsizes: tuple[int, ...]  # PINN grouping: C = gridsize**2 patterns per group
     neighbor_count: int  # K nearest neighbours a group is drawn from
     N: int  # patch and detector size, pixels
-    views: dict[str, float]  # overlap view name -> overlap fraction f; spacing S = (1 - f) * D
+    views: dict[str, float | None]  # view -> overlap fraction f (spacing S = (1 - f) * D); null keeps every position
     split_axis: str  # train below the midpoint of the scanned range on this axis, test above
     seeds: Seeds
     metrics: MetricsDesign
@@ -94,10 +95,10 @@ class Design:
             raise ParamsError("design.views: no overlap view; the study uses dense: 0.7 and sparse: 0.2")
         for name, f in self.views.items():
             _check_label(name, "design.views")
-            if not (0 <= f < 1):
+            if f is not None and not (0 <= f < 1):
                 raise ParamsError(
                     f"design.views.{name}: overlap fraction {f!r} is outside [0, 1); "
-                    "the spacing S = (1 - f) * D must be positive (dense 0.7, sparse 0.2)"
+                    "the spacing S = (1 - f) * D must be positive (dense 0.7, sparse 0.2; null keeps every position)"
                 )
         if self.split_axis not in SPLIT_AXES:
             raise ParamsError(f"design.split_axis: expected one of {list(SPLIT_AXES)}, got {self.split_axis!r}")
@@ -188,16 +189,63 @@ class Overlap:
             )
 
 
+# ---------------------------------------------------------------------------- train section
+@dataclass(frozen=True)
+class Train:
+    jobs: dict[str, int]  # job -> gridsize; each job trains on the design view of its name
+    width: int  # channels of the first U-Net level
+    depth: int  # U-Net down-sampling levels
+    epochs: int  # at most this many epochs (early stopping may end sooner)
+    batch_size: int  # groups per optimiser step
+    learning_rate: float  # Adam
+    n_groups: int  # training groups per gridsize > 1 job (above the positions: K-choose-C oversampling); 0 = one per position
+    val_fraction: float  # positions held out for the validation loss
+    patience: int  # stop after this many epochs without a better validation loss
+    thinning: float  # fraction of each pattern's counts the network sees in training (binomial split); 0 = all
+    seed: int  # network initialisation, validation split and batch order
+
+    def check(self, design: Design) -> None:
+        if not self.jobs:
+            raise ParamsError("train.jobs: no job; the study trains baseline: 1, dense: 2, sparse: 2")
+        for job, g in self.jobs.items():
+            if job not in design.views:
+                raise ParamsError(f"train.jobs.{job}: not a view of design.views {list(design.views)}")
+            if g not in design.gridsizes:
+                raise ParamsError(f"train.jobs.{job}: gridsize {g} is not in design.gridsizes {list(design.gridsizes)}")
+        if self.width < 1:
+            raise ParamsError("train.width: must be >= 1")
+        if self.depth < 1 or design.N % (2 ** self.depth):
+            raise ParamsError(f"train.depth: must be >= 1 with design.N = {design.N} divisible by 2**depth")
+        if self.epochs < 1:
+            raise ParamsError("train.epochs: must be >= 1")
+        if self.batch_size < 1:
+            raise ParamsError("train.batch_size: must be >= 1")
+        if not self.learning_rate > 0:
+            raise ParamsError("train.learning_rate: must be > 0")
+        if self.n_groups < 0:
+            raise ParamsError("train.n_groups: must be >= 0 (0 = one group per position)")
+        if not 0 < self.val_fraction < 1:
+            raise ParamsError("train.val_fraction: must lie in (0, 1)")
+        if self.patience < 1:
+            raise ParamsError("train.patience: must be >= 1")
+        if not 0 <= self.thinning < 1:
+            raise ParamsError("train.thinning: must lie in [0, 1) (0 = no split, 0.5 = half the counts as input)")
+        if self.seed < 0:
+            raise ParamsError("train.seed: must be a non-negative integer")
+
+
 @dataclass(frozen=True)
 class Params:
     design: Design
     generate: Generate
     overlap: Overlap
+    train: Train
 
     def check(self) -> None:
         self.design.check()
         self.generate.check(self.design)
         self.overlap.check(self.design)
+        self.train.check(self.design)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -247,6 +295,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if is_dataclass(tp):
         return _build(tp, value, where)
+    if origin is types.UnionType:  # X | None: null is allowed
+        if value is None:
+            return None
+        (inner,) = [t for t in typing.get_args(tp) if t is not type(None)]
+        return _coerce(inner, value, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{where}: expected true or false, got {value!r}")

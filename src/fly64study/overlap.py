@@ -110,8 +110,9 @@ def group_positions(
         raise ValueError(f"n_groups: must be >= 1, got {n_groups}")
     if K < C:
         raise ValueError(f"neighbor_count: K={K} < C={C}; K-choose-C grouping needs K >= C")
-    if C > 1 and n < K + 1:
-        raise ValueError(f"only {n} positions: gridsize {gridsize} groups need at least K + 1 = {K + 1}")
+    if n < C:
+        raise ValueError(f"only {n} positions: gridsize {gridsize} groups need at least C = {C}")
+    K = min(K, n - 1)  # fewer than K + 1 positions: each seed draws from all the others
     combo_list = list(combinations(range(K), C - 1))
     combos = np.array(combo_list, dtype=np.int64).reshape(len(combo_list), C - 1)
     per_seed = math.ceil(n_groups / n)
@@ -186,7 +187,7 @@ def view_metrics(
         "mean_nn_spacing_px": mean_nn,
     }
     C = gridsize * gridsize
-    if len(pts) >= neighbor_count + 1:
+    if len(pts) >= C:
         groups = group_positions(pts[:, 0], pts[:, 1], gridsize=gridsize, neighbor_count=neighbor_count, seed=seed)
         members = pts[groups.indices]  # (G, C, 2)
         a, b = np.triu_indices(C, k=1)
@@ -204,17 +205,24 @@ def build_view(
     split: Dataset,
     *,
     view: str,
-    fraction: float,
+    fraction: float | None,
     neighbor_count: int,
     subsampling_seed: int,
     grouping_seed: int,
     min_positions: int,
 ) -> tuple[Dataset, dict]:
-    """The overlap view ``view`` (overlap fraction ``fraction``) of one phase C split, and its metrics."""
+    """The view ``view`` of one phase C split, and its overlap metrics.
+
+    ``fraction`` f selects a Poisson-disc subset with spacing S = (1 - f) D; ``None`` keeps every
+    position and returns the split itself, unchanged (the baseline's full random scan).
+    """
     part = split.metadata.get("split", "?")
     D = physics.probe_diameter(split.probeGuess)
-    S = (1.0 - fraction) * D
-    kept = select_view(split.xcoords, split.ycoords, S, subsampling_seed)
+    if fraction is None:
+        S, kept = None, np.arange(split.n)
+    else:
+        S = (1.0 - fraction) * D
+        kept = select_view(split.xcoords, split.ycoords, S, subsampling_seed)
     if len(kept) < min_positions:
         raise ParamsError(
             f"view {view!r} ({part} split): spacing S = {S:.2f} px (f = {fraction}, D = {D:.2f} px) kept "
@@ -223,6 +231,8 @@ def build_view(
         )
     metrics = view_metrics(split.xcoords, split.ycoords, kept, D=D, neighbor_count=neighbor_count,
                            seed=grouping_seed)
+    if fraction is None:
+        return split, dict(metrics, probe_diameter90_px=D, spacing_px=None)
     record = {"op": "overlap_view", "view": view, "overlap_fraction": fraction, "probe_diameter90_px": D,
               "spacing_px": S, "seed": subsampling_seed, "kept": int(len(kept)), "total": split.n}
-    return split.subset(kept, record), metrics
+    return split.subset(kept, record), dict(metrics, probe_diameter90_px=D, spacing_px=S)

@@ -51,3 +51,17 @@ def plot_phase_c(path: str | Path, train: Dataset, test: Dataset) -> None:
     fig.suptitle(f"phase C, dose {meta['dose_label']}: {meta['nphotons']:g} photons per pattern, N = {meta['N']}")
     fig.tight_layout()
     _save(fig, Path(path))
+
+
+def plot_losses(path: str | Path, history: list[dict], *, title: str) -> None:
+    """Training and validation loss per epoch (Poisson NLL per pixel, constant terms dropped)."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation (held-out positions)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Poisson NLL per pixel")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, Path(path))

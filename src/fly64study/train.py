@@ -1,0 +1,283 @@
+"""Phase E: training PtychoPINN on one dataset, reconstructing with it, and the job matrix.
+
+A job is (dose, view, gridsize): ``baseline`` trains gridsize 1 on the phase C split (its view
+keeps every position), ``dense`` and ``sparse`` train gridsize 2 on those phase D views.
+Training is unsupervised (Poisson NLL through the known probe); the ground truth is used only
+afterwards, to evaluate the held-out test split against a flat object.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from fly64study import metrics
+from fly64study.bundle import write_bundle
+from fly64study.contract import Dataset, load_dataset
+from fly64study.design import Params, ParamsError, Train
+from fly64study.files import atomic_path, write_json
+from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
+from fly64study.overlap import group_positions
+from fly64study.plots import plot_losses
+
+log = logging.getLogger(__name__)
+
+_INFER_BATCH = 64
+
+
+# ------------------------------------------------------------------------------ the jobs
+@dataclass(frozen=True)
+class Job:
+    dose: str  # label, a key of design.doses
+    view: str  # a key of design.views
+    gridsize: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.view} (dose={self.dose})"
+
+    def data_paths(self, phase_d: Path) -> tuple[Path, Path]:
+        """(train, test) NPZ files of the job's phase D view (the baseline's: phase C's splits)."""
+        folder = Path(phase_d) / f"dose_{self.dose}" / self.view
+        return folder / "train.npz", folder / "test.npz"
+
+    def relative_dir(self) -> Path:
+        """Where the job's artifacts live, relative to the artifact root."""
+        return Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}"
+
+
+def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None) -> list[Job]:
+    """Every (dose, job) of the params, filtered by dose labels and job/view names when given."""
+    jobs = [Job(dose=d, view=v, gridsize=g) for d in params.design.doses for v, g in params.train.jobs.items()]
+    for label, wanted, known in (("--dose", doses, params.design.doses), ("--view", views, params.train.jobs)):
+        for w in wanted or []:
+            if w not in known:
+                raise ParamsError(f"{label} {w}: unknown; choose from {list(known)}")
+    return [j for j in jobs if (not doses or j.dose in doses) and (not views or j.view in views)]
+
+
+# ------------------------------------------------------------------------------ devices
+def select_device(accelerator: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error if none is there) or ``auto`` (cuda when available)."""
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("--accelerator cuda: no CUDA device is visible; use --accelerator cpu or auto")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(accelerator)
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Deterministic algorithms only (same inputs and seed -> same weights, bit for bit)."""
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+# --------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Groups:
+    """A dataset's groups as tensors: amplitudes and counts are indexed through ``indices``."""
+
+    indices: torch.Tensor  # (G, C) int64
+    offsets: torch.Tensor  # (G, C, 2) float32, (dx, dy) pixels
+
+
+def counts_of(ds: Dataset) -> torch.Tensor:
+    """Measured photon counts, (d * s)^2, recovered exactly from the stored amplitudes."""
+    s = ds.metadata["intensity_scale"]
+    return torch.from_numpy(np.round((ds.diffraction.astype(np.float64) * s) ** 2).astype(np.float32))
+
+
+def make_groups(xcoords: np.ndarray, ycoords: np.ndarray, *, gridsize: int, neighbor_count: int, seed: int,
+                n_groups: int | None = None) -> Groups:
+    g = group_positions(xcoords, ycoords, gridsize=gridsize, neighbor_count=neighbor_count, seed=seed,
+                        n_groups=n_groups)
+    return Groups(indices=torch.from_numpy(g.indices), offsets=torch.from_numpy(g.offsets.astype(np.float32)))
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) position indices, a seeded random split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fraction * n)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    model: PtychoPINN
+    history: list[dict]  # per epoch: epoch, train_loss, val_loss, seconds
+    best_epoch: int
+
+
+def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
+               thinning: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Poisson NLL of one batch of groups; amp, counts (B, C, N, N), offsets (B, C, 2).
+
+    With ``thinning`` p > 0 each count is split binomially into an input share (fraction p) and
+    an independent target share (the rest), so the network cannot fit the very noise it is
+    scored on: it learns a denoised object, not one that reproduces shot noise.
+    """
+    s = model.cfg.intensity_scale
+    if thinning <= 0:
+        return model(amp, offsets, counts)[2]
+    seen = torch.binomial(counts, torch.full_like(counts, thinning), generator=generator)
+    _, predicted, _ = model(torch.sqrt(seen / thinning) / s, offsets)
+    return poisson_nll(predicted, counts - seen, s * math.sqrt(1.0 - thinning))
+
+
+def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, groups: Groups, thinning: float,
+               seed: int) -> float:
+    """Mean loss over groups; the same thinning draws every call (a fixed validation set)."""
+    generator = torch.Generator(device=amp.device).manual_seed(seed)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(groups.indices), _INFER_BATCH):
+            idx = groups.indices[start:start + _INFER_BATCH]
+            off = groups.offsets[start:start + _INFER_BATCH].to(amp.device)
+            loss = batch_loss(model, amp[idx], counts[idx], off, thinning, generator)
+            total += float(loss) * len(idx)
+            n += len(idx)
+    return total / n
+
+
+def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, grouping_seed: int,
+                device: torch.device, num_workers: int = 0, label: str = "") -> TrainResult:
+    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss."""
+    torch.manual_seed(cfg.seed)
+    n_min = gridsize * gridsize
+    train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, cfg.seed)
+    if min(len(train_pos), len(val_pos)) < n_min:
+        raise ParamsError(
+            f"{label}: {ds.n} positions leave {len(train_pos)} for training and {len(val_pos)} for validation; "
+            f"gridsize {gridsize} needs at least {n_min} in each (scan more positions or raise train.val_fraction)"
+        )
+    amp = torch.from_numpy(ds.diffraction).to(device)  # (n, N, N), indexed by group members
+    counts = counts_of(ds).to(device)
+
+    def groups_of(pos: np.ndarray, n_groups: int | None) -> Groups:
+        g = make_groups(ds.xcoords[pos], ds.ycoords[pos], gridsize=gridsize, neighbor_count=neighbor_count,
+                        seed=grouping_seed, n_groups=n_groups)
+        return Groups(indices=torch.from_numpy(pos)[g.indices], offsets=g.offsets)
+
+    # n_groups applies to gridsize > 1 (oversampling needs neighbours); gridsize 1 sees each position once
+    train_groups = groups_of(train_pos, (cfg.n_groups or None) if gridsize > 1 else None)
+    val_groups = groups_of(val_pos, None)
+    model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth,
+                            intensity_scale=float(ds.metadata["intensity_scale"]))
+    model = PtychoPINN(model_cfg, torch.from_numpy(ds.probeGuess)).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    order = torch.Generator().manual_seed(cfg.seed)
+    thinning_draws = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    loader = DataLoader(TensorDataset(train_groups.indices, train_groups.offsets), batch_size=cfg.batch_size,
+                        shuffle=True, generator=order, num_workers=num_workers)
+    log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
+             len(train_groups.indices), gridsize**2, len(val_groups.indices),
+             sum(p.numel() for p in model.parameters()), device)
+    history, best, best_state, best_epoch = [], float("inf"), None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        total, seen = 0.0, 0
+        for idx, off in tqdm(loader, desc=f"{label} epoch {epoch}", unit="batch", leave=False, disable=None):
+            loss = batch_loss(model, amp[idx], counts[idx], off.to(device), cfg.thinning, thinning_draws)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            # the Poisson loss's gradient grows with the counts: clip, or a bright batch blows up the net
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        model.eval()
+        val = _loss_over(model, amp, counts, val_groups, cfg.thinning, cfg.seed + 2)
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val, "seconds": seconds})
+        log.info("%s epoch %d/%d: loss %.6g, validation loss %.6g, %.1f s", label, epoch, cfg.epochs,
+                 total / seen, val, seconds)
+        if val < best:
+            best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            log.info("%s: early stop, no better validation loss for %d epochs (best: epoch %d)", label,
+                     cfg.patience, best_epoch)
+            break
+    model.load_state_dict(best_state)
+    return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch)
+
+
+# --------------------------------------------------------------------------- inference
+def reconstruct_patches(net: DiffractionToObject, ds: Dataset, *, neighbor_count: int, grouping_seed: int,
+                        device: torch.device | str = "cpu") -> np.ndarray:
+    """The network's object patch at every position of ``ds``, (n, N, N) complex64.
+
+    Each position is the seed of one group (its C - 1 neighbours give the overlap); the seed's
+    patch is kept.
+    """
+    g = net.cfg.gridsize
+    groups = make_groups(ds.xcoords, ds.ycoords, gridsize=g, neighbor_count=neighbor_count, seed=grouping_seed)
+    amp = torch.from_numpy(ds.diffraction)
+    out = np.empty((ds.n, ds.N, ds.N), dtype=np.complex64)
+    net = net.to(device).eval()
+    with torch.no_grad():
+        for start in range(0, ds.n, _INFER_BATCH):
+            idx = groups.indices[start:start + _INFER_BATCH]
+            patches = net(amp[idx].to(device), groups.offsets[start:start + _INFER_BATCH].to(device))
+            out[idx[:, 0].numpy()] = patches[:, 0].cpu().numpy()
+    return out
+
+
+def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, grouping_seed: int) -> dict:
+    """Errors on the held-out split against the ground-truth patches ``Y``, beside a flat object's."""
+    if test.Y is None:
+        return {"status": "no ground truth (Y) in the test split"}
+    pred = reconstruct_patches(net, test, neighbor_count=neighbor_count, grouping_seed=grouping_seed)
+    out = metrics.patch_errors(pred, test.Y, test.probeGuess)
+    out["beats_flat_phase"] = out["phase_rmse_rad"] < out["flat_phase_rmse_rad"]
+    return out
+
+
+# --------------------------------------------------------------------------------- a job
+def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
+            device: torch.device, num_workers: int = 0) -> dict:
+    """Train one job; write its bundle under ``artifact_root``, and its per-epoch losses
+    (``losses_<dose>_<view>.csv`` and ``.png``) and evaluation (``eval_<dose>_<view>.json``)
+    under ``records``.
+    Returns the job's manifest entry."""
+    train_path, test_path = job.data_paths(phase_d)
+    design, cfg = params.design, params.train
+    t0 = time.perf_counter()
+    train_ds = load_dataset(train_path)
+    result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, neighbor_count=design.neighbor_count,
+                         grouping_seed=design.seeds.grouping, device=device, num_workers=num_workers,
+                         label=job.name)
+    train_seconds = time.perf_counter() - t0
+    bundle_rel = job.relative_dir() / "wts.h5.zip"
+    training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                **{k: getattr(cfg, k) for k in ("width", "depth", "batch_size", "learning_rate", "seed")}}
+    sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
+                       dose_label=job.dose, extra={"view": job.view, "training": training})
+    losses = Path(records) / f"losses_{job.dose}_{job.view}"
+    with atomic_path(losses.with_suffix(".csv")) as tmp:
+        tmp.write_text("epoch,train_loss,val_loss,seconds\n" + "".join(
+            f"{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g},{h['seconds']:.3f}\n" for h in result.history))
+    plot_losses(losses.with_suffix(".png"), result.history, title=f"{job.name}, gridsize {job.gridsize}")
+    evaluation = evaluate(result.model.net, load_dataset(test_path), neighbor_count=design.neighbor_count,
+                          grouping_seed=design.seeds.grouping)
+    evaluation.update(train_seconds=train_seconds, dose=job.dose, view=job.view, gridsize=job.gridsize)
+    write_json(Path(records) / f"eval_{job.dose}_{job.view}.json", evaluation)
+    best = result.history[result.best_epoch - 1]
+    return {
+        "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
+        "train_data": str(train_path), "test_data": str(test_path),
+        "artifact_dir": str(job.relative_dir()), "bundle_path": str(bundle_rel), "sha256": sha,
+        "size": (Path(artifact_root) / bundle_rel).stat().st_size,
+        "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
+        "epochs": len(result.history), "best_epoch": result.best_epoch,
+        "train_seconds": train_seconds, "evaluation": evaluation, "status": "completed",
+    }

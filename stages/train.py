@@ -1,0 +1,77 @@
+"""Phase E: train PtychoPINN for each (dose, job), write content-hashed bundles and the manifests.
+
+After each job three lines name the job and its dose, for example
+    dense (dose=1e3) → Bundle: dose_1e3/dense/gs2/wts.h5.zip
+    dense (dose=1e3) → SHA256: <64 hex>
+    dense (dose=1e3) → Size: <bytes> bytes
+with the same values as training_manifest.json (bundle paths relative to --artifact-root).
+"""
+import argparse
+import datetime
+from pathlib import Path
+
+from fly64study.cli import run
+from fly64study.design import ParamsError, load_params
+from fly64study.files import write_json
+from fly64study.train import plan_jobs, run_job, select_device, set_determinism
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/{train,test}.npz")
+    parser.add_argument("--artifact-root", default="data/phase_e", help="bundles go to <root>/dose_<d>/<view>/gs<g>/")
+    parser.add_argument("--manifest-dir", help="where training_manifest.json, skip_summary.json and each job's "
+                        "eval_<d>_<view>.json and losses_<d>_<view>.csv go (default: the artifact root)")
+    parser.add_argument("--dose", action="append", help="only this dose label (repeatable)")
+    parser.add_argument("--view", action="append", help="only this job / view (repeatable)")
+    parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms: same inputs give a byte-identical bundle")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="skip a job whose data is missing (recorded in skip_summary.json) instead of failing")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs and their paths; train nothing")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    jobs = plan_jobs(params, args.dose, args.view)
+    phase_d, root = Path(args.phase_d), Path(args.artifact_root)
+    manifest_dir = Path(args.manifest_dir) if args.manifest_dir else root
+    if args.dry_run:
+        for job in jobs:
+            train_path, test_path = job.data_paths(phase_d)
+            print(f"{job.name} gs{job.gridsize}: {train_path}, {test_path} → {root / job.relative_dir() / 'wts.h5.zip'}")
+        return
+    if args.num_workers < 0:
+        raise ParamsError("--num-workers: must be >= 0")
+    device = select_device(args.accelerator)
+    set_determinism(args.deterministic)
+    entries, skipped = [], []
+    for job in jobs:
+        missing = [str(p) for p in job.data_paths(phase_d) if not p.is_file()]
+        if missing:
+            reason = f"phase D view missing: {', '.join(missing)}"
+            if not args.allow_missing:
+                raise ParamsError(f"{job.name}: {reason}; run `dvc repro` first, or pass --allow-missing to skip it")
+            skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": reason})
+            print(f"{job.name} → skipped: {reason}")
+            continue
+        entry = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
+                        num_workers=args.num_workers)
+        entries.append(entry)
+        print(f"{job.name} → Bundle: {entry['bundle_path']}")
+        print(f"{job.name} → SHA256: {entry['sha256']}")
+        print(f"{job.name} → Size: {entry['size']} bytes", flush=True)
+    write_json(manifest_dir / "training_manifest.json", {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "artifact_root": str(root), "phase_d_root": str(phase_d),
+        "filters": {"dose": args.dose or [], "view": args.view or []},
+        "options": {"accelerator": args.accelerator, "device": str(device), "deterministic": args.deterministic,
+                    "num_workers": args.num_workers, "allow_missing": args.allow_missing},
+        "jobs": entries,
+    })
+    write_json(manifest_dir / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
+
+
+if __name__ == "__main__":
+    run(main)

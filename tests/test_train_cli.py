@@ -1,0 +1,115 @@
+"""The training command line: evidence lines, manifests, determinism, skip and strict modes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fly64study.bundle import load_inference_model
+from fly64study.contract import save_dataset
+from fly64study.files import sha256_file
+from fly64study.overlap import build_view
+from fly64study.simulate import generate_dose
+
+LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>\S+)\) → (?P<key>Bundle|SHA256|Size): (?P<value>.+)$")
+
+
+@pytest.fixture(scope="module")
+def phase_d(tiny, tmp_path_factory) -> Path:
+    """Phase D views of dose 1e3 on the tiny profile, written as the pipeline would."""
+    root = tmp_path_factory.mktemp("data") / "phase_d"
+    design = tiny.design
+    for part, split in zip(("train", "test"), generate_dose(design, tiny.generate, "1e3")):
+        for view, fraction in design.views.items():
+            ds, _ = build_view(split, view=view, fraction=fraction, neighbor_count=design.neighbor_count,
+                               subsampling_seed=design.seeds.subsampling, grouping_seed=design.seeds.grouping,
+                               min_positions=tiny.overlap.min_positions)
+            save_dataset(root / "dose_1e3" / view / f"{part}.npz", ds)
+    return root
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_path):
+    root = tmp_path / "artifacts"
+    proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(root), "--dose", "1e3",
+                     "--accelerator", "cpu", "--deterministic", "--num-workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    lines = {}
+    for line in proc.stdout.splitlines():
+        m = LINE.match(line)
+        if m:
+            lines[(m["view"], m["dose"], m["key"])] = m["value"]
+    manifest = json.loads((root / "training_manifest.json").read_text())
+    assert [(j["view"], j["gridsize"]) for j in manifest["jobs"]] == [("baseline", 1), ("dense", 2), ("sparse", 2)]
+    assert len(lines) == 3 * len(manifest["jobs"])
+    for job in manifest["jobs"]:
+        key = (job["view"], job["dose"])
+        bundle = root / job["bundle_path"]
+        assert lines[(*key, "Bundle")] == job["bundle_path"] == f"dose_1e3/{job['view']}/gs{job['gridsize']}/wts.h5.zip"
+        assert lines[(*key, "SHA256")] == job["sha256"] == sha256_file(bundle)
+        assert re.fullmatch(r"[0-9a-f]{64}", job["sha256"])
+        assert lines[(*key, "Size")] == f"{job['size']} bytes" == f"{bundle.stat().st_size} bytes"
+        assert job["status"] == "completed" and job["epochs"] >= 1 and job["final_loss"] == job["final_loss"]
+        assert load_inference_model(bundle, expected_sha256=job["sha256"]).cfg.gridsize == job["gridsize"]
+        assert (root / f"eval_1e3_{job['view']}.json").exists()
+        assert (root / f"losses_1e3_{job['view']}.csv").read_text().startswith("epoch,train_loss,val_loss")
+        assert (root / f"losses_1e3_{job['view']}.png").stat().st_size > 5_000
+    assert json.loads((root / "skip_summary.json").read_text()) == {"count": 0, "skipped": []}
+    assert manifest["options"]["deterministic"] is True
+
+
+def test_deterministic_runs_give_identical_bundles(phase_d, tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path / run), "--dose", "1e3",
+                         "--view", "dense", "--deterministic")
+        assert proc.returncode == 0, proc.stderr
+        digests.append(json.loads((tmp_path / run / "training_manifest.json").read_text())["jobs"][0]["sha256"])
+    bundle = "dose_1e3/dense/gs2/wts.h5.zip"
+    assert (tmp_path / "a" / bundle).read_bytes() == (tmp_path / "b" / bundle).read_bytes()
+    assert digests[0] == digests[1]
+
+
+def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
+    partial = tmp_path / "phase_d"
+    shutil.copytree(phase_d, partial)
+    shutil.rmtree(partial / "dose_1e3" / "sparse")
+    strict = train_cli("--phase-d", str(partial), "--artifact-root", str(tmp_path / "strict"), "--dose", "1e3",
+                       "--view", "sparse")
+    assert strict.returncode == 2
+    assert "sparse (dose=1e3): phase D view missing" in strict.stderr and "--allow-missing" in strict.stderr
+    assert "Traceback" not in strict.stderr
+    root = tmp_path / "lenient"
+    lenient = train_cli("--phase-d", str(partial), "--artifact-root", str(root), "--dose", "1e3",
+                        "--view", "sparse", "--view", "baseline", "--allow-missing")
+    assert lenient.returncode == 0, lenient.stderr
+    skipped = json.loads((root / "skip_summary.json").read_text())
+    assert skipped["count"] == 1
+    assert skipped["skipped"][0]["view"] == "sparse" and "sparse/train.npz" in skipped["skipped"][0]["reason"]
+    jobs = json.loads((root / "training_manifest.json").read_text())["jobs"]
+    assert [j["view"] for j in jobs] == ["baseline"]
+
+
+def test_dry_run_lists_jobs_and_writes_nothing(phase_d, tmp_path):
+    proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path / "dry"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 9  # 3 doses x 3 jobs
+    assert "dense (dose=1e5) gs2" in proc.stdout
+    assert not (tmp_path / "dry").exists()
+
+
+def test_unknown_filter_names_the_choices(phase_d, tmp_path):
+    proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path), "--view", "medium")
+    assert proc.returncode == 2 and "--view medium: unknown; choose from ['baseline', 'dense', 'sparse']" in proc.stderr
