@@ -1,6 +1,7 @@
 """Bundles: byte-reproducible, verified on load, never unpickled."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -117,7 +118,6 @@ def test_non_numeric_hdf5_entry_is_refused(tmp_path, written):
     weights = buf.getvalue()
     with zipfile.ZipFile(written[0]) as zf:
         manifest = json.loads(zf.read("manifest.json"))
-    import hashlib
     manifest["sha256"]["diffraction_to_obj/weights.h5"] = hashlib.sha256(weights).hexdigest()
     _rewrite(written[0], bad, replace={"diffraction_to_obj/weights.h5": weights,
                                        "manifest.json": json.dumps(manifest).encode()})

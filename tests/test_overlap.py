@@ -147,3 +147,13 @@ def test_a_view_too_sparse_to_train_is_an_error(tiny):
     with pytest.raises(ParamsError, match=r"view 'sparse' \(train split\): spacing S = .* kept \d+ of \d+ positions"):
         build_view(train, view="sparse", fraction=0.2, neighbor_count=7, subsampling_seed=456,
                    grouping_seed=123, min_positions=1000)
+
+
+def test_baseline_view_keeps_the_split_and_refuses_too_few(tiny):
+    train, _ = generate_dose(tiny.design, tiny.generate, "1e3")
+    view, metrics = build_view(train, view="baseline", fraction=None, neighbor_count=7, subsampling_seed=456,
+                               grouping_seed=123, min_positions=8)
+    assert view is train and metrics["kept"] == train.n and metrics["spacing_px"] is None
+    with pytest.raises(ParamsError, match=r"view 'baseline' \(train split\): keeping every position kept"):
+        build_view(train, view="baseline", fraction=None, neighbor_count=7, subsampling_seed=456,
+                   grouping_seed=123, min_positions=10_000)

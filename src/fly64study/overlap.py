@@ -219,20 +219,22 @@ def build_view(
     part = split.metadata.get("split", "?")
     D = physics.probe_diameter(split.probeGuess)
     if fraction is None:
-        S, kept = None, np.arange(split.n)
+        S, kept, rule = None, np.arange(split.n), "keeping every position"
     else:
         S = (1.0 - fraction) * D
         kept = select_view(split.xcoords, split.ycoords, S, subsampling_seed)
+        rule = f"spacing S = {S:.2f} px (f = {fraction}, D = {D:.2f} px)"
     if len(kept) < min_positions:
         raise ParamsError(
-            f"view {view!r} ({part} split): spacing S = {S:.2f} px (f = {fraction}, D = {D:.2f} px) kept "
-            f"{len(kept)} of {split.n} positions, fewer than overlap.min_positions = {min_positions}; "
-            "scan more positions (generate.n_positions) or raise the view's overlap fraction"
+            f"view {view!r} ({part} split): {rule} kept {len(kept)} of {split.n} positions, fewer than "
+            f"overlap.min_positions = {min_positions}; scan more positions (generate.n_positions) or raise "
+            "the view's overlap fraction"
         )
     metrics = view_metrics(split.xcoords, split.ycoords, kept, D=D, neighbor_count=neighbor_count,
                            seed=grouping_seed)
+    metrics.update(probe_diameter90_px=D, spacing_px=S)
     if fraction is None:
-        return split, dict(metrics, probe_diameter90_px=D, spacing_px=None)
+        return split, metrics
     record = {"op": "overlap_view", "view": view, "overlap_fraction": fraction, "probe_diameter90_px": D,
               "spacing_px": S, "seed": subsampling_seed, "kept": int(len(kept)), "total": split.n}
-    return split.subset(kept, record), dict(metrics, probe_diameter90_px=D, spacing_px=S)
+    return split.subset(kept, record), metrics
