@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test profile bench clean-venv
+.PHONY: setup repro test profile bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,12 @@ repro: setup
 	@echo "  phase D (overlap):   data/phase_d/dose_<d>/<view>/{train,test}.npz, metrics.json"
 	@echo "  phase E (PINN):      data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip"
 	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
-	@echo "  metrics:             dvc metrics show"
+	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
+	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{comparison_metrics.csv,frc_curves.csv,comparison.png}"
+	@echo "  metrics:             dvc metrics show; dvc metrics diff (against the last commit)"
+	@echo
+	@echo "The study report:     data/report/metrics_summary.md"
+	@echo "                      data/report/ms_ssim_vs_dose.png, data/report/frc_and_phase_error_vs_fluence.png"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,6 +47,53 @@ bench: setup
 	$(PY) bench/simulate.py
 	$(PY) bench/grouping.py
 	$(PY) bench/train.py
+	dvc repro   # bench/reconstruct.py reads the pipeline's test splits and bundles (a no-op when up to date)
+	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------- evidence hubs
+# A hub: plans/active/$(INITIATIVE)/reports/<UTC stamp>/$(HUB_NAME)/{red,green,collect,cli,prep,data,analysis}.
+# The first evidence target creates one and remembers it in .evidence_hub, so red, green,
+# train-evidence and archive fill the same hub; `make hub-new` starts the next; HUB=<dir> picks one.
+INITIATIVE ?= STUDY-SYNTH-FLY64-DOSE-OVERLAP-001
+HUB_NAME ?= phase_e_evidence
+HUB ?= $(shell test -s .evidence_hub || echo "plans/active/$(INITIATIVE)/reports/$$(date -u +%Y-%m-%dT%H%M%SZ)/$(HUB_NAME)" > .evidence_hub; cat .evidence_hub)
+EVIDENCE_DOSE ?= 1e3
+EVIDENCE_VIEWS ?= dense baseline
+EVIDENCE := $(PY) -m fly64study.evidence
+
+red: setup        # make red TEST=<pytest selector> [LOG=<name>]: must FAIL; log in $(HUB)/red/
+	$(if $(TEST),,$(error make red: give TEST=<pytest selector>))
+	@$(EVIDENCE) pytest --hub "$(HUB)" --expect fail --selector "$(TEST)" $(if $(LOG),--name $(LOG))
+
+green: setup      # make green TEST=<pytest selector> [LOG=<name>]: must PASS; log in $(HUB)/green/
+	$(if $(TEST),,$(error make green: give TEST=<pytest selector>))
+	@$(EVIDENCE) pytest --hub "$(HUB)" --expect pass --selector "$(TEST)" $(if $(LOG),--name $(LOG))
+
+collect: setup    # make collect TEST=<pytest selector>: the --collect-only proof in $(HUB)/collect/
+	$(if $(TEST),,$(error make collect: give TEST=<pytest selector>))
+	@$(EVIDENCE) pytest --hub "$(HUB)" --expect collect --selector "$(TEST)" $(if $(LOG),--name $(LOG))
+
+train-evidence: setup   # phase C/D inputs if missing (prep/), then the deterministic CLI per job (cli/)
+	@$(EVIDENCE) train --hub "$(HUB)" --dose $(EVIDENCE_DOSE) $(foreach v,$(EVIDENCE_VIEWS),--view $(v))
+
+archive: setup    # manifests, skip summary, bundles -> data/ (dvc add); checksums, manifest, summary -> analysis/
+	@$(EVIDENCE) archive --hub "$(HUB)"
+
+archive-check: setup    # re-check an archived hub's bundles against its checksums and manifest
+	@$(EVIDENCE) verify --hub "$(HUB)"
+
+hub-new:
+	@rm -f .evidence_hub
+	@echo "the next evidence target starts a new hub"
+
+# ------------------------------------------------------------------------------- remotes
+# The committed default remote is a local directory (.dvc_remote/, see .dvc/config); point it
+# elsewhere in .dvc/config.local (README: "DVC remotes").
+push: setup
+	dvc push
+
+pull: setup
+	dvc pull

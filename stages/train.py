@@ -13,7 +13,8 @@ from pathlib import Path
 from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_json
-from fly64study.train import plan_jobs, run_job, select_device, set_determinism
+from fly64study.devices import select_device, set_determinism
+from fly64study.train import plan_jobs, run_job
 
 
 def main(argv=None):

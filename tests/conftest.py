@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,47 @@ from fly64study.contract import Dataset
 from fly64study.design import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+# what a temporary copy of the project needs to run the pipeline (not data/, not .venv/)
+COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcignore", ".gitignore", ".dvc/config",
+        ".dvc/.gitignore"]
+
+
+def project_env(root: Path) -> dict:
+    """Environment for commands in a project copy: its own package, offline DVC, a git identity."""
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(root / "src"),  # the copy's package, not the checkout's
+        DVC_NO_ANALYTICS="1",
+        DVC_STUDIO_OFFLINE="1",
+        DVC_SITE_CACHE_DIR=str(root / ".site_cache"),
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org",
+    )
+    return env
+
+
+def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=root, env=project_env(root), capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_project(root: Path, profile: str = "tiny") -> Path:
+    """A copy of the project in a new git repository, with ``profile`` as params.yaml."""
+    for rel in COPY:
+        src, dst = REPO / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst)
+    shutil.copy2(root / "profiles" / f"{profile}.yaml", root / "params.yaml")
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", f"{profile} profile")
+    return root
 
 
 @pytest.fixture(scope="session")

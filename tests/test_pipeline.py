@@ -1,45 +1,19 @@
 """The real DVC pipeline on the tiny profile, in a temporary git repository (a copy of the project)."""
 from __future__ import annotations
 
+import csv
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import copy_project, sh
 from fly64study.contract import load_dataset
 from fly64study.files import sha256_file
 
 pytestmark = pytest.mark.pipeline
-
-COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcignore", ".gitignore", ".dvc/config",
-        ".dvc/.gitignore"]
-
-
-def _env(root: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=str(root / "src"),  # the copy's package, not the checkout's
-        DVC_NO_ANALYTICS="1",
-        DVC_STUDIO_OFFLINE="1",
-        DVC_SITE_CACHE_DIR=str(root / ".site_cache"),
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org",
-    )
-    return env
-
-
-def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def ran(proc: subprocess.CompletedProcess) -> set[str]:
@@ -48,20 +22,7 @@ def ran(proc: subprocess.CompletedProcess) -> set[str]:
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    root = tmp_path / "study"
-    for rel in COPY:
-        src = REPO / rel
-        dst = root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst)
-    shutil.copy2(root / "profiles" / "tiny.yaml", root / "params.yaml")
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "tiny profile")
-    return root
+    return copy_project(tmp_path / "study")
 
 
 def _edit(root: Path, old: str, new: str) -> None:
@@ -71,9 +32,38 @@ def _edit(root: Path, old: str, new: str) -> None:
     params.write_text(text.replace(old, new))
 
 
-DOSES, VIEWS = ("1e3", "1e4", "1e5"), ("baseline", "dense", "sparse")
-STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS),
-          *(f"train@{d}-{v}" for d in DOSES for v in VIEWS)}
+DOSES, VIEWS, COMPARED = ("1e3", "1e4", "1e5"), ("baseline", "dense", "sparse"), ("dense", "sparse")
+MODELS = ("PtychoPINN", "Baseline", "PtyChi")
+STAGES = {"design", *(f"generate@{d}" for d in DOSES),
+          *(f"{s}@{d}-{v}" for s in ("overlap", "train", "reconstruct") for d in DOSES for v in VIEWS),
+          *(f"compare@{d}-{v}" for d in DOSES for v in COMPARED), "report"}
+
+
+def check_report(root: Path) -> None:
+    """The report holds a number for every (dose, compared view, model) and its files exist."""
+    summary = json.loads((root / "data/report/metrics_summary.json").read_text())
+    assert {(c["dose"], c["view"]) for c in summary["jobs"]} == {(d, v) for d in DOSES for v in COMPARED}
+    for c in summary["jobs"]:
+        assert c["photons_per_pixel_mean"] > 0 and c["shot_noise_phase_bound_rad"] > 0
+        for m in MODELS:
+            s = c["models"][m]
+            assert s["status"] == "completed", (c["dose"], c["view"], m, s)
+            for key in ("ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
+                        "frc_resolution_phase", "wall_time_s"):
+                assert isinstance(s[key], float) and s[key] == s[key], (c["dose"], c["view"], m, key)
+            assert -1 <= s["ms_ssim_phase"] <= 1
+    assert {(r["dose"], r["view"]) for r in summary["ptychi_runs"]} == {(d, v) for d in DOSES for v in VIEWS}
+    assert not summary["failed"]
+    per_job = (root / "data/report/metrics_summary.md").read_text().split("## Per model")[0]
+    assert per_job.count("| PtyChi |") == len(DOSES) * len(COMPARED) and "—" not in per_job
+    for png in ("ms_ssim_vs_dose.png", "frc_and_phase_error_vs_fluence.png"):
+        assert (root / "data/report" / png).stat().st_size > 20_000
+    for v in COMPARED:
+        rows = (root / f"data/report/plots/ms_ssim_phase_{v}.csv").read_text().splitlines()
+        assert rows[0] == "nphotons,photons_per_pixel,PtychoPINN,Baseline,PtyChi" and len(rows) == 1 + len(DOSES)
+        assert all("," * 2 not in r and not r.endswith(",") for r in rows[1:])  # no empty cell
+        with open(root / f"data/phase_g/dose_1e3/{v}/comparison_metrics.csv") as fh:
+            assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
 
 def test_repro_caches_and_reruns_only_what_changed(project):
@@ -97,12 +87,15 @@ def test_repro_caches_and_reruns_only_what_changed(project):
         assert (project / f"data/phase_c/dose_{d}/overview.png").stat().st_size > 10_000
     design = json.loads((project / "data/design.json").read_text())
     assert design["dose_list"] == [1e3, 1e4, 1e5]
+    check_report(project)
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     assert "data/phase_d/dose_1e3/sparse/metrics.json" in shown
     evaluation = shown["data/phase_e/runs/1e5-dense/eval_1e5_dense.json"]["data"]
     assert evaluation["phase_rmse_rad"] > 0 and evaluation["flat_phase_rmse_rad"] > 0
+    report = shown["data/report/metrics.json"]["data"]
+    assert set(report) == set(COMPARED) and set(report["dense"]["1e5"]) == set(MODELS)
     dense = shown["data/phase_d/dose_1e3/dense/metrics.json"]["data"]
     sparse = shown["data/phase_d/dose_1e3/sparse/metrics.json"]["data"]
     assert dense["train"]["kept"] > sparse["train"]["kept"]
@@ -118,12 +111,17 @@ def test_repro_caches_and_reruns_only_what_changed(project):
     change = diff["params.yaml"]["design.doses.1e4"]
     assert (change["old"], change["new"]) == (10000.0, 12000.0)
     one_dose = sh(project, "dvc", "repro")
-    assert ran(one_dose) == {"design", "generate@1e4", *(f"{s}@1e4-{v}" for s in ("overlap", "train") for v in VIEWS)}
+    assert ran(one_dose) == {"design", "generate@1e4", "report", *(f"compare@1e4-{v}" for v in COMPARED),
+                             *(f"{s}@1e4-{v}" for s in ("overlap", "train", "reconstruct") for v in VIEWS)}
+    metrics_diff = json.loads(sh(project, "dvc", "metrics", "diff", "--json").stdout)
+    assert any(k.startswith("sparse.1e4.") for k in metrics_diff["data/report/metrics.json"])
     assert load_dataset(project / "data/phase_c/dose_1e4/patched_test.npz").metadata["nphotons"] == 12000.0
 
     _edit(project, "sparse: 0.2", "sparse: 0.3")
     one_view = sh(project, "dvc", "repro")
-    assert ran(one_view) == {"design", *(f"{s}@{d}-sparse" for s in ("overlap", "train") for d in DOSES)}
+    assert ran(one_view) == {"design", "report",
+                             *(f"{s}@{d}-sparse" for s in ("overlap", "train", "reconstruct", "compare") for d in DOSES)}
+    check_report(project)
     spacing = json.loads((project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.7 * json.loads(
         (project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["probe_diameter_px"])

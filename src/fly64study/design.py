@@ -41,7 +41,7 @@ class Seeds:
 
 @dataclass(frozen=True)
 class MetricsDesign:
-    ms_ssim_sigma: float  # Gaussian sigma of the MS-SSIM window on amplitude
+    ms_ssim_sigma: float  # Gaussian smoothing (pixels) of both amplitude images before their MS-SSIM
     frc_threshold: float  # FRC level whose first crossing defines the resolution
     components: tuple[str, ...]  # reported in this order: phase first
 
@@ -234,18 +234,68 @@ class Train:
             raise ParamsError("train.seed: must be a non-negative integer")
 
 
+# ---------------------------------------------------------------------- reconstruct section
+@dataclass(frozen=True)
+class Reconstruct:
+    """pty-chi LSQML on each view's test split (phase F)."""
+
+    epochs: int  # LSQML epochs (every pattern once per epoch)
+    batch_size: int  # patterns per LSQML update
+    seed: int  # pty-chi's batch order
+    refine_probe: bool  # false: the known probe stays fixed (as the PINN's does)
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise ParamsError("reconstruct.epochs: must be >= 1 (LSQML converged here in 30-100)")
+        if self.batch_size < 1:
+            raise ParamsError("reconstruct.batch_size: must be >= 1 (32 converged here)")
+        if self.seed < 0:
+            raise ParamsError("reconstruct.seed: must be a non-negative integer")
+
+
+# -------------------------------------------------------------------------- compare section
+@dataclass(frozen=True)
+class Compare:
+    """Which (view) comparisons phase G makes: PtychoPINN (the view's job) against Baseline and PtyChi."""
+
+    views: tuple[str, ...]  # views with an overlap fraction and a training job of their own name
+    baseline: str  # the training job whose bundle is the Baseline model (gridsize 1)
+
+    def check(self, design: Design, train: Train) -> None:
+        if not self.views or len(set(self.views)) != len(self.views):
+            raise ParamsError(f"compare.views: expected distinct view names, got {list(self.views)}")
+        for v in self.views:
+            _check_label(v, "compare.views")
+            if design.views.get(v, None) is None:
+                raise ParamsError(
+                    f"compare.views: {v!r} must be a view of design.views with an overlap fraction "
+                    f"(one of {[k for k, f in design.views.items() if f is not None]})"
+                )
+            if v not in train.jobs:
+                raise ParamsError(f"compare.views: {v!r} has no training job in train.jobs {list(train.jobs)}")
+        if train.jobs.get(self.baseline) != 1:
+            raise ParamsError(
+                f"compare.baseline: {self.baseline!r} must be a gridsize-1 job of train.jobs "
+                f"({[k for k, g in train.jobs.items() if g == 1]})"
+            )
+
+
 @dataclass(frozen=True)
 class Params:
     design: Design
     generate: Generate
     overlap: Overlap
     train: Train
+    reconstruct: Reconstruct
+    compare: Compare
 
     def check(self) -> None:
         self.design.check()
         self.generate.check(self.design)
         self.overlap.check(self.design)
         self.train.check(self.design)
+        self.reconstruct.check()
+        self.compare.check(self.design, self.train)
 
 
 # ------------------------------------------------------------------------------ reading

@@ -65,3 +65,101 @@ def plot_losses(path: str | Path, history: list[dict], *, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     _save(fig, Path(path))
+
+
+def plot_comparison(path: str | Path, aligned: dict, *, title: str) -> None:
+    """Ground truth and each aligned reconstruction (amplitude, phase) with their error maps.
+
+    ``aligned`` maps a model name to a :class:`fly64study.metrics.Aligned`; a model missing
+    from it (failed upstream) gets an empty column.
+    """
+    models = ["PtychoPINN", "Baseline", "PtyChi"]
+    ref = next(iter(aligned.values()), None)
+    aspect = ref.truth_phase.shape[0] / ref.truth_phase.shape[1] if ref is not None else 0.5
+    fig, ax = plt.subplots(4, 1 + len(models), figsize=(3.6 * (1 + len(models)) + 1.2, 4 * (3.6 * aspect + 0.5) + 0.6),
+                           squeeze=False)
+    for a in ax.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    if ref is not None:
+        amp_lim = (ref.truth_amplitude.min(), ref.truth_amplitude.max())
+        ph_lim = (ref.truth_phase.min(), ref.truth_phase.max())
+        im_amp = ax[0, 0].imshow(ref.truth_amplitude, cmap="gray", vmin=amp_lim[0], vmax=amp_lim[1])
+        ax[0, 0].set_title("ground truth")
+        ax[1, 0].imshow(ref.truth_phase, cmap="viridis", vmin=ph_lim[0], vmax=ph_lim[1])
+        ax[2, 0].set_visible(False)
+        ax[3, 0].set_visible(False)
+    ax[0, 0].set_ylabel("amplitude")
+    ax[1, 0].set_ylabel("phase, rad")
+    for j, model in enumerate(models, start=1):
+        al = aligned.get(model)
+        ax[0, j].set_title(model if al is not None else f"{model}: failed")
+        if al is None:
+            continue
+        ax[0, j].imshow(al.amplitude, cmap="gray", vmin=amp_lim[0], vmax=amp_lim[1])
+        im_ph = ax[1, j].imshow(al.phase, cmap="viridis", vmin=ph_lim[0], vmax=ph_lim[1])
+        im_ea = ax[2, j].imshow(al.amplitude - al.truth_amplitude, cmap="RdBu_r", vmin=-0.2, vmax=0.2)
+        im_ep = ax[3, j].imshow(al.phase - al.truth_phase, cmap="RdBu_r", vmin=-0.5, vmax=0.5)
+        ax[2, j].set_title(f"amplitude error (MAE {np.mean(np.abs(al.amplitude - al.truth_amplitude)):.3f})", fontsize=9)
+        ax[3, j].set_title(f"phase error (MAE {np.mean(np.abs(al.phase - al.truth_phase)):.3f} rad)", fontsize=9)
+    if ref is not None:
+        fig.colorbar(im_amp, ax=ax[0, :].tolist(), shrink=0.8)
+        fig.colorbar(im_ph, ax=ax[1, :].tolist(), shrink=0.8)
+        fig.colorbar(im_ea, ax=ax[2, :].tolist(), shrink=0.8)
+        fig.colorbar(im_ep, ax=ax[3, :].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, Path(path))
+
+
+_COLOURS = {"PtychoPINN": "tab:red", "Baseline": "tab:orange", "PtyChi": "tab:blue"}
+_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def plot_report(folder: str | Path, summary: dict, models: tuple[str, ...]) -> None:
+    """The report's figures: MS-SSIM against dose (per component and view), FRC resolution and
+    phase RMSE against photons per pixel, the latter beside the shot-noise bound."""
+    folder = Path(folder)
+    jobs = summary["jobs"]
+    views = sorted({c["view"] for c in jobs})
+
+    def series(view: str, model: str, key: str, x: str = "nphotons"):
+        pts = [(c[x], c["models"].get(model, {}).get(key)) for c in jobs if c["view"] == view]
+        pts = sorted((a, b) for a, b in pts if b is not None)
+        return [a for a, _ in pts], [b for _, b in pts]
+
+    fig, ax = plt.subplots(2, len(views), figsize=(4.8 * len(views), 7), squeeze=False, sharey="row")
+    for i, comp in enumerate(("phase", "amplitude")):
+        for j, view in enumerate(views):
+            for model in models:
+                xs, ys = series(view, model, f"ms_ssim_{comp}")
+                ax[i, j].plot(xs, ys, "o-", color=_COLOURS.get(model), label=model)
+            ax[i, j].set_xscale("log")
+            ax[i, j].set_title(f"{view} view: {comp}")
+            ax[i, j].set_xlabel("photons per pattern")
+            ax[i, j].grid(alpha=0.3)
+        ax[i, 0].set_ylabel(f"MS-SSIM ({comp})")
+    ax[0, 0].legend()
+    fig.tight_layout()
+    _save(fig, folder / "ms_ssim_vs_dose.png")
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    for j, view in enumerate(views):
+        for model in models:
+            xs, ys = series(view, model, "frc_resolution_phase", "photons_per_pixel_mean")
+            ax[0].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=_COLOURS.get(model), label=f"{model}, {view}")
+            xs, ys = series(view, model, "rmse_phase", "photons_per_pixel_mean")
+            ax[1].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=_COLOURS.get(model), label=f"{model}, {view}")
+    bound = sorted((c["photons_per_pixel_mean"], c["shot_noise_phase_bound_rad"]) for c in jobs
+                   if c["shot_noise_phase_bound_rad"] is not None)
+    ax[1].plot([b[0] for b in bound], [b[1] for b in bound], "k--", label="shot-noise bound 1/(2√n)")
+    ax[0].set_ylabel("FRC 0.5 resolution, cycles/pixel (phase)")
+    ax[0].axhline(0.5, color="gray", lw=0.8)
+    ax[1].set_ylabel("phase RMSE, rad")
+    ax[1].set_yscale("log")
+    for a in ax:
+        a.set_xscale("log")
+        a.set_xlabel("incident photons per object pixel")
+        a.grid(alpha=0.3)
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, folder / "frc_and_phase_error_vs_fluence.png")

@@ -64,22 +64,6 @@ def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] |
     return [j for j in jobs if (not doses or j.dose in doses) and (not views or j.view in views)]
 
 
-# ------------------------------------------------------------------------------ devices
-def select_device(accelerator: str) -> torch.device:
-    """``cpu``, ``cuda`` (an error if none is there) or ``auto`` (cuda when available)."""
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("--accelerator cuda: no CUDA device is visible; use --accelerator cpu or auto")
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(accelerator)
-
-
-def set_determinism(deterministic: bool) -> None:
-    """Deterministic algorithms only (same inputs and seed -> same weights, bit for bit)."""
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
 # --------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class Groups:

@@ -1,0 +1,273 @@
+"""Evidence hubs: RED/GREEN test logs, the deterministic training CLI runs, and their SHA256 archive.
+
+A hub is ``plans/active/<initiative>/reports/<UTC stamp>/<name>/`` with ``red/ green/ collect/
+cli/ prep/ data/ analysis/``. The Makefile's ``red``, ``green``, ``collect``, ``train-evidence``,
+``archive`` and ``archive-check`` targets call the subcommands of this module::
+
+    python -m fly64study.evidence pytest --expect fail|pass|collect --selector SEL --hub HUB
+    python -m fly64study.evidence train --hub HUB --dose 1e3 --view dense --view baseline
+    python -m fly64study.evidence archive --hub HUB
+    python -m fly64study.evidence verify --hub HUB
+
+``archive`` refuses (naming the file) a bundle whose SHA256 differs from its training manifest
+or from the line the training CLI printed; ``verify`` re-checks an archived hub. Archived
+bundles are tracked by DVC (``dvc add``: a ``.dvc`` file in git, the bytes in the cache and the
+remote), never committed to git.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fly64study.files import atomic_path, sha256_file, write_json
+
+LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
+SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\) → SHA256: (?P<sha>[0-9a-f]{64})$", re.M)
+EXPECT = {"fail": "red", "pass": "green", "collect": "collect"}
+
+
+class EvidenceError(RuntimeError):
+    """An evidence step did not give the expected outcome; the message says which and where."""
+
+
+def make_hub(hub: str | Path) -> Path:
+    hub = Path(hub)
+    for sub in LAYOUT:
+        (hub / sub).mkdir(parents=True, exist_ok=True)
+    return hub
+
+
+def log_name(selector: str) -> str:
+    """A file name for a pytest selector: ``tests/test_x.py::test_y`` -> ``pytest_test_x_test_y``."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", selector.replace(".py", "").split("/")[-1]).strip("_")
+    return f"pytest_{stem or 'all'}"
+
+
+# ---------------------------------------------------------------------------- red / green
+def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -> Path:
+    """Run pytest on ``selector``, tee its output to ``<hub>/<red|green|collect>/<name>.log`` and
+    check the outcome: ``fail`` must fail (exit 1: tests ran and failed), ``pass`` must pass,
+    ``collect`` must collect. Returns the log; raises :class:`EvidenceError` otherwise."""
+    folder = make_hub(hub) / EXPECT[expect]
+    log = folder / f"{name or log_name(selector)}.log"
+    cmd = [sys.executable, "-m", "pytest", *(["--collect-only", "-q"] if expect == "collect" else ["-vv"]),
+           *selector.split()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with atomic_path(log) as tmp, open(tmp, "w") as fh:
+        fh.write(f"$ {' '.join(cmd[1:])}\n")
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            fh.write(line)
+        rc = proc.wait()
+        fh.write(f"exit code: {rc}\n")
+    if expect == "fail" and rc != 1:
+        why = "it passed" if rc == 0 else f"pytest exited {rc}, not 1 (no test ran and failed: " \
+              f"{'no tests collected' if rc == 5 else 'a usage, collection or internal error'})"
+        raise EvidenceError(f"RED expected: {selector} must fail, but {why}; log: {log}")
+    if expect in ("pass", "collect") and rc != 0:
+        raise EvidenceError(f"{'GREEN' if expect == 'pass' else 'collection'} expected: {selector} exited {rc}; log: {log}")
+    return log
+
+
+# ------------------------------------------------------------------------- training runs
+def _dvc(root: Path, *args: str, log=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if log is not None:
+        log.write(f"$ dvc {' '.join(args)}\n{proc.stdout}{proc.stderr}exit code: {proc.returncode}\n")
+    if proc.returncode:
+        raise EvidenceError(f"dvc {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc
+
+
+def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], root: Path = Path("."),
+          params: str = "params.yaml") -> list[dict]:
+    """Make sure the jobs' phase D inputs exist (only the missing ones are produced, through
+    ``dvc repro``, logged under ``prep/``), then run the deterministic training CLI once per job,
+    keeping its output and exit code under ``cli/``. Bundles go to ``data/evidence/<stamp>/``
+    (git-ignored, like every pipeline output); the hub records where in ``cli/artifact_root.txt``."""
+    hub = make_hub(hub)
+    artifacts = Path("data/evidence") / hub.parent.name / hub.name
+    with atomic_path(hub / "prep" / "prep.log") as tmp, open(tmp, "w") as log:
+        for view in views:
+            folder = root / "data/phase_d" / f"dose_{dose}" / view
+            missing = [p.name for p in (folder / "train.npz", folder / "test.npz") if not p.is_file()]
+            if missing:
+                log.write(f"{folder}: missing {missing}; producing it through DVC\n")
+                _dvc(root, "repro", f"overlap@{dose}-{view}", log=log)
+            else:
+                log.write(f"{folder}: present, nothing regenerated\n")
+    (hub / "cli" / "artifact_root.txt").write_text(f"{artifacts}\n")
+    results = []
+    for view in views:
+        g = gridsizes[view]
+        stem = hub / "cli" / f"train_{dose}_{view}_gs{g}"
+        cmd = [sys.executable, "stages/train.py", "--params", params, "--dose", dose, "--view", view,
+               "--accelerator", "cpu", "--deterministic", "--num-workers", "0",
+               "--artifact-root", str(artifacts), "--manifest-dir", str(artifacts / "runs" / f"{dose}-{view}")]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        with atomic_path(stem.with_suffix(".log")) as tmp:
+            tmp.write_text(f"$ {' '.join(cmd[1:])}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}")
+        stem.with_suffix(".exit").write_text(f"{proc.returncode}\n")
+        results.append({"dose": dose, "view": view, "gridsize": g, "exit_code": proc.returncode,
+                        "log": str(stem.with_suffix(".log"))})
+        print(f"{view} (dose={dose}) gs{g}: exit {proc.returncode}, log {stem.with_suffix('.log')}", flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------ archive
+def _cli_digests(hub: Path) -> dict[tuple[str, str], str]:
+    """(view, dose) -> the SHA256 the training CLI printed, from every log under ``cli/``."""
+    out = {}
+    for log in sorted((hub / "cli").glob("*.log")):
+        for m in SHA_LINE.finditer(log.read_text()):
+            out[(m["view"], m["dose"])] = m["sha"]
+    return out
+
+
+def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
+    """Copy manifests, skip summaries and bundles of the hub's CLI runs into ``data/`` and write
+    ``analysis/``; refuse a bundle whose SHA256 differs from its manifest or the CLI's line."""
+    hub = make_hub(hub)
+    pointer = hub / "cli" / "artifact_root.txt"
+    if not pointer.is_file():
+        raise EvidenceError(f"{pointer}: missing; run `make train-evidence` for this hub first")
+    artifacts = root / pointer.read_text().strip()
+    manifests = sorted((artifacts / "runs").glob("*/training_manifest.json"))
+    if not manifests:
+        raise EvidenceError(f"{artifacts / 'runs'}: no training_manifest.json; did the CLI runs fail? see {hub / 'cli'}")
+    printed = _cli_digests(hub)
+    exits = {p.stem: int(p.read_text()) for p in (hub / "cli").glob("*.exit")}
+    jobs, skipped, archived = [], [], []
+    for path in manifests:
+        jobs += json.loads(path.read_text())["jobs"]
+        skip = path.with_name("skip_summary.json")
+        if skip.is_file():
+            skipped += json.loads(skip.read_text())["skipped"]
+    for job in jobs:
+        src = artifacts / job["bundle_path"]
+        name = f"wts_{job['view']}_gs{job['gridsize']}.h5.zip"
+        actual = sha256_file(src)
+        if actual != job["sha256"]:
+            raise EvidenceError(f"{src}: SHA256 {actual} differs from its training manifest ({job['sha256']})")
+        cli = printed.get((job["view"], job["dose"]))
+        if cli != actual:
+            raise EvidenceError(f"{src}: SHA256 {actual} differs from the training CLI's stdout "
+                                f"({cli or 'no SHA256 line'}, {hub / 'cli'})")
+        shutil.copyfile(src, hub / "data" / name)
+        if sha256_file(hub / "data" / name) != actual:
+            raise EvidenceError(f"{hub / 'data' / name}: the copy differs from {src}")
+        archived.append({**job, "archived_as": f"data/{name}"})
+    merged = {"jobs": archived, "sources": [str(p) for p in manifests]}
+    write_json(hub / "data" / "training_manifest.json", merged)
+    write_json(hub / "data" / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
+    with atomic_path(hub / "analysis" / "bundle_checksums.txt") as tmp:
+        tmp.write_text("".join(f"{j['sha256']}  {j['archived_as']}\n" for j in archived))
+    with atomic_path(hub / "analysis" / "training_manifest_pretty.json") as tmp:
+        tmp.write_text(json.dumps(merged, indent=4, sort_keys=True, ensure_ascii=False) + "\n")
+    with atomic_path(hub / "analysis" / "summary.md") as tmp:
+        tmp.write_text(_summary(hub, archived, skipped, exits))
+    # the bundles' bytes go to the DVC cache (and remote); git gets the small .dvc files
+    _dvc(root, "add", *[str((hub / j["archived_as"]).resolve().relative_to(root.resolve())) for j in archived])
+    return archived
+
+
+def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, int]) -> str:
+    lines = [f"# Evidence summary: {hub.name}", "", "## What ran", "",
+             "| CLI run | exit code |", "|---|---|"]
+    lines += [f"| `cli/{stem}.log` | {rc} |" for stem, rc in sorted(exits.items())]
+    lines += ["", "## Bundles (SHA256 equal in the training manifest, the CLI's stdout and the archived copy)", "",
+              "| view | dose | gridsize | archived as | SHA256 | size (bytes) | held-out phase RMSE (flat) |",
+              "|---|---|---|---|---|---|---|"]
+    for j in jobs:
+        ev = j.get("evaluation", {})
+        rmse = f"{ev['phase_rmse_rad']:.3f} ({ev['flat_phase_rmse_rad']:.3f})" if "phase_rmse_rad" in ev else "—"
+        lines.append(f"| {j['view']} | {j['dose']} | {j['gridsize']} | `{j['archived_as']}` | `{j['sha256']}` | "
+                     f"{j['size']} | {rmse} |")
+    lines += ["", "## Skipped jobs", ""]
+    lines += [f"- {s['view']} (dose={s['dose']}): {s['reason']}" for s in skipped] or ["- none"]
+    failed = [stem for stem, rc in exits.items() if rc]
+    lines += ["", "## Open items", ""]
+    lines += [f"- `cli/{stem}.log` exited non-zero: see the log" for stem in failed] or [
+        "- none from these runs; check: `cd " + str(hub) + " && sha256sum -c analysis/bundle_checksums.txt`"]
+    return "\n".join(lines) + "\n"
+
+
+def verify(hub: Path) -> int:
+    """Re-check an archived hub: every bundle in ``analysis/bundle_checksums.txt`` against its
+    file and the archived manifest. Returns the number of bundles checked."""
+    sums = hub / "analysis" / "bundle_checksums.txt"
+    if not sums.is_file():
+        raise EvidenceError(f"{sums}: missing; run `make archive` first")
+    manifest = {j["archived_as"]: j["sha256"] for j in
+                json.loads((hub / "data" / "training_manifest.json").read_text())["jobs"]}
+    n = 0
+    for line in sums.read_text().splitlines():
+        digest, rel = line.split(None, 1)
+        path = hub / rel.strip()
+        if not path.is_file():
+            raise EvidenceError(f"{path}: missing (listed in {sums}); `dvc pull` restores it")
+        actual = sha256_file(path)
+        if actual != digest or manifest.get(rel.strip()) != digest:
+            raise EvidenceError(f"{path}: SHA256 {actual} differs from {sums.name} ({digest}) "
+                                f"or the archived manifest ({manifest.get(rel.strip())})")
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------ command line
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fly64study.evidence", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pytest", help="RED / GREEN / collect-only pytest evidence")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--selector", required=True)
+    p.add_argument("--expect", choices=sorted(EXPECT), required=True)
+    p.add_argument("--name", help="log file name (default: from the selector)")
+    p = sub.add_parser("train", help="prepare inputs, run the deterministic training CLI per job")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--dose", default="1e3")
+    p.add_argument("--view", action="append", help="job / view (repeatable; default: dense, baseline)")
+    for name in ("archive", "verify"):
+        sub.add_parser(name).add_argument("--hub", required=True)
+    args = parser.parse_args(argv)
+    hub = Path(args.hub)
+    try:
+        if args.command == "pytest":
+            log = run_pytest(hub, args.selector, args.expect, args.name)
+            print(f"{ {'fail': 'RED', 'pass': 'GREEN', 'collect': 'collected'}[args.expect]} as expected: {log}")
+        elif args.command == "train":
+            from fly64study.design import load_params
+
+            params = load_params(args.params)
+            views = args.view or ["dense", "baseline"]
+            unknown = [v for v in views if v not in params.train.jobs]
+            if unknown:
+                raise EvidenceError(f"--view {unknown[0]}: not a job of train.jobs {list(params.train.jobs)}")
+            if args.dose not in params.design.doses:
+                raise EvidenceError(f"--dose {args.dose}: not a dose of design.doses {list(params.design.doses)}")
+            results = train(hub, dose=args.dose, views=views, gridsizes=params.train.jobs, params=args.params)
+            failed = [r for r in results if r["exit_code"]]
+            if failed:
+                raise EvidenceError(f"training CLI failed for {[r['view'] for r in failed]}; see {failed[0]['log']}")
+        elif args.command == "archive":
+            jobs = archive(hub)
+            print(f"archived {len(jobs)} bundles in {hub / 'data'}; check: cd {hub} && sha256sum -c "
+                  f"analysis/bundle_checksums.txt")
+        else:
+            print(f"{verify(hub)} bundles match {hub / 'analysis' / 'bundle_checksums.txt'} and the manifest")
+    except EvidenceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    main()

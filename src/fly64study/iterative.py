@@ -1,0 +1,196 @@
+"""Phase F: the iterative baseline, pty-chi's LSQML, on one view's test split.
+
+The object starts flat (transmission 1, never the ground truth), the probe is the known one,
+every pattern is used and the positions are fixed. pty-chi sees the same photon data as the
+PINN, in its own units: its far field is an unnormalised FFT, so the measured intensity
+``(diffraction * s)^2 / s^2`` is scaled by N² to match the orthonormal FFT of the simulator.
+
+The reconstructed object lives in the ground truth's pixel frame: the buffer is the object
+plus a margin, with the position origin placed so that a position (x, y) is the patch centre
+of :func:`fly64study.simulate.extract_patches` (``patch[a, b] = obj(y - N/2 + a, x - N/2 + b)``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fly64study.contract import ContractError, Dataset, read_npz, write_npz
+from fly64study.design import Reconstruct
+from fly64study.files import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+MARGIN = 8  # object buffer pixels beyond the ground truth's on each side: edge patches need no padding
+ALGORITHM = "LSQML"
+
+
+@dataclass(frozen=True)
+class LSQMLResult:
+    status: str  # "completed" or "failed"
+    object: np.ndarray  # (H, W) complex64 in the ground truth's frame; (0, 0) when failed
+    probe: np.ndarray  # (N, N) complex64; (0, 0) when failed
+    cost: np.ndarray  # (epochs,) float64, pty-chi's loss per epoch
+    wall_seconds: float
+    error: str = ""  # why pty-chi failed
+    settings: dict = field(default_factory=dict)
+
+
+def ptychi_version() -> str:
+    from importlib.metadata import version
+
+    return version("ptychi")
+
+
+def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool):
+    import ptychi.api as api  # imported here: pty-chi takes seconds to import
+
+    H, W = ds.objectGuess.shape
+    N = ds.N
+    o = api.LSQMLOptions()
+    s = float(ds.metadata["intensity_scale"])
+    counts = np.round((ds.diffraction.astype(np.float64) * s) ** 2)
+    o.data_options.fft_shift = True  # the contract stores patterns with the zero frequency centred
+    o.object_options.optimizable = True
+    o.object_options.step_size = 1.0
+    # pty-chi's patch centre sits half a pixel before the contract's (N/2): origin MARGIN - 0.5
+    o.object_options.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
+    o.object_options.position_origin_coords = np.array([MARGIN - 0.5, MARGIN - 0.5])
+    o.probe_options.optimizable = cfg.refine_probe
+    # its object/probe scale balancing would rescale a probe we hold fixed
+    o.object_options.remove_object_probe_ambiguity.enabled = cfg.refine_probe
+    o.probe_position_options.optimizable = False
+    r = o.reconstructor_options
+    r.num_epochs = cfg.epochs
+    r.batch_size = min(cfg.batch_size, ds.n)
+    r.noise_model = api.NoiseModels.GAUSSIAN
+    r.rescale_probe_intensity_in_first_epoch = False  # the probe's scale is known: keep it
+    r.random_seed = cfg.seed
+    r.allow_nondeterministic_algorithms = not deterministic
+    r.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
+    data = {
+        "diffraction_data": (counts / s**2 * N**2).astype(np.float32),
+        "object_data": np.ones((1, H + 2 * MARGIN, W + 2 * MARGIN), np.complex64),
+        "probe_data": ds.probeGuess[None, None].astype(np.complex64),
+        "probe_position_y_px": ds.ycoords.astype(np.float64),
+        "probe_position_x_px": ds.xcoords.astype(np.float64),
+    }
+    return o, data
+
+
+def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True) -> LSQMLResult:
+    """Run LSQML on ``ds``. pty-chi's own failures (an exception, or a non-finite object) come
+    back as a result with status ``failed`` and the reason, not as an exception."""
+    settings = {"algorithm": ALGORITHM, "epochs": cfg.epochs, "batch_size": min(cfg.batch_size, ds.n),
+                "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": "gaussian",
+                "object_init": "flat (1 + 0j)", "probe_init": "known probe", "positions": "fixed",
+                "device": device, "deterministic": deterministic, "threads": torch.get_num_threads(),
+                "ptychi": ptychi_version()}
+    empty = np.zeros((0, 0), np.complex64)
+    from ptychi.api.task import PtychographyTask  # imported here: seconds, outside the timing
+
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pty-chi's tensor-copy advice, once per call site
+            options, data = _options(ds, cfg, device, deterministic)
+            task = PtychographyTask(options, **data)
+            task.run()
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0, MARGIN:-MARGIN, MARGIN:-MARGIN]
+        probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0]
+        cost = task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64)
+    except Exception as err:  # noqa: BLE001 - any pty-chi failure is a failed job, recorded, not a crash
+        log.exception("pty-chi LSQML failed")
+        return LSQMLResult("failed", empty, empty, np.zeros(0), time.perf_counter() - t0,
+                           f"{type(err).__name__}: {err}", settings)
+    seconds = time.perf_counter() - t0
+    if not (np.all(np.isfinite(obj)) and np.all(np.isfinite(probe))):
+        return LSQMLResult("failed", empty, empty, cost, seconds, "pty-chi returned a non-finite object or probe",
+                           settings)
+    return LSQMLResult("completed", obj.astype(np.complex64), probe.astype(np.complex64), cost, seconds, "",
+                       settings)
+
+
+# ----------------------------------------------------------------------------- the file
+def save_result(path: str | Path, result: LSQMLResult, ds: Dataset, provenance: dict) -> None:
+    """``ptychi_reconstruction.npz``: object, probe, per-epoch cost, wall time, positions, _metadata."""
+    meta = {"status": result.status, "error": result.error, "settings": result.settings,
+            "wall_seconds": result.wall_seconds, **provenance}
+    write_npz(path, {
+        "object": result.object, "probe": result.probe, "cost": result.cost,
+        "wall_seconds": np.float64(result.wall_seconds),
+        "xcoords": ds.xcoords, "ycoords": ds.ycoords,
+        "_metadata": np.array(json.dumps(meta, sort_keys=True, allow_nan=False)),
+    })
+
+
+def load_result(path: str | Path) -> LSQMLResult:
+    """Read a ``ptychi_reconstruction.npz`` (no pickle), checking its members."""
+    arrays, meta = read_npz(path)
+    for key, kind in (("object", "c"), ("probe", "c"), ("cost", "f"), ("wall_seconds", "f")):
+        if key not in arrays:
+            raise ContractError(f"{path}: {key}: missing; a reconstruction file holds object, probe, cost, wall_seconds")
+        if arrays[key].dtype.kind != kind:
+            raise ContractError(f"{path}: {key}: unexpected dtype {arrays[key].dtype}")
+    if not isinstance(meta, dict) or meta.get("status") not in ("completed", "failed"):
+        raise ContractError(f"{path}: _metadata: missing or without a status of completed/failed")
+    if meta["status"] == "completed" and arrays["object"].ndim != 2:
+        raise ContractError(f"{path}: object: expected a 2-D field, got shape {arrays['object'].shape}")
+    return LSQMLResult(meta["status"], arrays["object"], arrays["probe"], arrays["cost"],
+                       float(arrays["wall_seconds"]), meta.get("error", ""), meta.get("settings", {}))
+
+
+@contextlib.contextmanager
+def logged_to(path: str | Path) -> Iterator[None]:
+    """Copy every log record (pty-chi's included) to ``path`` while the block runs. The file
+    appears, atomically, when the block ends, also when it ends in an error (then most useful)."""
+    failure: BaseException | None = None
+    with atomic_path(path) as tmp:
+        handler = logging.FileHandler(tmp, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        except BaseException as err:  # noqa: BLE001 - re-raised once the log is in place
+            failure = err
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+    if failure is not None:
+        raise failure
+
+
+def final_cost(result: LSQMLResult) -> float | None:
+    return float(result.cost[-1]) if result.cost.size and math.isfinite(result.cost[-1]) else None
+
+
+# ------------------------------------------------------------------------------ one job
+def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, dose: str, view: str,
+                       test_path: str, device: str = "cpu", deterministic: bool = True) -> dict:
+    """LSQML on one view's test split; write ``ptychi_reconstruction.npz`` and ``ptychi.log`` to
+    ``out_dir`` and return the job's manifest entry (status ``failed`` with the reason if pty-chi failed)."""
+    out_dir = Path(out_dir)
+    npz = out_dir / "ptychi_reconstruction.npz"
+    with logged_to(out_dir / "ptychi.log"):
+        log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s, %d epochs, batch %d, on %s",
+                 ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
+                 cfg.epochs, cfg.batch_size, device)
+        result = lsqml(test, cfg, device=device, deterministic=deterministic)
+        log.info("%s (dose=%s): %s in %.1f s, final cost %s", view, dose, result.status, result.wall_seconds,
+                 final_cost(result))
+    provenance = {"dose": dose, "nphotons": test.metadata["nphotons"], "view": view, "test_data": test_path,
+                  "n_positions": test.n}
+    save_result(npz, result, test, provenance)
+    return {**provenance, "status": result.status, "error": result.error, "settings": result.settings,
+            "wall_seconds": result.wall_seconds, "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
+            "output": str(npz), "sha256": sha256_file(npz), "size": npz.stat().st_size}

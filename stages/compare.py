@@ -1,0 +1,65 @@
+"""Phase G: PtychoPINN, Baseline and PtyChi on one view's test split, against the ground truth.
+
+PtychoPINN = the view's own bundle, Baseline = the dose's compare.baseline (gridsize 1) bundle,
+both loaded through the verified loader against the SHA256 in their training manifests;
+PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
+dose, view, model, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json and
+comparison.png.
+"""
+import argparse
+from pathlib import Path
+
+from fly64study.bundle import BundleError
+from fly64study.cli import run
+from fly64study.compare import Candidate, compare, write_comparison
+from fly64study.contract import ContractError, load_dataset
+from fly64study.design import ParamsError, load_params
+from fly64study.inference import pinn_field, trained_bundle
+from fly64study.iterative import load_result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dose", required=True)
+    parser.add_argument("--view", required=True, help="a view of compare.views")
+    parser.add_argument("--phase-d", default="data/phase_d")
+    parser.add_argument("--phase-e", default="data/phase_e", help="bundle root (dose_<d>/<job>/gs<g>/wts.h5.zip)")
+    parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
+    parser.add_argument("--phase-f", default="data/phase_f")
+    parser.add_argument("--out", required=True, help="output folder, data/phase_g/dose_<d>/<view>")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    design, jobs = params.design, params.train.jobs
+    if args.dose not in design.doses:
+        raise ParamsError(f"--dose {args.dose}: unknown; choose from {list(design.doses)}")
+    if args.view not in params.compare.views:
+        raise ParamsError(f"--view {args.view}: not in compare.views {list(params.compare.views)}")
+    test = load_dataset(Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz")
+    candidates = []
+    for model, job in (("PtychoPINN", args.view), ("Baseline", params.compare.baseline)):
+        path, sha = trained_bundle(Path(args.runs), Path(args.phase_e), args.dose, job, jobs[job])
+        try:
+            pinn = pinn_field(path, test, neighbor_count=design.neighbor_count,
+                              grouping_seed=design.seeds.grouping, expected_sha256=sha)
+        except BundleError as err:
+            raise ContractError(str(err)) from None
+        candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {sha[:12]}"))
+    recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
+    rec = load_result(recon_path)
+    candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, rec.wall_seconds,
+                                f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
+                                else f"pty-chi failed: {rec.error}"))
+    result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics)
+    write_comparison(args.out, result)
+    for model, m in result.summary["models"].items():
+        if m["status"] == "completed":
+            print(f"{args.view} (dose={args.dose}) {model}: MS-SSIM phase {m['ms_ssim_phase']:.3f} "
+                  f"amplitude {m['ms_ssim_amplitude']:.3f}, MAE phase {m['mae_phase']:.4f} rad, "
+                  f"FRC0.5 phase {m['frc_resolution_phase']:.3f} cyc/px, {m['wall_time_s']:.1f} s")
+        else:
+            print(f"{args.view} (dose={args.dose}) {model}: {m['note']}")
+
+
+if __name__ == "__main__":
+    run(main)

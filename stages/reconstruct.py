@@ -1,0 +1,56 @@
+"""Phase F: pty-chi LSQML on one view's test split (object flat, probe known, positions fixed).
+
+Writes ptychi_reconstruction.npz (object, probe, per-epoch cost, wall time), ptychi.log,
+reconstruction_manifest.json and skip_summary.json. A pty-chi failure is recorded there (status
+"failed", with the reason) and the stage still ends normally, so one failed job does not stop
+the study; phase G reports it.
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+from fly64study.cli import run
+from fly64study.contract import load_dataset
+from fly64study.design import ParamsError, load_params
+from fly64study.devices import select_device
+from fly64study.files import write_json
+from fly64study.iterative import run_reconstruction
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dose", required=True, help="dose label, a key of design.doses")
+    parser.add_argument("--view", required=True, help="view, a key of design.views (baseline = the full test split)")
+    parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
+    parser.add_argument("--out", required=True, help="output folder, data/phase_f/dose_<d>/<view>")
+    parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="one thread and deterministic kernels: the same object bytes every run")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    if args.dose not in params.design.doses:
+        raise ParamsError(f"--dose {args.dose}: unknown; choose from {list(params.design.doses)}")
+    if args.view not in params.design.views:
+        raise ParamsError(f"--view {args.view}: unknown; choose from {list(params.design.views)}")
+    device = select_device(args.accelerator).type
+    if args.deterministic:
+        torch.set_num_threads(1)  # LSQML is bitwise reproducible on one thread only
+    test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
+    test = load_dataset(test_path)
+    out = Path(args.out)
+    entry = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
+                               test_path=str(test_path), device=device, deterministic=args.deterministic)
+    write_json(out / "reconstruction_manifest.json", {"jobs": [entry]})
+    skipped = [] if entry["status"] == "completed" else [
+        {"dose": args.dose, "view": args.view, "reason": f"pty-chi failed: {entry['error']}"}]
+    write_json(out / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
+    name = f"{args.view} (dose={args.dose})"
+    print(f"{name} → PtyChi {entry['status']}: {entry['output']}")
+    print(f"{name} → SHA256: {entry['sha256']}")
+    print(f"{name} → Wall time: {entry['wall_seconds']:.1f} s, final cost {entry['final_cost']}", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

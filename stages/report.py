@@ -1,0 +1,35 @@
+"""Phase G: the study report from every comparison and every pty-chi run.
+
+Writes metrics_summary.json and metrics_summary.md (per job; per model mean and best; deltas
+PtychoPINN − Baseline and PtychoPINN − PtyChi), metrics.json (dvc metrics), plots/*.csv
+(dvc plots) and the PNGs ms_ssim_vs_dose.png and frc_and_phase_error_vs_fluence.png.
+"""
+import argparse
+from pathlib import Path
+
+from fly64study.cli import run
+from fly64study.design import load_params
+from fly64study.report import read_json, summarise, write_report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--phase-f", default="data/phase_f", help="dose_<d>/<view>/reconstruction_manifest.json")
+    parser.add_argument("--phase-g", default="data/phase_g", help="dose_<d>/<view>/comparison.json")
+    parser.add_argument("--out", default="data/report")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    doses = params.design.doses
+    comparisons = [read_json(Path(args.phase_g) / f"dose_{d}" / v / "comparison.json")
+                   for d in doses for v in params.compare.views]
+    runs = [job for d in doses for v in params.design.views
+            for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
+    summary = summarise(comparisons, runs)
+    write_report(args.out, summary)
+    print(f"report: {Path(args.out) / 'metrics_summary.md'} ({len(comparisons)} comparisons, "
+          f"{len(summary['failed'])} failed model runs)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,87 @@
+"""Phase G: stitching, one comparison, and the report, on small known inputs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fly64study import metrics
+from fly64study.compare import Candidate, compare, write_comparison
+from fly64study.inference import stitch
+from fly64study.report import summarise, write_report
+from fly64study.simulate import generate_dose
+
+
+@pytest.fixture(scope="module")
+def test_split(tiny):
+    return generate_dose(tiny.design, tiny.generate, "1e4")[1]
+
+
+def test_stitching_the_true_patches_gives_back_the_object(test_split):
+    ds = test_split
+    field = stitch(ds.Y, ds.xcoords, ds.ycoords, ds.objectGuess.shape, np.abs(ds.probeGuess) ** 2)
+    region = metrics.scanned_area(ds.xcoords, ds.ycoords, field.shape)
+    rms = lambda a: np.sqrt(np.mean(np.abs(a - ds.objectGuess[region]) ** 2))  # noqa: E731
+    assert rms(field[region]) < 0.05 < 0.2 * rms(np.ones_like(field[region]))  # edge ringing of hard particles only
+    assert max(abs(s) for s in metrics.register(field, ds.objectGuess, region)) < 0.05  # same position convention
+    assert field[0, 0] == 1  # never under a probe: flat
+
+
+def _comparison(ds, tiny, dose, view):
+    flat = np.ones_like(ds.objectGuess)
+    noisy = ds.objectGuess * np.exp(1j * 0.1 * np.random.default_rng(0).standard_normal(ds.objectGuess.shape))
+    return compare(ds, [Candidate("PtychoPINN", noisy.astype(np.complex64), 1.5, "test"),
+                        Candidate("Baseline", flat, 0.5, "flat object"),
+                        Candidate("PtyChi", None, 3.0, "pty-chi failed: test")],
+                   dose=dose, view=view, cfg=tiny.design.metrics)
+
+
+def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, tmp_path):
+    comp = _comparison(test_split, tiny, "1e4", "dense")
+    models = comp.summary["models"]
+    assert models["PtychoPINN"]["ms_ssim_phase"] > 0.5 > models["Baseline"]["ms_ssim_phase"]
+    assert models["PtychoPINN"]["mae_phase"] < models["Baseline"]["mae_phase"]
+    assert models["PtyChi"]["status"] == "failed"
+    rows_, cols_ = comp.summary["crop"]["rows"], comp.summary["crop"]["cols"]
+    in_crop = comp.summary["photons_per_pixel_mean"] * (rows_[1] - rows_[0]) * (cols_[1] - cols_[0])
+    assert 0.25 * test_split.n * 1e4 < in_crop <= test_split.n * 1e4  # edge exposures spill out of the crop
+    assert comp.summary["shot_noise_phase_bound_rad"] == pytest.approx(
+        1 / (2 * np.sqrt(comp.summary["photons_per_pixel_mean"])), rel=0.5)
+    write_comparison(tmp_path, comp)
+    with open(tmp_path / "comparison_metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["dose", "view", "model", "metric", "amplitude", "phase", "value", "note"]
+    pinn = {r["metric"]: r for r in rows if r["model"] == "PtychoPINN"}
+    assert float(pinn["ms_ssim"]["phase"]) > 0.5 and float(pinn["wall_time_s"]["value"]) == 1.5
+    failed = [r for r in rows if r["model"] == "PtyChi"]
+    assert failed and all(r["phase"] == "" and r["note"] == "pty-chi failed: test" for r in failed)
+    with open(tmp_path / "frc_curves.csv") as fh:
+        curves = list(csv.DictReader(fh))
+    assert {(r["model"], r["component"]) for r in curves} == {
+        (m, c) for m in ("PtychoPINN", "Baseline") for c in ("amplitude", "phase")}
+    assert (tmp_path / "comparison.png").stat().st_size > 20_000
+
+
+def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp_path):
+    comps = [_comparison(test_split, tiny, "1e4", v).summary for v in ("dense", "sparse")]
+    runs = [{"dose": "1e4", "view": "dense", "n_positions": 10, "status": "failed", "error": "test",
+             "wall_seconds": 1.0, "final_cost": None, "epochs_run": 0}]
+    summary = summarise(comps, runs)
+    stats = summary["per_model"]["PtychoPINN"]["ms_ssim_phase"]
+    assert stats["n"] == 2 and stats["best"] >= stats["mean"]
+    delta = summary["deltas"]["PtychoPINN - Baseline"]["per_job"][0]
+    m = comps[0]["models"]
+    assert delta["ms_ssim_phase"] == pytest.approx(m["PtychoPINN"]["ms_ssim_phase"] - m["Baseline"]["ms_ssim_phase"])
+    assert summary["deltas"]["PtychoPINN - PtyChi"]["mean"]["ms_ssim_phase"] is None  # PtyChi failed everywhere
+    assert len(summary["failed"]) == 2
+    write_report(tmp_path, summary)
+    md = (tmp_path / "metrics_summary.md").read_text()
+    assert "failed: pty-chi failed: test" in md and "PtychoPINN - PtyChi" in md
+    dvc = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(dvc) == {"dense", "sparse"} and "ms_ssim_phase" in dvc["dense"]["1e4"]["PtychoPINN"]
+    with open(tmp_path / "plots" / "ms_ssim_phase_dense.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["PtychoPINN"]) > float(row["Baseline"]) and row["PtyChi"] == ""
+    assert (tmp_path / "ms_ssim_vs_dose.png").is_file() and (tmp_path / "frc_and_phase_error_vs_fluence.png").is_file()

@@ -1,0 +1,216 @@
+"""Evidence workflow: RED/GREEN targets, train-evidence + archive with SHA256 proof, and DVC remotes
+(a local directory, and SSH against a real sshd on 127.0.0.1)."""
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_project, project_env, sh
+from fly64study.files import sha256_file
+
+pytestmark = pytest.mark.pipeline
+
+SAMPLE_TESTS = '''
+def test_passes():
+    assert 1 + 1 == 2
+
+def test_fails():
+    assert 1 + 1 == 3
+'''
+
+
+@pytest.fixture
+def sample(tmp_path) -> Path:
+    (tmp_path / "test_sample.py").write_text(SAMPLE_TESTS)
+    return tmp_path
+
+
+def evidence(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["python", "-m", "fly64study.evidence", *args], cwd=cwd, env=project_env(Path(__file__).parents[1]),
+                          capture_output=True, text=True)
+
+
+def test_red_must_fail_and_green_must_pass(sample):
+    hub = sample / "hub"
+    red_ok = evidence(sample, "pytest", "--hub", str(hub), "--expect", "fail", "--selector", "test_sample.py::test_fails")
+    assert red_ok.returncode == 0 and "RED as expected" in red_ok.stdout
+    log = hub / "red" / "pytest_test_sample_test_fails.log"
+    assert "1 failed" in log.read_text() and "exit code: 1" in log.read_text()
+
+    red_wrong = evidence(sample, "pytest", "--hub", str(hub), "--expect", "fail", "--selector", "test_sample.py::test_passes")
+    assert red_wrong.returncode == 1
+    assert "RED expected: test_sample.py::test_passes must fail, but it passed" in red_wrong.stderr
+
+    green_wrong = evidence(sample, "pytest", "--hub", str(hub), "--expect", "pass", "--selector", "test_sample.py::test_fails")
+    assert green_wrong.returncode == 1 and "GREEN expected: test_sample.py::test_fails exited 1" in green_wrong.stderr
+
+    green_ok = evidence(sample, "pytest", "--hub", str(hub), "--expect", "pass", "--selector", "test_sample.py::test_passes")
+    assert green_ok.returncode == 0 and (hub / "green" / "pytest_test_sample_test_passes.log").is_file()
+
+    # a selector that collects nothing is not a RED: no test ran and failed
+    nothing = evidence(sample, "pytest", "--hub", str(hub), "--expect", "fail", "--selector", "test_sample.py -k nomatch")
+    assert nothing.returncode == 1 and "no tests collected" in nothing.stderr
+
+    collected = evidence(sample, "pytest", "--hub", str(hub), "--expect", "collect", "--selector", "test_sample.py")
+    assert collected.returncode == 0
+    assert "test_sample.py::test_passes" in (hub / "collect" / "pytest_test_sample.log").read_text()
+    assert sorted(p.name for p in hub.iterdir()) == ["analysis", "cli", "collect", "data", "green", "prep", "red"]
+
+
+# ---------------------------------------------------------------------------------- archive
+def make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess:
+    # -o: the copy has no .venv; the test's interpreter (on PATH) stands in for it
+    return sh(root, "make", "--no-print-directory", "-o", ".venv/.installed", "PY=python", *targets, check=check)
+
+
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny-profile project after `make train-evidence archive`: (project, hub)."""
+    root = copy_project(tmp_path_factory.mktemp("evidence") / "study")
+    hub = "plans/active/TEST-INITIATIVE/reports/2026-01-01T000000Z/phase_e_evidence"
+    make(root, "train-evidence", "archive", f"HUB={hub}")
+    return root, root / hub
+
+
+def test_train_evidence_and_archive_leave_a_complete_hub(archived):
+    root, hub = archived
+    assert sorted(p.name for p in hub.iterdir()) == ["analysis", "cli", "collect", "data", "green", "prep", "red"]
+    assert "producing it through DVC" in (hub / "prep" / "prep.log").read_text()  # fresh copy: nothing existed
+    for view, g in (("dense", 2), ("baseline", 1)):
+        log = (hub / "cli" / f"train_1e3_{view}_gs{g}.log").read_text()
+        assert f"{view} (dose=1e3) → SHA256: " in log
+        assert (hub / "cli" / f"train_1e3_{view}_gs{g}.exit").read_text().strip() == "0"
+        bundle = hub / "data" / f"wts_{view}_gs{g}.h5.zip"
+        assert bundle.is_file() and (hub / "data" / f"wts_{view}_gs{g}.h5.zip.dvc").is_file()
+        assert sha256_file(bundle) in log
+    manifest = json.loads((hub / "data" / "training_manifest.json").read_text())
+    assert {j["view"] for j in manifest["jobs"]} == {"dense", "baseline"}
+    assert json.loads((hub / "data" / "skip_summary.json").read_text())["count"] == 0
+    pretty = (hub / "analysis" / "training_manifest_pretty.json").read_text()
+    assert json.loads(pretty) == manifest and "\n    " in pretty
+    summary = (hub / "analysis" / "summary.md").read_text()
+    assert "wts_dense_gs2.h5.zip" in summary and "wts_baseline_gs1.h5.zip" in summary and "| 0 |" in summary
+    check = subprocess.run(["sha256sum", "-c", "analysis/bundle_checksums.txt"], cwd=hub, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == 2
+    # bundles are DVC-tracked: git ignores their bytes, keeps their .dvc files
+    ignored = sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2.h5.zip"), check=False)
+    assert ignored.returncode == 0
+    assert sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2.h5.zip.dvc"), check=False).returncode == 1
+    assert "bundles match" in make(root, "archive-check", f"HUB={hub.relative_to(root)}").stdout
+
+
+def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_path):
+    root, hub = archived
+    bundle = hub / "data" / "wts_dense_gs2.h5.zip"
+    keep = tmp_path / "keep.zip"
+    shutil.copyfile(bundle, keep)
+    try:
+        data = bytearray(bundle.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        bundle.write_bytes(bytes(data))
+        proc = make(root, "archive-check", f"HUB={hub.relative_to(root)}", check=False)
+        assert proc.returncode != 0 and "wts_dense_gs2.h5.zip: SHA256" in proc.stderr
+        assert subprocess.run(["sha256sum", "-c", "analysis/bundle_checksums.txt"], cwd=hub,
+                              capture_output=True).returncode != 0
+    finally:
+        shutil.copyfile(keep, bundle)
+
+
+def test_archive_refuses_a_bundle_that_differs_from_its_manifest(archived, tmp_path):
+    root, hub = archived
+    artifacts = root / (hub / "cli" / "artifact_root.txt").read_text().strip()
+    source = artifacts / "dose_1e3" / "baseline" / "gs1" / "wts.h5.zip"
+    keep = tmp_path / "keep.zip"
+    shutil.copyfile(source, keep)
+    try:
+        source.write_bytes(source.read_bytes() + b"\0")
+        proc = make(root, "archive", f"HUB={hub.relative_to(root)}", check=False)
+        assert proc.returncode != 0
+        assert f"{source.relative_to(root)}: SHA256" in proc.stderr and "differs from its training manifest" in proc.stderr
+    finally:
+        shutil.copyfile(keep, source)
+
+
+# ---------------------------------------------------------------------------------- remotes
+def _bundles(hub: Path) -> dict[str, str]:
+    return {line.split()[1]: line.split()[0] for line in (hub / "analysis" / "bundle_checksums.txt").read_text().splitlines()}
+
+
+def _round_trip(root: Path, hub: Path, remote: str) -> None:
+    """Push the hub's bundles, delete them and the cache, pull, and check every SHA256."""
+    expected = _bundles(hub)
+    targets = [str((hub / rel).relative_to(root)) + ".dvc" for rel in expected]
+    sh(root, "dvc", "push", "-r", remote, *targets)
+    shutil.rmtree(root / ".dvc" / "cache")
+    for rel in expected:
+        (hub / rel).unlink()
+    sh(root, "dvc", "pull", "-r", remote, *targets)
+    assert {rel: sha256_file(hub / rel) for rel in expected} == expected
+
+
+def test_local_directory_remote_is_the_default(archived):
+    root, hub = archived
+    assert sh(root, "dvc", "remote", "default").stdout.strip() == "local"
+    _round_trip(root, hub, "local")
+    assert (root / ".dvc_remote").is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """Debian's openssh-server on 127.0.0.1, key auth only, keys and config in a temp folder."""
+    if not Path("/usr/sbin/sshd").is_file() or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssh-server is not installed (.ci/run installs it: apt-get install openssh-server)")
+    d = tmp_path / "ssh"
+    d.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(d / "sshd_config")], check=True)
+    subprocess.run(["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")], check=True)
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield {"port": port, "key": d / "client", "log": d / "sshd.log"}
+    pid = d / "sshd.pid"
+    if pid.is_file():
+        subprocess.run(["kill", pid.read_text().strip()])
+
+
+def test_ssh_remote_push_pull_restores_identical_bundles(archived, sshd, tmp_path):
+    root, hub = archived
+    store = tmp_path / "ssh-store"
+    store.mkdir()
+    url = f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}{store}"
+    sh(root, "dvc", "remote", "add", "--local", "-f", "ssh", url)
+    sh(root, "dvc", "remote", "modify", "--local", "ssh", "keyfile", str(sshd["key"]))
+    try:
+        _round_trip(root, hub, "ssh")
+    except AssertionError:
+        print(sshd["log"].read_text())
+        raise
+    assert any(store.rglob("*")), "nothing reached the SSH remote"
+    assert "ssh" not in (root / ".dvc" / "config").read_text()  # the key and URL stay in config.local
