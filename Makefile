@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/train.py
 	dvc repro   # bench/reconstruct.py reads the pipeline's test splits and bundles (a no-op when up to date)
 	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
+	$(PY) bench/pipeline.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,7 +14,7 @@ from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_json
 from fly64study.devices import select_device, set_determinism
-from fly64study.train import plan_jobs, run_job
+from fly64study.train import TrainingPaused, plan_jobs, run_job
 
 
 def main(argv=None):
@@ -33,6 +33,10 @@ def main(argv=None):
     parser.add_argument("--allow-missing", action="store_true",
                         help="skip a job whose data is missing (recorded in skip_summary.json) instead of failing")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and their paths; train nothing")
+    parser.add_argument("--checkpoint-dir", help="per-epoch checkpoints, resumed when a job is run again "
+                        "(default: <artifact-root>/.checkpoints; removed once a job's bundle is written)")
+    parser.add_argument("--stop-after-epoch", type=int, help="pause each job after this epoch (its checkpoint "
+                        "resumes it on the next run): for time-boxed runs")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     jobs = plan_jobs(params, args.dose, args.view)
@@ -45,6 +49,8 @@ def main(argv=None):
         return
     if args.num_workers < 0:
         raise ParamsError("--num-workers: must be >= 0")
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ParamsError("--stop-after-epoch: must be >= 1")
     device = select_device(args.accelerator)
     set_determinism(args.deterministic)
     entries, skipped = [], []
@@ -57,8 +63,14 @@ def main(argv=None):
             skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": reason})
             print(f"{job.name} → skipped: {reason}")
             continue
-        entry = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
-                        num_workers=args.num_workers)
+        try:
+            entry = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
+                            num_workers=args.num_workers, checkpoint_dir=args.checkpoint_dir,
+                            stop_after_epoch=args.stop_after_epoch)
+        except TrainingPaused as paused:
+            skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": str(paused)})
+            print(f"{job.name} → {paused}", flush=True)
+            continue
         entries.append(entry)
         print(f"{job.name} → Bundle: {entry['bundle_path']}")
         print(f"{job.name} → SHA256: {entry['sha256']}")

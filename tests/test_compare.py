@@ -85,3 +85,26 @@ def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp
         (row,) = list(csv.DictReader(fh))
     assert float(row["PtychoPINN"]) > float(row["Baseline"]) and row["PtyChi"] == ""
     assert (tmp_path / "ms_ssim_vs_dose.png").is_file() and (tmp_path / "frc_and_phase_error_vs_fluence.png").is_file()
+
+
+def test_a_training_manifest_digest_that_does_not_match_the_bundle_is_refused(tmp_path):
+    import torch
+
+    from fly64study.bundle import BundleError, write_bundle
+    from fly64study.inference import pinn_field, trained_bundle
+    from fly64study.model import ModelConfig, PtychoPINN
+    from fly64study.physics import make_probe
+    from conftest import small_dataset
+
+    model = PtychoPINN(ModelConfig(N=16, gridsize=1, width=2, depth=1, intensity_scale=2.0),
+                       torch.from_numpy(make_probe(16, aperture=0.4, central_stop=0.3, defocus=1.0)))
+    sha = write_bundle(tmp_path / "dose_1e3/baseline/gs1/wts.h5.zip", model, dose=1e3, dose_label="1e3")
+    runs = tmp_path / "runs" / "1e3-baseline"
+    runs.mkdir(parents=True)
+    entry = {"dose": "1e3", "view": "baseline", "gridsize": 1, "bundle_path": "dose_1e3/baseline/gs1/wts.h5.zip",
+             "sha256": "0" * 64}
+    (runs / "training_manifest.json").write_text(json.dumps({"jobs": [entry]}))
+    path, recorded = trained_bundle(tmp_path / "runs", tmp_path, "1e3", "baseline", 1)
+    assert recorded == "0" * 64 != sha
+    with pytest.raises(BundleError, match=f"SHA256 {sha} differs from the expected 0000"):
+        pinn_field(path, small_dataset(N=16), neighbor_count=7, grouping_seed=1, expected_sha256=recorded)

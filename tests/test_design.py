@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -134,3 +136,56 @@ def test_train_jobs_must_name_a_view():
         params_from_dict(_set(_raw(), "train.thinning", 1.0))
     with pytest.raises(ParamsError, match="train.depth"):
         params_from_dict(_set(_raw(), "train.depth", 6))
+
+
+def _out_of_range(path: str, value):
+    """A value the field must refuse: negative numbers, an unknown name, a wrong type."""
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, (int, float)) or value is None:
+        return -1
+    if isinstance(value, list):
+        return [-1] if value and isinstance(value[0], int) else ["no-such-entry"]
+    if path == "generate.base_npz":
+        return "../outside.npz"
+    return "no-such-entry"
+
+
+def _leaves(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _leaves(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+LEAVES = _leaves(_raw("tiny"))
+
+
+@pytest.mark.parametrize("path,value", LEAVES, ids=[p for p, _ in LEAVES])
+def test_every_field_refuses_an_out_of_range_value_and_names_itself(path, value):
+    bad = _out_of_range(path, value)
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(_set(_raw("tiny"), path, bad))
+    # the message starts with the field (an entry of a list or mapping: the field holding it)
+    assert str(err.value).startswith(path.rsplit(".", 1)[0] if path.startswith("train.jobs.") else path), str(err.value)
+
+
+@pytest.mark.parametrize("stage,args", [
+    ("reconstruct", ["--dose", "1e3", "--view", "dense", "--out", "OUT"]),
+    ("compare", ["--dose", "1e3", "--view", "dense", "--out", "OUT"]),
+    ("report", ["--out", "OUT"]),
+    ("train", ["--artifact-root", "OUT"]),
+])
+def test_stages_stop_on_bad_params_before_any_work(stage, args, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(_set(_raw("tiny"), "reconstruct.epochs", 0)))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(params),
+                           *[str(out) if a == "OUT" else a for a in args]],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: reconstruct.epochs: must be >= 1")
+    assert "Traceback" not in proc.stderr and not out.exists()

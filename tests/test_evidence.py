@@ -214,3 +214,59 @@ def test_ssh_remote_push_pull_restores_identical_bundles(archived, sshd, tmp_pat
         raise
     assert any(store.rglob("*")), "nothing reached the SSH remote"
     assert "ssh" not in (root / ".dvc" / "config").read_text()  # the key and URL stay in config.local
+
+
+def test_an_altered_dvc_cache_object_is_reported_and_never_checked_out(archived, tmp_path):
+    root, hub = archived
+    rel = "data/wts_dense_gs2.h5.zip"
+    target = str((hub / rel).relative_to(root))
+    sh(root, "dvc", "push", "-r", "local", target + ".dvc")
+    md5 = (hub / (rel + ".dvc")).read_text().split("md5: ")[1].split()[0]
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    obj.write_bytes(bytes(data))
+    altered = tmp_path / "altered.h5.zip"
+    altered.write_bytes(bytes(data))
+    assert "not in cache" in sh(root, "dvc", "status", target + ".dvc").stdout  # DVC re-hashes it: no match
+    assert not obj.exists()  # ... and drops the corrupted object
+    (hub / rel).unlink()
+    assert sh(root, "dvc", "checkout", target + ".dvc", check=False).returncode != 0
+    assert not (hub / rel).exists()  # the altered bytes are never put in the workspace
+    # and the loader refuses them, against the digest the archive recorded
+    from fly64study.bundle import BundleError, read_bundle
+    expected = _bundles(hub)[rel]
+    with pytest.raises(BundleError, match="differs from the expected"):
+        read_bundle(altered, expected)
+    sh(root, "dvc", "pull", "-r", "local", target + ".dvc")  # the remote's copy restores it
+    assert sha256_file(hub / rel) == expected
+
+
+def test_a_killed_archive_leaves_whole_files_and_a_rerun_completes(archived):
+    import os
+    import signal
+
+    root, hub = archived
+    expected = _bundles(hub)
+    for name in expected:
+        (hub / name).unlink()  # archive copies them again
+    for delay in (0.05, 0.3, 0.8, 1.5):
+        proc = subprocess.Popen(["python", "-m", "fly64study.evidence", "archive", "--hub", str(hub.relative_to(root))],
+                                cwd=root, env=project_env(root), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        for name, digest in expected.items():
+            if (hub / name).exists():
+                assert sha256_file(hub / name) == digest, f"{name} is half-written"
+        for name in ("analysis/bundle_checksums.txt", "analysis/summary.md", "data/training_manifest.json"):
+            if (hub / name).exists():
+                text = (hub / name).read_text()
+                assert text.endswith("\n") and (not name.endswith(".json") or json.loads(text))
+    assert "archived 2 bundles" in make(root, "archive", f"HUB={hub.relative_to(root)}").stdout
+    assert "bundles match" in make(root, "archive-check", f"HUB={hub.relative_to(root)}").stdout

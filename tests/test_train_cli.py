@@ -113,3 +113,41 @@ def test_dry_run_lists_jobs_and_writes_nothing(phase_d, tmp_path):
 def test_unknown_filter_names_the_choices(phase_d, tmp_path):
     proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path), "--view", "medium")
     assert proc.returncode == 2 and "--view medium: unknown; choose from ['baseline', 'dense', 'sparse']" in proc.stderr
+
+
+@pytest.mark.parametrize("view", ["baseline", "dense"])
+def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase_d, tmp_path, view):
+    params = tmp_path / "params.yaml"  # four epochs, no early stop: the pause falls mid-run
+    params.write_text((REPO / "profiles" / "tiny.yaml").read_text()
+                      .replace("epochs: 2 ", "epochs: 4 ").replace("patience: 2 ", "patience: 4 "))
+    common = ["--params", str(params), "--phase-d", str(phase_d), "--dose", "1e3", "--view", view, "--deterministic"]
+    whole = train_cli(*common, "--artifact-root", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    root = tmp_path / "paused"
+    first = train_cli(*common, "--artifact-root", str(root), "--stop-after-epoch", "2")
+    assert first.returncode == 0, first.stderr
+    assert "paused after epoch 2 of 4" in first.stdout
+    g = 1 if view == "baseline" else 2
+    checkpoint = root / ".checkpoints" / f"1e3-{view}-gs{g}.h5"
+    assert checkpoint.is_file() and not (root / f"dose_1e3/{view}/gs{g}/wts.h5.zip").exists()
+    assert json.loads((root / "skip_summary.json").read_text())["count"] == 1
+    second = train_cli(*common, "--artifact-root", str(root))
+    assert second.returncode == 0, second.stderr
+    assert "resuming after epoch 2" in second.stderr
+    bundle = f"dose_1e3/{view}/gs{g}/wts.h5.zip"
+    assert (root / bundle).read_bytes() == (tmp_path / "whole" / bundle).read_bytes()
+    assert not checkpoint.exists()
+    epochs = [json.loads((d / "training_manifest.json").read_text())["jobs"][0]["epochs"] for d in (root, tmp_path / "whole")]
+    assert epochs == [4, 4]
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
+    root = tmp_path / "a"
+    common = ["--phase-d", str(phase_d), "--dose", "1e3", "--view", "baseline", "--deterministic",
+              "--artifact-root", str(root)]
+    assert train_cli(*common, "--stop-after-epoch", "1").returncode == 0
+    other = tmp_path / "params.yaml"
+    other.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 0.002"))
+    proc = train_cli(*common[:-2], "--artifact-root", str(root), "--params", str(other))
+    assert proc.returncode == 0, proc.stderr
+    assert "other data or settings; starting afresh" in proc.stderr and "resuming" not in proc.stderr

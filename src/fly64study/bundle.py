@@ -103,8 +103,9 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
     try:
         with zf.open(info) as fh:
             data = fh.read(limit + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise BundleError(f"member {name!r} is corrupt ({err})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as err:
+        # RuntimeError: an "encrypted" flag; NotImplementedError: an unknown method or version
+        raise BundleError(f"member {name!r} is corrupt ({type(err).__name__}: {err})") from None
     if len(data) > limit:
         raise BundleError(f"member {name!r}: more than {limit} bytes when decompressed")
     return data
@@ -118,9 +119,14 @@ def _state_from_h5(data: bytes, name: str) -> dict[str, torch.Tensor]:
                 ds = h5[key]
                 if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fciub":
                     raise BundleError(f"{name}: entry {key!r} is not a numeric array")
+                if ds.nbytes > len(data):  # a compressed or unallocated dataset claiming more than the file holds
+                    raise BundleError(f"{name}: entry {key!r} declares {ds.nbytes} bytes, more than the "
+                                      f"{len(data)}-byte member holds")
                 state[key] = torch.from_numpy(np.array(ds[()]))
-    except OSError as err:
-        raise BundleError(f"{name}: not a readable HDF5 file ({err})") from None
+    except BundleError:
+        raise
+    except Exception as err:  # noqa: BLE001 - h5py parsing hostile bytes may raise anything: a refusal
+        raise BundleError(f"{name}: not a readable HDF5 file ({type(err).__name__}: {err})") from None
     return state
 
 
@@ -133,8 +139,8 @@ def read_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
             raise BundleError(f"{path}: SHA256 {actual} differs from the expected {expected_sha256}")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise BundleError(f"{path}: not a readable zip file ({err})") from None
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError) as err:
+        raise BundleError(f"{path}: not a readable zip file ({type(err).__name__}: {err})") from None
     with zf:
         names = zf.namelist()
         for name in names:

@@ -24,7 +24,9 @@ converts it explicitly and records the transformation in ``_metadata``.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -176,25 +178,56 @@ def validate(arrays: Mapping[str, np.ndarray], metadata: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], Any]:
-    """Read every member of an NPZ without pickle; return (arrays, metadata parsed from JSON or None)."""
+MAX_MEMBER_BYTES = 1 << 34  # 16 GiB: far above a full-profile split (~2 GB), far below a zip bomb's claims
+NUMERIC_KINDS = "biufcU"  # bool, integers, floats, complex; unicode only for _metadata
+
+
+def _inspect_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> None:
+    """Refuse a member before reading its data: a bad name, a size above ``limit``, an object dtype,
+    or a header whose shape and dtype do not account for exactly the member's declared size."""
+    name = info.filename
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".npy"):
+        raise ContractError(f"member {name!r}: an NPZ holds flat '<key>.npy' members only (no paths, no '..')")
+    if info.file_size > limit:
+        raise ContractError(f"member {name!r}: {info.file_size} bytes uncompressed exceeds the limit of {limit}")
+    with zf.open(info) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                     else np.lib.format.read_array_header_2_0(fh))
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise ContractError(f"member {name!r}: unreadable ({type(err).__name__}: {err})") from None
+        except Exception as err:  # noqa: BLE001 - numpy parses the header text: any failure is a refusal
+            raise ContractError(f"member {name!r}: not a valid .npy header ({type(err).__name__}: {err})") from None
+        header = fh.tell()
+    if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
+        raise ContractError(f"member {name!r}: dtype {dtype} is an object (pickled) array or not numeric; the "
+                            "contract stores only numeric arrays and _metadata as a JSON string")
+    if any(d < 0 for d in shape) or header + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise ContractError(f"member {name!r}: its header declares shape {shape} of {dtype}, which does not match "
+                            f"the {info.file_size - header} data bytes it holds (truncated or forged)")
+
+
+def read_npz(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[dict[str, np.ndarray], Any]:
+    """Read every member of an NPZ without pickle; return (arrays, metadata parsed from JSON or None).
+
+    Each member is checked before its data is read (:func:`_inspect_member`), so a forged header,
+    a zip bomb or an object array is refused without allocating what it claims.
+    """
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise ContractError(f"{path}: not a readable NPZ file (not a zip archive)")
+    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise ContractError(
-                f"{path}: holds an object (pickled) array; the contract stores only numeric arrays and "
-                "_metadata as a JSON string"
-            ) from None
-        raise ContractError(f"{path}: not a readable NPZ file ({err})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise ContractError(f"{path}: not a readable NPZ file ({err})") from None
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                _inspect_member(zf, info, max_member_bytes)
+                with zf.open(info) as fh:
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
+    except ContractError as err:
+        raise ContractError(f"{path}: {err}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
+        raise ContractError(f"{path}: not a readable NPZ file ({type(err).__name__}: {err})") from None
     meta = None
     if "_metadata" in arrays:
         raw = arrays.pop("_metadata")

@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from fly64study.files import atomic_path, sha256_file, write_json
+from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
 
 LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
 SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\) → SHA256: (?P<sha>[0-9a-f]{64})$", re.M)
@@ -102,7 +101,8 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
                 _dvc(root, "repro", f"overlap@{dose}-{view}", log=log)
             else:
                 log.write(f"{folder}: present, nothing regenerated\n")
-    (hub / "cli" / "artifact_root.txt").write_text(f"{artifacts}\n")
+    with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
+        tmp.write_text(f"{artifacts}\n")
     results = []
     for view in views:
         g = gridsizes[view]
@@ -113,7 +113,8 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         with atomic_path(stem.with_suffix(".log")) as tmp:
             tmp.write_text(f"$ {' '.join(cmd[1:])}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}")
-        stem.with_suffix(".exit").write_text(f"{proc.returncode}\n")
+        with atomic_path(stem.with_suffix(".exit")) as tmp:
+            tmp.write_text(f"{proc.returncode}\n")
         results.append({"dose": dose, "view": view, "gridsize": g, "exit_code": proc.returncode,
                         "log": str(stem.with_suffix(".log"))})
         print(f"{view} (dose={dose}) gs{g}: exit {proc.returncode}, log {stem.with_suffix('.log')}", flush=True)
@@ -159,7 +160,7 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
         if cli != actual:
             raise EvidenceError(f"{src}: SHA256 {actual} differs from the training CLI's stdout "
                                 f"({cli or 'no SHA256 line'}, {hub / 'cli'})")
-        shutil.copyfile(src, hub / "data" / name)
+        atomic_copy(src, hub / "data" / name)
         if sha256_file(hub / "data" / name) != actual:
             raise EvidenceError(f"{hub / 'data' / name}: the copy differs from {src}")
         archived.append({**job, "archived_as": f"data/{name}"})

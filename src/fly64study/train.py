@@ -8,6 +8,9 @@ afterwards, to evaluate the held-out test split against a flat object.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import time
@@ -19,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from fly64study import metrics
+from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
-from fly64study.files import atomic_path, write_json
+from fly64study.files import atomic_path, sha256_file, write_json
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
 from fly64study.overlap import group_positions
 from fly64study.plots import plot_losses
@@ -132,9 +135,20 @@ def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, group
     return total / n
 
 
+class TrainingPaused(Exception):
+    """Training stopped after the epoch asked for (``stop_after_epoch``); its checkpoint resumes it."""
+
+
 def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, grouping_seed: int,
-                device: torch.device, num_workers: int = 0, label: str = "") -> TrainResult:
-    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss."""
+                device: torch.device, num_workers: int = 0, label: str = "",
+                checkpoint_path: Path | None = None, fingerprint: str = "",
+                stop_after_epoch: int | None = None) -> TrainResult:
+    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss.
+
+    With ``checkpoint_path`` every epoch ends by rewriting the checkpoint (atomically), and a
+    checkpoint with the same ``fingerprint`` found at the start is resumed from; with
+    ``stop_after_epoch`` training pauses (:class:`TrainingPaused`) once that epoch is saved.
+    """
     torch.manual_seed(cfg.seed)
     n_min = gridsize * gridsize
     train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, cfg.seed)
@@ -165,8 +179,18 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, 
     log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
              len(train_groups.indices), gridsize**2, len(val_groups.indices),
              sum(p.numel() for p in model.parameters()), device)
-    history, best, best_state, best_epoch = [], float("inf"), None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    history, best, best_state, best_epoch, start, finished = [], float("inf"), None, 0, 1, False
+    generators = {"order": order, "thinning": thinning_draws}
+    if checkpoint_path is not None:
+        resumed = checkpoint.load(checkpoint_path, fingerprint=fingerprint, model=model, optimiser=optimiser,
+                                  generators=generators)
+        if resumed is not None:
+            history, best, best_epoch = resumed["history"], resumed["best"], resumed["best_epoch"]
+            best_state, finished, start = resumed["best_state"], resumed["finished"], resumed["epoch"] + 1
+            log.info("%s: resuming after epoch %d from %s", label, resumed["epoch"], checkpoint_path)
+    for epoch in range(start, cfg.epochs + 1):
+        if finished:
+            break
         t0 = time.perf_counter()
         model.train()
         total, seen = 0.0, 0
@@ -190,7 +214,15 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, 
         elif epoch - best_epoch >= cfg.patience:
             log.info("%s: early stop, no better validation loss for %d epochs (best: epoch %d)", label,
                      cfg.patience, best_epoch)
+            finished = True
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, fingerprint=fingerprint, epoch=epoch, finished=finished or epoch == cfg.epochs,
+                            model=model, best_state=best_state, optimiser=optimiser, generators=generators,
+                            history=history, best=best, best_epoch=best_epoch)
+        if finished:
             break
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            raise TrainingPaused(f"{label}: paused after epoch {epoch} of {cfg.epochs}; checkpoint {checkpoint_path}")
     model.load_state_dict(best_state)
     return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch)
 
@@ -227,25 +259,38 @@ def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, gr
 
 
 # --------------------------------------------------------------------------------- a job
+def job_fingerprint(job: Job, params: Params, train_path: Path) -> str:
+    """What a checkpoint must match to be resumed: the training data's bytes and every setting used."""
+    settings = {"job": [job.dose, job.view, job.gridsize], "train": dataclasses.asdict(params.train),
+                "neighbor_count": params.design.neighbor_count, "grouping_seed": params.design.seeds.grouping,
+                "data_sha256": sha256_file(train_path)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
-            device: torch.device, num_workers: int = 0) -> dict:
+            device: torch.device, num_workers: int = 0, checkpoint_dir: Path | None = None,
+            stop_after_epoch: int | None = None) -> dict:
     """Train one job; write its bundle under ``artifact_root``, and its per-epoch losses
     (``losses_<dose>_<view>.csv`` and ``.png``) and evaluation (``eval_<dose>_<view>.json``)
-    under ``records``.
+    under ``records``. The job's checkpoint (``checkpoint_dir``, default
+    ``<artifact_root>/.checkpoints``) is resumed if present and removed once the bundle is written.
     Returns the job's manifest entry."""
     train_path, test_path = job.data_paths(phase_d)
     design, cfg = params.design, params.train
+    ckpt = Path(checkpoint_dir or Path(artifact_root) / ".checkpoints") / f"{job.dose}-{job.view}-gs{job.gridsize}.h5"
     t0 = time.perf_counter()
     train_ds = load_dataset(train_path)
     result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, neighbor_count=design.neighbor_count,
                          grouping_seed=design.seeds.grouping, device=device, num_workers=num_workers,
-                         label=job.name)
+                         label=job.name, checkpoint_path=ckpt, fingerprint=job_fingerprint(job, params, train_path),
+                         stop_after_epoch=stop_after_epoch)
     train_seconds = time.perf_counter() - t0
     bundle_rel = job.relative_dir() / "wts.h5.zip"
     training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                 **{k: getattr(cfg, k) for k in ("width", "depth", "batch_size", "learning_rate", "seed")}}
     sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
                        dose_label=job.dose, extra={"view": job.view, "training": training})
+    ckpt.unlink(missing_ok=True)  # the bundle holds the result now
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
     with atomic_path(losses.with_suffix(".csv")) as tmp:
         tmp.write_text("epoch,train_loss,val_loss,seconds\n" + "".join(
