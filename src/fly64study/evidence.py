@@ -77,6 +77,12 @@ def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -
 # ------------------------------------------------------------------------- training runs
 def _dvc(root: Path, *args: str, log=None) -> subprocess.CompletedProcess:
     proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode and "Unable to read RWLock-file" in proc.stderr:
+        # DVC writes .dvc/tmp/rwlock in place: a DVC killed mid-write leaves it corrupt, and DVC's
+        # own advice is to delete it. It only records locks of running DVC commands.
+        print("warning: DVC's .dvc/tmp/rwlock is corrupt (a DVC process was killed); removing it", file=sys.stderr)
+        (root / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)
+        proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
     if log is not None:
         log.write(f"$ dvc {' '.join(args)}\n{proc.stdout}{proc.stderr}exit code: {proc.returncode}\n")
     if proc.returncode:
