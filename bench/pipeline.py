@@ -28,7 +28,7 @@ def main() -> None:
     floor = best_of(lambda: dvc("version"))
     status = best_of(lambda: dvc("status"))
     repro = best_of(lambda: dvc("repro"))
-    print(f"| stages | `dvc version` (s) | `dvc status` (s) | no-op `dvc repro` (s) | status / version | repro / version |")
+    print("| stages | `dvc version` (s) | `dvc status` (s) | no-op `dvc repro` (s) | status / version | repro / version |")
     print("|---|---|---|---|---|---|")
     print(f"| {stages} | {floor:.2f} | {status:.2f} | {repro:.2f} | {status / floor:.1f}× | {repro / floor:.1f}× |")
 

@@ -1,14 +1,11 @@
 """Phase E model: the forward model matches phase C, the overlap canvas, the Poisson loss, learning."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from fly64study import physics
-from fly64study.design import Train
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, Translator, poisson_nll
 from fly64study.simulate import extract_patches, generate_dose
 from fly64study.train import batch_loss, counts_of, make_groups
