@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test profile bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
+.PHONY: setup repro test golden profile bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ repro: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Rewrite tests/golden/tiny_sha256.txt from a fresh tiny run: only for a deliberate change of results
+# (review `git diff tests/golden` before committing; a digest that changed on another CPU is a bug).
+golden: setup
+	FLY64STUDY_WRITE_GOLDEN=1 $(PY) -m pytest -q tests/test_reproducible.py::test_the_tiny_run_reproduces_the_golden_digests
+	@git diff --stat tests/golden
+
 # Switch profile: params.yaml becomes profiles/$(PROFILE).yaml; `dvc params diff` shows the change.
 profile:
 	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
@@ -50,6 +56,7 @@ bench: setup
 	dvc repro   # bench/reconstruct.py reads the pipeline's test splits and bundles (a no-op when up to date)
 	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
 	$(PY) bench/pipeline.py
+	$(PY) bench/pinning.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import best_of  # noqa: E402
 
 
-def phase_ms_ssim(field, test) -> float:
+def phase_ms_ssim(field, test, params_max_shift: float) -> float:
     region = metrics.scanned_area(test.xcoords, test.ycoords, test.objectGuess.shape)
-    al = metrics.align(field, test.objectGuess, region)
+    al = metrics.align(field, test.objectGuess, region, max_shift=params_max_shift)
     return metrics.ms_ssim(al.phase, al.truth_phase)
 
 
@@ -45,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     device = args.accelerator
+    shift = params.design.metrics.max_shift_px
     print(f"# {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
           f"LSQML {params.reconstruct.epochs} epochs, batch {params.reconstruct.batch_size}")
     print("| dose | view | positions | PINN inference + stitching (s) | LSQML (s) | LSQML / PINN | "
@@ -75,7 +76,7 @@ def main() -> None:
             if result.status != "completed":
                 sys.exit(f"pty-chi failed on {test_path}: {result.error}")
             print(f"| {dose} | {view} | {test.n} | {pinn_s:.2f} | {lsqml_s:.2f} | {lsqml_s / pinn_s:.1f}× | "
-                  f"{phase_ms_ssim(fields[-1], test):.3f} | {phase_ms_ssim(result.object, test):.3f} |", flush=True)
+                  f"{phase_ms_ssim(fields[-1], test, shift):.3f} | {phase_ms_ssim(result.object, test, shift):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 PtychoPINN = the view's own bundle, Baseline = the dose's compare.baseline (gridsize 1) bundle,
 both loaded through the verified loader against the SHA256 in their training manifests;
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
-dose, view, model, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json and
-comparison.png.
+dose, view, model, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
+comparison.png and frc_curves.png; the PINN's inference wall times go to an untracked run record,
+<timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into DVC-tracked files.
 """
 import argparse
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 from fly64study.bundle import BundleError
 from fly64study.cli import run
 from fly64study.compare import Candidate, compare, write_comparison
-from fly64study.contract import ContractError, load_dataset
+from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import ParamsError, load_params
+from fly64study.files import write_timing
 from fly64study.inference import pinn_field, trained_bundle
 from fly64study.iterative import load_result
 
@@ -28,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
     parser.add_argument("--phase-f", default="data/phase_f")
     parser.add_argument("--out", required=True, help="output folder, data/phase_g/dose_<d>/<view>")
+    parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     design, jobs = params.design, params.train.jobs
@@ -35,7 +38,9 @@ def main(argv=None):
         raise ParamsError(f"--dose {args.dose}: unknown; choose from {list(design.doses)}")
     if args.view not in params.compare.views:
         raise ParamsError(f"--view {args.view}: not in compare.views {list(params.compare.views)}")
-    test = load_dataset(Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz")
+    view_dir = Path(args.phase_d) / f"dose_{args.dose}" / args.view
+    test = load_dataset(view_dir / "test.npz")
+    overlap = read_json(view_dir / "metrics.json")
     candidates = []
     for model, job in (("PtychoPINN", args.view), ("Baseline", params.compare.baseline)):
         path, sha = trained_bundle(Path(args.runs), Path(args.phase_e), args.dose, job, jobs[job])
@@ -47,16 +52,23 @@ def main(argv=None):
         candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {sha[:12]}"))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)
-    candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, rec.wall_seconds,
+    candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,
                                 f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
                                 else f"pty-chi failed: {rec.error}"))
-    result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics)
+    measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
+                "probe_diameter_px": overlap.get("probe_diameter_px"),
+                "per_image": overlap.get("test", {}).get("overlap_per_image")}
+    result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics, overlap=measured)
     write_comparison(args.out, result)
+    write_timing(Path(args.timing_dir) / "phase_g" / f"{args.dose}-{args.view}.json",
+                 {"dose": args.dose, "view": args.view, "wall_time_s": result.timing})
     for model, m in result.summary["models"].items():
         if m["status"] == "completed":
+            seconds = result.timing.get(model)
             print(f"{args.view} (dose={args.dose}) {model}: MS-SSIM phase {m['ms_ssim_phase']:.3f} "
-                  f"amplitude {m['ms_ssim_amplitude']:.3f}, MAE phase {m['mae_phase']:.4f} rad, "
-                  f"FRC0.5 phase {m['frc_resolution_phase']:.3f} cyc/px, {m['wall_time_s']:.1f} s")
+                  f"(fixed frame {m['fixed_frame_ms_ssim_phase']:.3f}) amplitude {m['ms_ssim_amplitude']:.3f}, "
+                  f"MAE phase {m['mae_phase']:.4f} rad, FRC0.5 phase {m['frc_resolution_phase']:.3f} cyc/px, "
+                  f"registration {m['registration']}" + (f", {seconds:.1f} s" if seconds is not None else ""))
         else:
             print(f"{args.view} (dose={args.dose}) {model}: {m['note']}")
 

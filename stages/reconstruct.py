@@ -6,15 +6,15 @@ reconstruction_manifest.json and skip_summary.json. A pty-chi failure is recorde
 the study; phase G reports it.
 """
 import argparse
+import os
 from pathlib import Path
-
-import torch
 
 from fly64study.cli import run
 from fly64study.contract import load_dataset
 from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json
+from fly64study.numerics import pin_torch, record
 from fly64study.iterative import run_reconstruction
 
 
@@ -26,6 +26,7 @@ def main(argv=None):
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
     parser.add_argument("--out", required=True, help="output folder, data/phase_f/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
     parser.add_argument("--deterministic", action="store_true",
                         help="one thread and deterministic kernels: the same object bytes every run")
     args = parser.parse_args(argv)
@@ -35,21 +36,26 @@ def main(argv=None):
     if args.view not in params.design.views:
         raise ParamsError(f"--view {args.view}: unknown; choose from {list(params.design.views)}")
     device = select_device(args.accelerator).type
-    if args.deterministic:
-        torch.set_num_threads(1)  # LSQML is bitwise reproducible on one thread only
+    pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     out = Path(args.out)
     entry = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
-                               test_path=str(test_path), device=device, deterministic=args.deterministic)
-    write_json(out / "reconstruction_manifest.json", {"jobs": [entry]})
+                               test_path=str(test_path), device=device, deterministic=args.deterministic,
+                               timing_path=Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json")
+    write_json(out / "reconstruction_manifest.json", {
+        "jobs": [entry], "numerics": record(),
+        # pty-chi on one thread with pinned numerics: the same bytes on any x86-64 CPU; a GPU run may differ
+        "bitwise_reproducible": device == "cpu" and args.deterministic and record()["pinned"]})
     skipped = [] if entry["status"] == "completed" else [
         {"dose": args.dose, "view": args.view, "reason": f"pty-chi failed: {entry['error']}"}]
     write_json(out / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
     name = f"{args.view} (dose={args.dose})"
     print(f"{name} → PtyChi {entry['status']}: {entry['output']}")
     print(f"{name} → SHA256: {entry['sha256']}")
-    print(f"{name} → Wall time: {entry['wall_seconds']:.1f} s, final cost {entry['final_cost']}", flush=True)
+    print(f"{name} → final cost {entry['final_cost']}", flush=True)
 
 
 if __name__ == "__main__":

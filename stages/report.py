@@ -9,7 +9,9 @@ from pathlib import Path
 
 from fly64study.cli import run
 from fly64study.design import load_params
-from fly64study.report import read_json, summarise, write_report
+from fly64study.contract import read_json
+from fly64study.files import atomic_path
+from fly64study.report import summarise, timing_markdown, write_report
 
 
 def main(argv=None):
@@ -18,6 +20,7 @@ def main(argv=None):
     parser.add_argument("--phase-f", default="data/phase_f", help="dose_<d>/<view>/reconstruction_manifest.json")
     parser.add_argument("--phase-g", default="data/phase_g", help="dose_<d>/<view>/comparison.json")
     parser.add_argument("--out", default="data/report")
+    parser.add_argument("--timing-dir", default="data/timing", help="untracked run records; the timing table goes there")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     doses = params.design.doses
@@ -27,6 +30,15 @@ def main(argv=None):
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
     summary = summarise(comparisons, runs)
     write_report(args.out, summary)
+    timing = {}
+    for phase in ("phase_f", "phase_g"):
+        for d in doses:
+            for v in params.compare.views:
+                path = Path(args.timing_dir) / phase / f"{d}-{v}.json"
+                if path.is_file():  # absent when DVC restored the stage from its cache instead of running it
+                    timing[(phase, d, v)] = read_json(path)
+    with atomic_path(Path(args.timing_dir) / "report_timing.md") as tmp:
+        tmp.write_text(timing_markdown(summary, timing))
     print(f"report: {Path(args.out) / 'metrics_summary.md'} ({len(comparisons)} comparisons, "
           f"{len(summary['failed'])} failed model runs)")
 

@@ -7,13 +7,13 @@ After each job three lines name the job and its dose, for example
 with the same values as training_manifest.json (bundle paths relative to --artifact-root).
 """
 import argparse
-import datetime
 from pathlib import Path
 
 from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_json
-from fly64study.devices import select_device, set_determinism
+from fly64study.devices import select_device
+from fly64study.numerics import pin_torch, record
 from fly64study.train import TrainingPaused, plan_jobs, run_job
 
 
@@ -32,6 +32,7 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--allow-missing", action="store_true",
                         help="skip a job whose data is missing (recorded in skip_summary.json) instead of failing")
+    parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and their paths; train nothing")
     parser.add_argument("--checkpoint-dir", help="per-epoch checkpoints, resumed when a job is run again "
                         "(default: <artifact-root>/.checkpoints; removed once a job's bundle is written)")
@@ -52,7 +53,7 @@ def main(argv=None):
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch: must be >= 1")
     device = select_device(args.accelerator)
-    set_determinism(args.deterministic)
+    pin_torch(args.deterministic)
     entries, skipped = [], []
     for job in jobs:
         missing = [str(p) for p in job.data_paths(phase_d) if not p.is_file()]
@@ -66,7 +67,7 @@ def main(argv=None):
         try:
             entry = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
                             num_workers=args.num_workers, checkpoint_dir=args.checkpoint_dir,
-                            stop_after_epoch=args.stop_after_epoch)
+                            stop_after_epoch=args.stop_after_epoch, timing_dir=Path(args.timing_dir))
         except TrainingPaused as paused:
             skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": str(paused)})
             print(f"{job.name} → {paused}", flush=True)
@@ -75,12 +76,15 @@ def main(argv=None):
         print(f"{job.name} → Bundle: {entry['bundle_path']}")
         print(f"{job.name} → SHA256: {entry['sha256']}")
         print(f"{job.name} → Size: {entry['size']} bytes", flush=True)
+    # no timestamp or host here: a tracked output changes only when results do (times: --timing-dir)
     write_json(manifest_dir / "training_manifest.json", {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "artifact_root": str(root), "phase_d_root": str(phase_d),
         "filters": {"dose": args.dose or [], "view": args.view or []},
         "options": {"accelerator": args.accelerator, "device": str(device), "deterministic": args.deterministic,
                     "num_workers": args.num_workers, "allow_missing": args.allow_missing},
+        # bit for bit on any x86-64 CPU only on the CPU with --deterministic and pinned numerics
+        "bitwise_reproducible": device.type == "cpu" and args.deterministic and record()["pinned"],
+        "numerics": record(),
         "jobs": entries,
     })
     write_json(manifest_dir / "skip_summary.json", {"count": len(skipped), "skipped": skipped})

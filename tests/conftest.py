@@ -6,13 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fly64study.contract import Dataset
-from fly64study.design import Params, load_params
+from fly64study.design import RECORD_ENV, Params, load_params
+from fly64study.numerics import PINNED_ENV, host_settings
+
+HOST_PINNED = host_settings()  # what the host had set before fly64study pinned this process
 
 REPO = Path(__file__).resolve().parents[1]
 # what a temporary copy of the project needs to run the pipeline (not data/, not .venv/)
@@ -20,23 +25,35 @@ COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcigno
         ".dvc/.gitignore"]
 
 
+def host_env() -> dict:
+    """This process's environment as the host gave it: without the settings that importing
+    fly64study pinned here, so a child process must pin them itself (and a test sees if it does not)."""
+    env = dict(os.environ)
+    for key in PINNED_ENV:
+        if key in HOST_PINNED:
+            env[key] = HOST_PINNED[key]
+        else:
+            env.pop(key, None)
+    return env
+
+
 def project_env(root: Path) -> dict:
     """Environment for commands in a project copy: its own package, offline DVC, a git identity."""
-    env = dict(os.environ)
+    env = host_env()
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(root / "src"),  # the copy's package, not the checkout's
         DVC_NO_ANALYTICS="1",
         DVC_STUDIO_OFFLINE="1",
-        DVC_SITE_CACHE_DIR=str(root / ".site_cache"),
+        DVC_SITE_CACHE_DIR=str(root.parent / f".{root.name}.site_cache"),  # outside the repo: not in git
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.org",
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.org",
     )
     return env
 
 
-def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=root, env=project_env(root), capture_output=True, text=True)
+def sh(root: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=root, env={**project_env(root), **(env or {})}, capture_output=True, text=True)
     if check and proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -56,6 +73,36 @@ def copy_project(root: Path, profile: str = "tiny") -> Path:
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", f"{profile} profile")
     return root
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """One `dvc repro` of the tiny profile, shared by every test that needs pipeline outputs."""
+
+    root: Path  # the project, committed after the run (metrics and plot tables in git)
+    reads: Path  # per stage process: the params keys its code read (FLY64STUDY_PARAMS_RECORD)
+    log: str  # dvc repro's output
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> TinyRun:
+    """The whole tiny pipeline, run once per test session (stage processes import torch afresh,
+    so every rerun costs minutes on 2 cores). Tests that change it work on :func:`clone_run`."""
+    base = tmp_path_factory.mktemp("tiny_pipeline")
+    root = copy_project(base / "study")
+    t0 = time.perf_counter()
+    proc = sh(root, "dvc", "repro", env={RECORD_ENV: str(base / "reads")})
+    seconds = time.perf_counter() - t0
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "tiny run")
+    return TinyRun(root=root, reads=base / "reads", log=proc.stdout + proc.stderr, seconds=seconds)
+
+
+def clone_run(run: TinyRun, dest: Path) -> Path:
+    """A working copy of the shared run (git history, DVC cache and outputs) to change freely."""
+    shutil.copytree(run.root, dest, symlinks=True)
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def test_stitching_the_true_patches_gives_back_the_object(test_split):
     region = metrics.scanned_area(ds.xcoords, ds.ycoords, field.shape)
     rms = lambda a: np.sqrt(np.mean(np.abs(a - ds.objectGuess[region]) ** 2))  # noqa: E731
     assert rms(field[region]) < 0.05 < 0.2 * rms(np.ones_like(field[region]))  # edge ringing of hard particles only
-    assert max(abs(s) for s in metrics.register(field, ds.objectGuess, region)) < 0.05  # same position convention
+    assert max(abs(s) for s in metrics.register(field, ds.objectGuess, region, max_shift=3.0)) < 0.05  # same position convention
     assert field[0, 0] == 1  # never under a probe: flat
 
 
@@ -46,28 +46,34 @@ def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, t
     assert models["PtyChi"]["status"] == "failed"
     rows_, cols_ = comp.summary["crop"]["rows"], comp.summary["crop"]["cols"]
     in_crop = comp.summary["photons_per_pixel_mean"] * (rows_[1] - rows_[0]) * (cols_[1] - cols_[0])
-    assert 0.25 * test_split.n * 1e4 < in_crop <= test_split.n * 1e4  # edge exposures spill out of the crop
+    incident = comp.summary["incident_photons_per_exposure"]
+    assert incident > 1e4  # the object absorbs: more photons arrive than the 1e4 detected per pattern
+    assert 0.25 * test_split.n * incident < in_crop <= test_split.n * incident  # edge exposures spill out of the crop
     assert comp.summary["shot_noise_phase_bound_rad"] == pytest.approx(
         1 / (2 * np.sqrt(comp.summary["photons_per_pixel_mean"])), rel=0.5)
     write_comparison(tmp_path, comp)
     with open(tmp_path / "comparison_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["dose", "view", "model", "metric", "amplitude", "phase", "value", "note"]
-    pinn = {r["metric"]: r for r in rows if r["model"] == "PtychoPINN"}
-    assert float(pinn["ms_ssim"]["phase"]) > 0.5 and float(pinn["wall_time_s"]["value"]) == 1.5
+    assert list(rows[0]) == ["dose", "view", "model", "alignment", "metric", "amplitude", "phase", "value", "note"]
+    pinn = {r["metric"]: r for r in rows if r["model"] == "PtychoPINN" and r["alignment"] == "aligned"}
+    assert float(pinn["ms_ssim"]["phase"]) > 0.5 and pinn["registration"]["value"] == "ok"
+    assert "wall_time_s" not in pinn and comp.timing["PtychoPINN"] == 1.5  # a run record, not a tracked number
+    fixed = {r["metric"]: r for r in rows if r["model"] == "PtychoPINN" and r["alignment"] == "fixed-frame"}
+    assert set(fixed) >= {"ms_ssim", "ms_ssim_smoothed", "frc_low_frequency", "phase_offset_rad"}
+    assert "shift_x_px" not in fixed  # nothing is registered in the fixed frame
     failed = [r for r in rows if r["model"] == "PtyChi"]
     assert failed and all(r["phase"] == "" and r["note"] == "pty-chi failed: test" for r in failed)
     with open(tmp_path / "frc_curves.csv") as fh:
         curves = list(csv.DictReader(fh))
-    assert {(r["model"], r["component"]) for r in curves} == {
-        (m, c) for m in ("PtychoPINN", "Baseline") for c in ("amplitude", "phase")}
+    assert {(r["model"], r["alignment"], r["component"]) for r in curves} == {
+        (m, a, c) for m in ("PtychoPINN", "Baseline") for a in metrics.ALIGNMENTS for c in ("amplitude", "phase")}
     assert (tmp_path / "comparison.png").stat().st_size > 20_000
 
 
 def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp_path):
     comps = [_comparison(test_split, tiny, "1e4", v).summary for v in ("dense", "sparse")]
     runs = [{"dose": "1e4", "view": "dense", "n_positions": 10, "status": "failed", "error": "test",
-             "wall_seconds": 1.0, "final_cost": None, "epochs_run": 0}]
+             "final_cost": None, "epochs_run": 0}]
     summary = summarise(comps, runs)
     stats = summary["per_model"]["PtychoPINN"]["ms_ssim_phase"]
     assert stats["n"] == 2 and stats["best"] >= stats["mean"]

@@ -106,6 +106,33 @@ def test_train_evidence_and_archive_leave_a_complete_hub(archived):
     assert "bundles match" in make(root, "archive-check", f"HUB={hub.relative_to(root)}").stdout
 
 
+def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lists(archived, tmp_path):
+    """A clone with neither the bundles nor a DVC cache or remote: the check retrains them from the
+    hub's archived params (pinned numerics: the same bytes) and says so; a checksum list that
+    misses a job of the manifest, or is empty, fails naming it."""
+    root, hub = archived
+    clone = tmp_path / "clone"
+    def leave_out(folder, names):  # the outputs, the DVC cache and remote, and the hub's bundle bytes
+        d = Path(folder)
+        return [n for n in names if (d == root and n in ("data", ".dvc_remote"))
+                or (d == root / ".dvc" and n == "cache") or n.endswith(".h5.zip")]
+
+    shutil.copytree(root, clone, symlinks=True, ignore=leave_out)
+    chub = clone / hub.relative_to(root)
+    assert not list((chub / "data").glob("*.zip")) and (chub / "analysis" / "params.yaml").is_file()
+    proc = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}")
+    assert "2 bundles match" in proc.stdout and "(2 regenerated)" in proc.stdout
+    assert "wts_dense_gs2.h5.zip: SHA256" in proc.stdout and "matches (regenerated)" in proc.stdout
+    sums = chub / "analysis" / "bundle_checksums.txt"
+    lines = sums.read_text().splitlines()
+    sums.write_text(lines[0] + "\n")
+    partial = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
+    assert partial.returncode != 0 and "no checksum for" in partial.stderr
+    sums.write_text("")
+    empty = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
+    assert empty.returncode != 0 and "no checksum for" in empty.stderr
+
+
 def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_path):
     root, hub = archived
     bundle = hub / "data" / "wts_dense_gs2.h5.zip"

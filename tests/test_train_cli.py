@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, host_env
 from fly64study.bundle import load_inference_model
 from fly64study.contract import save_dataset
 from fly64study.files import sha256_file
@@ -36,9 +36,10 @@ def phase_d(tiny, tmp_path_factory) -> Path:
 
 
 def train_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(host_env(), PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    # a scratch working directory: the run records (data/timing/) must not land in the checkout
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.mkdtemp(prefix="train-cli-"))
 
 
 def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_path):

@@ -5,12 +5,17 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from fly64study import numerics
 from fly64study.contract import ContractError
 from fly64study.design import ParamsError
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's ``main``; bad parameters or data end it with one clear line and exit code 2."""
+    """Run a stage's ``main``; bad parameters or data end it with one clear line and exit code 2.
+
+    A stage that computes with torch (it is imported by then) runs with pinned torch settings."""
+    if "torch" in sys.modules:
+        numerics.pin_torch(True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         main(argv)

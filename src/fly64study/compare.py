@@ -18,18 +18,20 @@ from fly64study import metrics
 from fly64study.contract import Dataset
 from fly64study.design import MetricsDesign
 from fly64study.files import atomic_path, write_json
-from fly64study.plots import plot_comparison
+from fly64study.plots import plot_comparison, plot_frc
 
 MODELS = ("PtychoPINN", "Baseline", "PtyChi")
-COMPONENT_METRICS = ("ms_ssim", "ssim", "mae", "mse", "rmse", "psnr", "frc_resolution")
-CSV_COLUMNS = ("dose", "view", "model", "metric", "amplitude", "phase", "value", "note")
+CSV_COLUMNS = ("dose", "view", "model", "alignment", "metric", "amplitude", "phase", "value", "note")
+FRC_COLUMNS = ("dose", "view", "model", "alignment", "component", "frequency", "frc", "half_bit")
+# a model summary's keys: "<metric>_<component>" at the aligned level, "fixed_frame_" before them in the fixed frame
+LEVEL_PREFIX = {"aligned": "", "fixed-frame": "fixed_frame_"}
 
 
 @dataclass(frozen=True)
 class Candidate:
     model: str  # one of MODELS
     field: np.ndarray | None  # (H, W) complex object in the truth's frame; None if the model failed
-    seconds: float | None  # reconstruction wall time (PINN: inference + stitching; PtyChi: LSQML)
+    seconds: float | None  # reconstruction wall time (PINN: inference + stitching; PtyChi: LSQML); a run record
     note: str = ""  # where it came from, or why it failed
 
 
@@ -37,58 +39,71 @@ class Candidate:
 class Comparison:
     rows: list[dict]  # comparison_metrics.csv
     frc_rows: list[dict]  # frc_curves.csv
-    summary: dict  # comparison.json: the context and every model's headline numbers
-    aligned: dict[str, metrics.Aligned]
+    summary: dict  # comparison.json: the context and every model's headline numbers (no wall times)
+    aligned: dict[str, metrics.Aligned]  # the aligned level, for the figure
+    timing: dict[str, float | None]  # model -> reconstruction seconds (an untracked run record)
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str, cfg: MetricsDesign) -> Comparison:
-    """Align and score every candidate against ``test.objectGuess`` on the scanned area."""
+def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str, cfg: MetricsDesign,
+            overlap: dict | None = None) -> Comparison:
+    """Align and score every candidate against ``test.objectGuess`` on the scanned area, at both
+    alignment levels; ``overlap`` is the view's measured overlap (phase D), shown beside its f."""
     truth = test.objectGuess
     region = metrics.scanned_area(test.xcoords, test.ycoords, truth.shape)
-    photons = metrics.fluence(test.probeGuess, test.xcoords, test.ycoords, truth.shape,
-                              float(test.metadata["nphotons"]))[region]
+    scale = float(test.metadata["intensity_scale"])
+    photons = metrics.fluence(test.probeGuess, test.xcoords, test.ycoords, truth.shape, scale)[region]
     rows, frc_rows, aligned, per_model = [], [], {}, {}
     base = {"dose": dose, "view": view}
     for cand in candidates:
-        entry = {"status": "completed" if cand.field is not None else "failed", "note": cand.note,
-                 "wall_time_s": cand.seconds}
-        if cand.field is None:
-            for name in COMPONENT_METRICS:
-                rows.append({**base, "model": cand.model, "metric": name, "note": cand.note})
-            rows.append({**base, "model": cand.model, "metric": "wall_time_s", "note": cand.note})
-            per_model[cand.model] = entry
-            continue
-        al = metrics.align(cand.field, truth, region)
-        aligned[cand.model] = al
-        scores = {}
-        for comp, pred, ref, sigma in (("amplitude", al.amplitude, al.truth_amplitude, cfg.ms_ssim_sigma),
-                                       ("phase", al.phase, al.truth_phase, 0.0)):
-            scores[comp], curve = metrics.component_metrics(pred, ref, smooth_sigma=sigma,
-                                                            frc_threshold=cfg.frc_threshold)
-            frc_rows += [{**base, "model": cand.model, "component": comp, "frequency": f, "frc": c, "half_bit": h}
-                         for f, c, h in zip(curve.frequency, curve.correlation, curve.half_bit)]
-        for name in COMPONENT_METRICS:
-            rows.append({**base, "model": cand.model, "metric": name, "amplitude": scores["amplitude"][name],
-                         "phase": scores["phase"][name], "note": cand.note})
-            for comp in ("amplitude", "phase"):
-                entry[f"{name}_{comp}"] = _finite(scores[comp][name])
-        extras = {"wall_time_s": cand.seconds, "shift_y_px": al.shift_px[0], "shift_x_px": al.shift_px[1],
-                  "phase_offset_rad": al.phase_plane[0], "amplitude_scale": al.amplitude_scale}
-        rows += [{**base, "model": cand.model, "metric": k, "value": v, "note": cand.note} for k, v in extras.items()]
-        entry.update({k: v for k, v in extras.items() if k != "wall_time_s"})
+        entry = {"status": "completed" if cand.field is not None else "failed", "note": cand.note}
         per_model[cand.model] = entry
+        if cand.field is None:
+            rows += [{**base, "model": cand.model, "alignment": level, "metric": name, "note": cand.note}
+                     for level in metrics.ALIGNMENTS for name in metrics.COMPONENT_METRICS]
+            continue
+        for level in metrics.ALIGNMENTS:
+            al = metrics.align(cand.field, truth, region, level=level, max_shift=cfg.max_shift_px)
+            if level == "aligned":
+                aligned[cand.model] = al
+            scores = {}
+            for comp in cfg.components:
+                pred, ref = (al.amplitude, al.truth_amplitude) if comp == "amplitude" else (al.phase, al.truth_phase)
+                scores[comp], curve = metrics.component_metrics(pred, ref, smooth_sigma=cfg.ms_ssim_sigma,
+                                                                frc_threshold=cfg.frc_threshold)
+                frc_rows += [{**base, "model": cand.model, "alignment": level, "component": comp, "frequency": f,
+                              "frc": c, "half_bit": h}
+                             for f, c, h in zip(curve.frequency, curve.correlation, curve.half_bit)]
+            prefix = LEVEL_PREFIX[level]
+            for name in metrics.COMPONENT_METRICS:
+                rows.append({**base, "model": cand.model, "alignment": level, "metric": name, "note": cand.note,
+                             **{comp: scores[comp][name] for comp in cfg.components}})
+                for comp in cfg.components:
+                    entry[f"{prefix}{name}_{comp}"] = _finite(scores[comp][name])
+            extras = {"registration": al.registration, "shift_y_px": al.shift_px[0], "shift_x_px": al.shift_px[1],
+                      "phase_offset_rad": al.phase_plane[0], "phase_ramp_y_rad_per_px": al.phase_plane[1],
+                      "phase_ramp_x_rad_per_px": al.phase_plane[2], "amplitude_scale": al.amplitude_scale}
+            if level == "fixed-frame":  # nothing registered, no ramp removed: only the offset and the scale
+                extras = {k: extras[k] for k in ("phase_offset_rad", "amplitude_scale")}
+            rows += [{**base, "model": cand.model, "alignment": level, "metric": k, "value": v, "note": cand.note}
+                     for k, v in extras.items()]
+            entry.update({f"{prefix}{k}": v for k, v in extras.items()})
     summary = {
         **base, "nphotons": float(test.metadata["nphotons"]), "n_positions": test.n,
+        "incident_photons_per_exposure": metrics.incident_photons(test.probeGuess, scale),
         "crop": {"rows": [region[0].start, region[0].stop], "cols": [region[1].start, region[1].stop]},
         "photons_per_pixel_mean": float(photons.mean()), "photons_per_pixel_min": float(photons.min()),
         "shot_noise_phase_bound_rad": _finite(metrics.shot_noise_phase_bound(photons)),
+        "overlap": overlap or {},
+        "components": list(cfg.components),
+        "frc_threshold": cfg.frc_threshold,
         "models": per_model,
     }
-    return Comparison(rows=rows, frc_rows=frc_rows, summary=summary, aligned=aligned)
+    return Comparison(rows=rows, frc_rows=frc_rows, summary=summary, aligned=aligned,
+                      timing={c.model: c.seconds for c in candidates})
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -101,13 +116,13 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def write_comparison(out_dir: str | Path, comp: Comparison) -> None:
-    """comparison_metrics.csv, frc_curves.csv, comparison.json and comparison.png in ``out_dir``."""
+    """comparison_metrics.csv, frc_curves.csv, comparison.json, comparison.png and frc_curves.png in ``out_dir``."""
     out = Path(out_dir)
     _write_csv(out / "comparison_metrics.csv", CSV_COLUMNS, comp.rows)
-    _write_csv(out / "frc_curves.csv", ("dose", "view", "model", "component", "frequency", "frc", "half_bit"),
-               comp.frc_rows)
+    _write_csv(out / "frc_curves.csv", FRC_COLUMNS, comp.frc_rows)
     write_json(out / "comparison.json", comp.summary)
     s = comp.summary
     plot_comparison(out / "comparison.png", comp.aligned,
                     title=f"{s['view']} view, dose {s['dose']} ({s['nphotons']:.0f} photons/pattern, "
                           f"{s['photons_per_pixel_mean']:.3g} photons/pixel), {s['n_positions']} test positions")
+    plot_frc(out / "frc_curves.png", comp.frc_rows, threshold=s["frc_threshold"], title=f"FRC against the truth: {s['view']} view, dose {s['dose']}")

@@ -242,6 +242,14 @@ def read_npz(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> tupl
     return arrays, meta
 
 
+def read_json(path: str | Path) -> dict:
+    """A JSON record another stage wrote (a manifest, metrics, a summary), or a clear error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ContractError(f"{path}: cannot read ({err}); run `dvc repro` to produce it") from None
+
+
 def load_dataset(path: str | Path) -> Dataset:
     """Load and validate a study NPZ; refuse anything that breaks the contract."""
     arrays, meta = read_npz(path)

@@ -6,8 +6,12 @@ names the field (``design.neighbor_count``) and the fix. Unknown keys are errors
 """
 from __future__ import annotations
 
+import atexit
+import json
 import math
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -26,9 +30,80 @@ class ParamsError(ValueError):
     """A parameter is missing, unknown or out of range; the message names it and the fix."""
 
 
+# ------------------------------------------------------------------- which keys a stage reads
+# dvc.yaml lists, per stage, the params keys it depends on; a key the code reads but the stage
+# does not list leaves stale results "up to date". With FLY64STUDY_PARAMS_RECORD=<folder> set,
+# every key read after validation is recorded and written there when the process ends
+# (<pid>.json: argv and keys), so a test can compare each stage's reads with its listing.
+RECORD_ENV = "FLY64STUDY_PARAMS_RECORD"
+_reads: set[str] = set()
+_recording = False
+
+
+def _record(key: str) -> None:
+    if _recording:
+        _reads.add(key)
+
+
+class _Section:
+    """Base of the params dataclasses: a field read (not a validation) is recorded as its key."""
+
+    _path = ""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _recording and name in type(self).__dataclass_fields__ and not isinstance(value, (_Section, _Keyed)):
+            _record(object.__getattribute__(self, "_path") + name)
+        return value
+
+
+class _Keyed(dict):
+    """A mapping section (doses, views, jobs): reading one entry records that entry's key; going
+    over all entries records the whole mapping. A membership test reads no value and records nothing."""
+
+    _path = ""
+
+    def __getitem__(self, key):
+        _record(f"{self._path}.{key}")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        _record(f"{self._path}.{key}")
+        return super().get(key, default)
+
+    def __iter__(self):
+        _record(self._path)
+        return super().__iter__()
+
+    def keys(self):
+        _record(self._path)
+        return super().keys()
+
+    def values(self):
+        _record(self._path)
+        return super().values()
+
+    def items(self):
+        _record(self._path)
+        return super().items()
+
+
+def _write_reads() -> None:
+    folder = Path(os.environ[RECORD_ENV])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}.json").write_text(json.dumps({"argv": sys.argv, "keys": sorted(_reads)}))
+
+
+def _start_recording() -> None:
+    global _recording
+    if os.environ.get(RECORD_ENV) and not _recording:
+        _recording = True
+        atexit.register(_write_reads)
+
+
 # --------------------------------------------------------------------------- design section
 @dataclass(frozen=True)
-class Seeds:
+class Seeds(_Section):
     simulation: int  # object, scan and Poisson noise (phase C)
     grouping: int  # K-choose-C neighbour groups (phases D, E)
     subsampling: int  # greedy Poisson-disc order of the overlap views (phase D)
@@ -40,27 +115,29 @@ class Seeds:
 
 
 @dataclass(frozen=True)
-class MetricsDesign:
-    ms_ssim_sigma: float  # Gaussian smoothing (pixels) of both amplitude images before their MS-SSIM
-    frc_threshold: float  # FRC level whose first crossing defines the resolution
-    components: tuple[str, ...]  # reported in this order: phase first
+class MetricsDesign(_Section):
+    ms_ssim_sigma: float  # Gaussian smoothing (pixels) of both images, either component, for ms_ssim_smoothed
+    frc_threshold: float  # FRC level whose first sustained crossing defines the resolution
+    components: tuple[str, ...]  # scored and reported in this order: phase first
+    max_shift_px: float  # a registration estimate beyond this (either axis) is a failed registration
 
     def check(self) -> None:
         if not self.ms_ssim_sigma > 0:
             raise ParamsError("design.metrics.ms_ssim_sigma: must be > 0 (design value 1.0)")
         if not 0 < self.frc_threshold < 1:
             raise ParamsError("design.metrics.frc_threshold: must lie in (0, 1) (design value 0.5)")
-        if not self.components or len(set(self.components)) != len(self.components) or any(
-            c not in METRIC_COMPONENTS for c in self.components
-        ):
+        if not 0 < self.max_shift_px <= 16:
+            raise ParamsError("design.metrics.max_shift_px: must lie in (0, 16] pixels (design value 3: probe and "
+                              "positions are known, so a real misregistration is sub-pixel to a few pixels)")
+        if sorted(self.components) != sorted(METRIC_COMPONENTS):
             raise ParamsError(
-                f"design.metrics.components: expected distinct entries from {list(METRIC_COMPONENTS)}, "
-                f"got {list(self.components)}"
+                f"design.metrics.components: expected both of {list(METRIC_COMPONENTS)}, each once, in the order "
+                f"to score them (the report needs both), got {list(self.components)}"
             )
 
 
 @dataclass(frozen=True)
-class Design:
+class Design(_Section):
     doses: dict[str, float]  # stage label -> expected photons per diffraction pattern
     gridsizes: tuple[int, ...]  # PINN grouping: C = gridsize**2 patterns per group
     neighbor_count: int  # K nearest neighbours a group is drawn from
@@ -112,7 +189,7 @@ class Design:
 
 # ------------------------------------------------------------------------- generate section
 @dataclass(frozen=True)
-class ProbeOptics:
+class ProbeOptics(_Section):
     """A zone-plate-like focus: annular pupil, propagated to a defocus plane."""
 
     aperture: float  # pupil radius as a fraction of the detector's half-width (the NA used)
@@ -129,7 +206,7 @@ class ProbeOptics:
 
 
 @dataclass(frozen=True)
-class ObjectModel:
+class ObjectModel(_Section):
     """A two-material synthetic specimen: projected thickness -> absorption and phase shift."""
 
     amplitude_min: float  # transmission of the thickest absorbing region, in (0, 1]
@@ -149,7 +226,7 @@ class ObjectModel:
 
 
 @dataclass(frozen=True)
-class Generate:
+class Generate(_Section):
     object_size: int  # M, side of the synthetic object (a base_npz brings its own size)
     n_positions: int  # scan positions per dose, before the train/test split
     base_npz: str  # "" = synthetic probe and object; else an NPZ under inputs/ with probeGuess/objectGuess
@@ -177,7 +254,7 @@ class Generate:
 
 # -------------------------------------------------------------------------- overlap section
 @dataclass(frozen=True)
-class Overlap:
+class Overlap(_Section):
     min_positions: int  # a view keeping fewer positions than this (per split) is an error
 
     def check(self, design: Design) -> None:
@@ -191,7 +268,7 @@ class Overlap:
 
 # ---------------------------------------------------------------------------- train section
 @dataclass(frozen=True)
-class Train:
+class Train(_Section):
     jobs: dict[str, int]  # job -> gridsize; each job trains on the design view of its name
     width: int  # channels of the first U-Net level
     depth: int  # U-Net down-sampling levels
@@ -236,7 +313,7 @@ class Train:
 
 # ---------------------------------------------------------------------- reconstruct section
 @dataclass(frozen=True)
-class Reconstruct:
+class Reconstruct(_Section):
     """pty-chi LSQML on each view's test split (phase F)."""
 
     epochs: int  # LSQML epochs (every pattern once per epoch)
@@ -255,7 +332,7 @@ class Reconstruct:
 
 # -------------------------------------------------------------------------- compare section
 @dataclass(frozen=True)
-class Compare:
+class Compare(_Section):
     """Which (view) comparisons phase G makes: PtychoPINN (the view's job) against Baseline and PtyChi."""
 
     views: tuple[str, ...]  # views with an overlap fraction and a training job of their own name
@@ -281,7 +358,7 @@ class Compare:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_Section):
     design: Design
     generate: Generate
     overlap: Overlap
@@ -315,6 +392,7 @@ def params_from_dict(raw: Any) -> Params:
     """Build and validate :class:`Params` from a parsed params mapping."""
     params = _build(Params, raw, "")
     params.check()
+    _start_recording()  # after validation: checking every field is not reading it
     return params
 
 
@@ -338,7 +416,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for name in names:
         if name not in raw:
             raise ParamsError(f"{prefix}{name}: missing; see profiles/default.yaml for its meaning")
-    return cls(**{name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in names})
+    obj = cls(**{name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in names})
+    object.__setattr__(obj, "_path", prefix)
+    return obj
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -383,7 +463,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         key_tp, item_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
             raise ParamsError(f"{where}: expected a mapping, got {value!r}")
-        out = {}
+        out = _Keyed()
+        out._path = where
         for key, v in value.items():
             if not isinstance(key, str):
                 raise ParamsError(f"{where}: key {key!r} must be text; quote it in YAML, e.g. \"1e3\"")
@@ -408,6 +489,7 @@ def design_record(design: Design) -> dict:
             "ms_ssim_sigma": design.metrics.ms_ssim_sigma,
             "frc_threshold": design.metrics.frc_threshold,
             "components": list(design.metrics.components),
+            "max_shift_px": design.metrics.max_shift_px,
         },
         # sqrt(dose) / (N/2): the amplitude scale of a transparent object under the probe
         # normalisation sum|P|^2 = (N/2)^2 (physics.normalise_probe).

@@ -1,4 +1,4 @@
-"""Where torch work runs, and how reproducibly: shared by the training and reconstruction stages."""
+"""Where torch work runs: shared by the training and reconstruction stages (how reproducibly: numerics)."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +14,3 @@ def select_device(accelerator: str) -> torch.device:
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(accelerator)
 
-
-def set_determinism(deterministic: bool) -> None:
-    """Deterministic algorithms only (same inputs and seed -> same weights, bit for bit)."""
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = not deterministic

@@ -10,9 +10,13 @@ cli/ prep/ data/ analysis/``. The Makefile's ``red``, ``green``, ``collect``, ``
     python -m fly64study.evidence verify --hub HUB
 
 ``archive`` refuses (naming the file) a bundle whose SHA256 differs from its training manifest
-or from the line the training CLI printed; ``verify`` re-checks an archived hub. Archived
-bundles are tracked by DVC (``dvc add``: a ``.dvc`` file in git, the bytes in the cache and the
-remote), never committed to git.
+or from the line the training CLI printed, and keeps the params the bundles were trained with
+(``analysis/params.yaml``). ``verify`` re-checks an archived hub in any clone: a bundle whose
+bytes are here is checked as it is; one that is missing is pulled from the DVC remote; failing
+that it is regenerated from the hub's params (phases C, D and the deterministic training CLI,
+in a scratch folder), which gives the same bytes on any x86-64 CPU (pinned numerics). It says
+which route each bundle took. Archived bundles are tracked by DVC (``dvc add``: a ``.dvc`` file
+in git, the bytes in the cache and the remote), never committed to git.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
@@ -109,13 +114,15 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
                 log.write(f"{folder}: present, nothing regenerated\n")
     with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
         tmp.write_text(f"{artifacts}\n")
+    atomic_copy(root / params, hub / "cli" / "params.yaml")  # the params these bundles are trained with
     results = []
     for view in views:
         g = gridsizes[view]
         stem = hub / "cli" / f"train_{dose}_{view}_gs{g}"
         cmd = [sys.executable, "stages/train.py", "--params", params, "--dose", dose, "--view", view,
                "--accelerator", "cpu", "--deterministic", "--num-workers", "0",
-               "--artifact-root", str(artifacts), "--manifest-dir", str(artifacts / "runs" / f"{dose}-{view}")]
+               "--artifact-root", str(artifacts), "--manifest-dir", str(artifacts / "runs" / f"{dose}-{view}"),
+               "--timing-dir", str(artifacts / "timing")]
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         with atomic_path(stem.with_suffix(".log")) as tmp:
             tmp.write_text(f"$ {' '.join(cmd[1:])}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}")
@@ -170,6 +177,10 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
         if sha256_file(hub / "data" / name) != actual:
             raise EvidenceError(f"{hub / 'data' / name}: the copy differs from {src}")
         archived.append({**job, "archived_as": f"data/{name}"})
+    params = pointer.with_name("params.yaml")
+    if not params.is_file():
+        raise EvidenceError(f"{params}: missing; run `make train-evidence` for this hub again")
+    atomic_copy(params, hub / "analysis" / "params.yaml")  # what verify regenerates from
     merged = {"jobs": archived, "sources": [str(p) for p in manifests]}
     write_json(hub / "data" / "training_manifest.json", merged)
     write_json(hub / "data" / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
@@ -205,26 +216,82 @@ def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def verify(hub: Path) -> int:
-    """Re-check an archived hub: every bundle in ``analysis/bundle_checksums.txt`` against its
-    file and the archived manifest. Returns the number of bundles checked."""
+def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Path:
+    """Train the job of ``rel`` again from the hub's params, in ``scratch``: phase C of its dose,
+    phase D of its view, then the deterministic training CLI (the same command as ``cli/``)."""
+    params = hub / "analysis" / "params.yaml"
+    if not params.is_file():
+        raise EvidenceError(f"{hub / rel}: missing, not in the DVC cache or remote, and {params} is missing, "
+                            "so the bundle cannot be regenerated (the hub predates archived params)")
+    dose, view = job["dose"], job["view"]
+    phase_c, phase_d = scratch / "phase_c" / f"dose_{dose}", scratch / "phase_d"
+    steps = []
+    if not (phase_c / "patched_train.npz").is_file():
+        steps.append(["stages/generate.py", "--dose", dose, "--out", str(phase_c)])
+    if not (phase_d / f"dose_{dose}" / view / "train.npz").is_file():
+        steps.append(["stages/overlap.py", "--view", view, "--phase-c", str(phase_c),
+                      "--out", str(phase_d / f"dose_{dose}" / view)])
+    steps.append(["stages/train.py", "--dose", dose, "--view", view, "--phase-d", str(phase_d),
+                  "--artifact-root", str(scratch / "phase_e"), "--timing-dir", str(scratch / "timing"),
+                  "--accelerator", "cpu", "--deterministic", "--num-workers", "0"])
+    for step in steps:
+        print(f"  regenerating {rel}: {' '.join(step[:1] + step[1:5])} …", flush=True)
+        proc = subprocess.run([sys.executable, step[0], "--params", str(params.resolve()), *step[1:]],
+                              cwd=root, capture_output=True, text=True)
+        if proc.returncode:
+            raise EvidenceError(f"regenerating {rel}: {step[0]} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return scratch / "phase_e" / f"dose_{dose}" / view / f"gs{job['gridsize']}" / "wts.h5.zip"
+
+
+def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> dict[str, str]:
+    """Re-check an archived hub: every bundle of its training manifest must be listed in
+    ``analysis/bundle_checksums.txt`` with the manifest's SHA256, and its bytes must have it.
+    Bytes come from the hub (route ``present``), else the DVC remote (``pulled``), else a
+    regeneration in ``scratch`` (``regenerated``; a temporary folder by default). Returns the
+    route per archived file."""
     sums = hub / "analysis" / "bundle_checksums.txt"
-    if not sums.is_file():
-        raise EvidenceError(f"{sums}: missing; run `make archive` first")
-    manifest = {j["archived_as"]: j["sha256"] for j in
-                json.loads((hub / "data" / "training_manifest.json").read_text())["jobs"]}
-    n = 0
-    for line in sums.read_text().splitlines():
-        digest, rel = line.split(None, 1)
-        path = hub / rel.strip()
+    manifest_path = hub / "data" / "training_manifest.json"
+    for path, fix in ((sums, "run `make archive` first"), (manifest_path, "the hub is incomplete; run `make archive`")):
         if not path.is_file():
-            raise EvidenceError(f"{path}: missing (listed in {sums}); `dvc pull` restores it")
-        actual = sha256_file(path)
-        if actual != digest or manifest.get(rel.strip()) != digest:
-            raise EvidenceError(f"{path}: SHA256 {actual} differs from {sums.name} ({digest}) "
-                                f"or the archived manifest ({manifest.get(rel.strip())})")
-        n += 1
-    return n
+            raise EvidenceError(f"{path}: missing; {fix}")
+    try:
+        jobs = {j["archived_as"]: j for j in json.loads(manifest_path.read_text())["jobs"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise EvidenceError(f"{manifest_path}: not a training manifest ({err})") from None
+    listed = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(None, 1)
+            listed[rel.strip()] = digest
+    if not jobs:
+        raise EvidenceError(f"{manifest_path}: no job; an empty hub proves nothing")
+    missing = sorted(set(jobs) - set(listed))
+    if missing:
+        raise EvidenceError(f"{sums}: no checksum for {missing} of the training manifest's jobs")
+    extra = sorted(set(listed) - set(jobs))
+    if extra:
+        raise EvidenceError(f"{sums}: lists {extra}, which the training manifest does not hold")
+    routes = {}
+    with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp:
+        scratch = Path(scratch or tmp)
+        for rel, digest in listed.items():
+            path, route = hub / rel, "present"
+            if jobs[rel]["sha256"] != digest:
+                raise EvidenceError(f"{path}: {sums.name} says {digest}, the archived manifest {jobs[rel]['sha256']}")
+            if not path.is_file() and path.with_name(path.name + ".dvc").is_file():
+                pulled = subprocess.run(["dvc", "pull", "-q", str(path.with_name(path.name + ".dvc"))], cwd=root,
+                                        capture_output=True, text=True)
+                route = "pulled" if pulled.returncode == 0 and path.is_file() else route
+            if not path.is_file():
+                path, route = _regenerate(hub, rel, jobs[rel], scratch, root), "regenerated"
+            actual = sha256_file(path)
+            if actual != digest:
+                hint = (" (regenerated from the hub's params with this checkout's code: the code or the numerics "
+                        "differ from the run that made the hub)" if route == "regenerated" else "")
+                raise EvidenceError(f"{hub / rel}: SHA256 {actual} differs from {sums.name} ({digest}){hint}")
+            routes[rel] = route
+            print(f"{rel}: SHA256 {digest} matches ({route})", flush=True)
+    return routes
 
 
 # ------------------------------------------------------------------------ command line
@@ -269,7 +336,9 @@ def main(argv=None) -> None:
             print(f"archived {len(jobs)} bundles in {hub / 'data'}; check: cd {hub} && sha256sum -c "
                   f"analysis/bundle_checksums.txt")
         else:
-            print(f"{verify(hub)} bundles match {hub / 'analysis' / 'bundle_checksums.txt'} and the manifest")
+            routes = verify(hub)
+            print(f"{len(routes)} bundles match {hub / 'analysis' / 'bundle_checksums.txt'} and the manifest "
+                  f"({', '.join(f'{n} {r}' for r in ('present', 'pulled', 'regenerated') if (n := list(routes.values()).count(r)))})")
     except EvidenceError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from fly64study import numerics
+
 # Zip entries carry this date so that equal content gives equal bytes (the zip epoch).
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -41,6 +43,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as sorted, indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_timing(path: str | os.PathLike, record: dict) -> None:
+    """An untracked run record (wall times, the host): kept out of DVC-tracked outputs, so that
+    ``dvc.lock`` changes only when results do. Lives under ``data/timing/`` (git-ignored)."""
+    write_json(path, {**record, "host": numerics.host()})
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

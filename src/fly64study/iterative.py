@@ -26,7 +26,7 @@ import torch
 
 from fly64study.contract import ContractError, Dataset, read_npz, write_npz
 from fly64study.design import Reconstruct
-from fly64study.files import atomic_path, sha256_file
+from fly64study.files import atomic_path, sha256_file, write_timing
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LSQMLResult:
     object: np.ndarray  # (H, W) complex64 in the ground truth's frame; (0, 0) when failed
     probe: np.ndarray  # (N, N) complex64; (0, 0) when failed
     cost: np.ndarray  # (epochs,) float64, pty-chi's loss per epoch
-    wall_seconds: float
+    wall_seconds: float | None  # this run's LSQML time (not stored in the file: a run record); None when loaded
     error: str = ""  # why pty-chi failed
     settings: dict = field(default_factory=dict)
 
@@ -122,12 +122,11 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
 
 # ----------------------------------------------------------------------------- the file
 def save_result(path: str | Path, result: LSQMLResult, ds: Dataset, provenance: dict) -> None:
-    """``ptychi_reconstruction.npz``: object, probe, per-epoch cost, wall time, positions, _metadata."""
-    meta = {"status": result.status, "error": result.error, "settings": result.settings,
-            "wall_seconds": result.wall_seconds, **provenance}
+    """``ptychi_reconstruction.npz``: object, probe, per-epoch cost, positions, _metadata (no wall
+    time: the file is DVC-tracked and must change only when the result does)."""
+    meta = {"status": result.status, "error": result.error, "settings": result.settings, **provenance}
     write_npz(path, {
         "object": result.object, "probe": result.probe, "cost": result.cost,
-        "wall_seconds": np.float64(result.wall_seconds),
         "xcoords": ds.xcoords, "ycoords": ds.ycoords,
         "_metadata": np.array(json.dumps(meta, sort_keys=True, allow_nan=False)),
     })
@@ -136,9 +135,9 @@ def save_result(path: str | Path, result: LSQMLResult, ds: Dataset, provenance: 
 def load_result(path: str | Path) -> LSQMLResult:
     """Read a ``ptychi_reconstruction.npz`` (no pickle), checking its members."""
     arrays, meta = read_npz(path)
-    for key, kind in (("object", "c"), ("probe", "c"), ("cost", "f"), ("wall_seconds", "f")):
+    for key, kind in (("object", "c"), ("probe", "c"), ("cost", "f")):
         if key not in arrays:
-            raise ContractError(f"{path}: {key}: missing; a reconstruction file holds object, probe, cost, wall_seconds")
+            raise ContractError(f"{path}: {key}: missing; a reconstruction file holds object, probe, cost")
         if arrays[key].dtype.kind != kind:
             raise ContractError(f"{path}: {key}: unexpected dtype {arrays[key].dtype}")
     if not isinstance(meta, dict) or meta.get("status") not in ("completed", "failed"):
@@ -146,7 +145,7 @@ def load_result(path: str | Path) -> LSQMLResult:
     if meta["status"] == "completed" and arrays["object"].ndim != 2:
         raise ContractError(f"{path}: object: expected a 2-D field, got shape {arrays['object'].shape}")
     return LSQMLResult(meta["status"], arrays["object"], arrays["probe"], arrays["cost"],
-                       float(arrays["wall_seconds"]), meta.get("error", ""), meta.get("settings", {}))
+                       None, meta.get("error", ""), meta.get("settings", {}))
 
 
 @contextlib.contextmanager
@@ -156,7 +155,8 @@ def logged_to(path: str | Path) -> Iterator[None]:
     failure: BaseException | None = None
     with atomic_path(path) as tmp:
         handler = logging.FileHandler(tmp, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        # no time stamps: the log is a DVC-tracked output, and must change only when the run does
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
         try:
@@ -176,7 +176,8 @@ def final_cost(result: LSQMLResult) -> float | None:
 
 # ------------------------------------------------------------------------------ one job
 def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, dose: str, view: str,
-                       test_path: str, device: str = "cpu", deterministic: bool = True) -> dict:
+                       test_path: str, device: str = "cpu", deterministic: bool = True,
+                       timing_path: str | Path | None = None) -> dict:
     """LSQML on one view's test split; write ``ptychi_reconstruction.npz`` and ``ptychi.log`` to
     ``out_dir`` and return the job's manifest entry (status ``failed`` with the reason if pty-chi failed)."""
     out_dir = Path(out_dir)
@@ -186,11 +187,13 @@ def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, 
                  ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
                  cfg.epochs, cfg.batch_size, device)
         result = lsqml(test, cfg, device=device, deterministic=deterministic)
-        log.info("%s (dose=%s): %s in %.1f s, final cost %s", view, dose, result.status, result.wall_seconds,
-                 final_cost(result))
+        log.info("%s (dose=%s): %s, final cost %s", view, dose, result.status, final_cost(result))
     provenance = {"dose": dose, "nphotons": test.metadata["nphotons"], "view": view, "test_data": test_path,
                   "n_positions": test.n}
     save_result(npz, result, test, provenance)
+    if timing_path is not None:
+        write_timing(timing_path, {"dose": dose, "view": view, "wall_seconds": result.wall_seconds,
+                                   "epochs": int(result.cost.size), "n_positions": test.n})
     return {**provenance, "status": result.status, "error": result.error, "settings": result.settings,
-            "wall_seconds": result.wall_seconds, "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
+            "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
             "output": str(npz), "sha256": sha256_file(npz), "size": npz.stat().st_size}

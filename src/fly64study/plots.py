@@ -111,6 +111,35 @@ def plot_comparison(path: str | Path, aligned: dict, *, title: str) -> None:
     _save(fig, Path(path))
 
 
+def plot_frc(path: str | Path, rows: list[dict], *, threshold: float, title: str) -> None:
+    """FRC curves against the truth per component (aligned level, solid; fixed frame, dotted),
+    with the 1/2-bit threshold and the resolution threshold (rows: ``frc_curves.csv``)."""
+    comps = sorted({r["component"] for r in rows}, key=lambda c: c != "phase")
+    fig, ax = plt.subplots(1, max(len(comps), 1), figsize=(5.5 * max(len(comps), 1), 4), squeeze=False)
+    for j, comp in enumerate(comps):
+        a = ax[0, j]
+        for model in _COLOURS:
+            for level, style in (("aligned", "-"), ("fixed-frame", ":")):
+                pts = [r for r in rows if r["model"] == model and r["component"] == comp and r["alignment"] == level]
+                if pts:
+                    a.plot([r["frequency"] for r in pts], [r["frc"] for r in pts], style, color=_COLOURS[model],
+                           label=f"{model} ({level})")
+        half = [r for r in rows if r["component"] == comp and r["alignment"] == "aligned"]
+        if half:
+            model0 = half[0]["model"]
+            pts = [r for r in half if r["model"] == model0]
+            a.plot([r["frequency"] for r in pts], [r["half_bit"] for r in pts], "k--", lw=0.8, label="1/2-bit")
+        a.axhline(threshold, color="gray", lw=0.8, label=f"threshold {threshold:g}")
+        a.set_xlabel("spatial frequency, cycles/pixel")
+        a.set_ylabel(f"FRC ({comp})")
+        a.set_ylim(-0.1, 1.02)
+        a.grid(alpha=0.3)
+    ax[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
 _COLOURS = {"PtychoPINN": "tab:red", "Baseline": "tab:orange", "PtyChi": "tab:blue"}
 _MARKERS = ("o", "s", "^", "D", "v")
 

@@ -8,30 +8,24 @@ PtychoPINN − Baseline and PtychoPINN − PtyChi), ``metrics.json`` for ``dvc m
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 from fly64study.compare import MODELS
-from fly64study.contract import ContractError
 from fly64study.files import atomic_path, write_json
 from fly64study.plots import plot_report
 
 # (key in a model's summary, higher is better)
-HEADLINE = (("ms_ssim_phase", True), ("ms_ssim_amplitude", True), ("mae_phase", False), ("mae_amplitude", False))
-TABLE = ("ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude", "frc_resolution_phase",
-         "rmse_phase", "wall_time_s")
-DVC_METRICS = ("ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude", "frc_resolution_phase",
-               "frc_resolution_amplitude", "rmse_phase", "wall_time_s")
+HEADLINE = (("ms_ssim_phase", True), ("fixed_frame_ms_ssim_phase", True), ("ms_ssim_amplitude", True),
+            ("mae_phase", False), ("mae_amplitude", False))
+TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase", "ms_ssim_amplitude",
+         "ms_ssim_smoothed_amplitude", "mae_phase", "mae_amplitude", "frc_resolution_phase",
+         "frc_low_frequency_phase", "rmse_phase")
+# numbers a person compares across commits (dvc metrics show/diff); no text, no wall times
+DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
+               "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"))
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ContractError(f"{path}: cannot read ({err}); run `dvc repro` to produce it") from None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -63,10 +57,13 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
                 for key, _ in HEADLINE}})
         deltas[f"{a} - {b}"] = {"per_job": rows, "mean": {
             key: _mean([r[key] for r in rows if r[key] is not None]) for key, _ in HEADLINE}}
-    ptychi = [{k: r.get(k) for k in ("dose", "view", "n_positions", "status", "error", "wall_seconds",
-                                     "final_cost", "epochs_run")} for r in reconstructions]
+    ptychi = [{k: r.get(k) for k in ("dose", "view", "n_positions", "status", "error", "final_cost",
+                                     "epochs_run", "settings")} for r in reconstructions]
+    registration = [{"dose": c["dose"], "view": c["view"], "model": m, "registration": s["registration"]}
+                    for c in jobs for m, s in c["models"].items()
+                    if s["status"] == "completed" and s.get("registration", "ok") != "ok"]
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas,
-            "ptychi_runs": ptychi, "failed": failed}
+            "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
 
 
 def dvc_metrics(summary: dict) -> dict:
@@ -86,23 +83,46 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+HEADER = """All numbers on each view's held-out test split, on the scanned area, at two alignment levels:
+**aligned** (sub-pixel registration bounded by design.metrics.max_shift_px, phase offset and ramp
+removed, amplitude scaled to the truth's mean) and **fixed frame** (phase offset and amplitude scale
+only: probe and positions are known, so a shift or a phase ramp is an error of the reconstruction and
+stays in). Columns without a prefix are aligned; `fixed_frame_` columns are in the fixed frame.
+
+MS-SSIM: 5 levels, Wang 2003 weights, data range of the truth, the same treatment for amplitude and
+phase: unsmoothed (headline) and, as `ms_ssim_smoothed_*`, after a Gaussian of design.metrics.ms_ssim_sigma
+px on both images. FRC resolution: the first crossing of the threshold that stays below it for 3 rings
+(rings with under 16 Fourier pixels ignored), cycles per pixel, Nyquist 0.5; `frc_low_frequency`: the
+mean FRC up to 0.05 cycles/px (patch-to-patch offsets show there, not in the resolution).
+
+Dose: the label is the mean number of DETECTED photons per pattern; incident photons per exposure are
+s²·Σ|P|² (what a transparent object would give). Photons per pixel: incident, spread as |P|²/Σ|P|² and
+summed over exposures; the shot-noise bound on the phase is the RMS of 1/(2·sqrt(n)) over the crop.
+Overlap: f is the design's spacing rule, S = (1 − f)·D; "measured" is the mean disc overlap of each test
+position with its nearest neighbours (phase D metrics). Wall times are not here (they would change the
+tracked report on every run): see data/timing/report_timing.md."""
+
+
 def markdown(summary: dict) -> str:
-    lines = ["# Study report: PtychoPINN, Baseline and PtyChi against dose and overlap", "",
-             "All numbers on each view's held-out test split, after sub-pixel registration, phase offset and "
-             "ramp removal and amplitude scaling to the ground truth, on the scanned area. MS-SSIM: 5 levels; "
-             "FRC resolution: first crossing of 0.5, cycles per pixel (Nyquist 0.5). Photons per pixel: incident, "
-             "summed over exposures; shot-noise bound on the phase: RMS of 1/(2·sqrt(n)).", "",
-             "## Per job", "",
-             "| view | dose | photons/pattern | photons/pixel | phase bound (rad) | model | "
-             + " | ".join(TABLE) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(TABLE)]
+    cols = ("view", "f", "measured overlap", "dose", "detected/pattern", "incident/exposure", "photons/pixel",
+            "phase bound (rad)", "model", *TABLE, "shift (dy, dx) px", "ramp (y, x) mrad/px", "registration")
+    lines = ["# Study report: PtychoPINN, Baseline and PtyChi against dose and overlap", "", HEADER, "",
+             "## Per job", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in summary["jobs"]:
+        ov = c.get("overlap", {})
+        context = (f"| {c['view']} | {_fmt(ov.get('f'), 2)} | {_fmt(ov.get('per_image'), 3)} | {c['dose']} | "
+                   f"{c['nphotons']:.0f} | {c['incident_photons_per_exposure']:.0f} | "
+                   f"{c['photons_per_pixel_mean']:.3g} | {_fmt(c['shot_noise_phase_bound_rad'])}")
         for model in MODELS:
             s = c["models"].get(model, {"status": "missing"})
-            vals = [_fmt(s.get(k), 1 if k == "wall_time_s" else 3) for k in TABLE] if s["status"] == "completed" \
-                else [f"failed: {s.get('note', '')}"] + [""] * (len(TABLE) - 1)
-            lines.append(f"| {c['view']} | {c['dose']} | {c['nphotons']:.0f} | {c['photons_per_pixel_mean']:.3g} | "
-                         f"{_fmt(c['shot_noise_phase_bound_rad'])} | {model} | " + " | ".join(vals) + " |")
+            if s["status"] == "completed":
+                vals = [_fmt(s.get(k)) for k in TABLE] + [
+                    f"({s['shift_y_px']:.2f}, {s['shift_x_px']:.2f})",
+                    f"({1e3 * s['phase_ramp_y_rad_per_px']:.2f}, {1e3 * s['phase_ramp_x_rad_per_px']:.2f})",
+                    "ok" if s["registration"] == "ok" else "**failed**, scored unshifted"]
+            else:
+                vals = [f"failed: {s.get('note', '')}"] + [""] * (len(TABLE) + 2)
+            lines.append(f"{context} | {model} | " + " | ".join(vals) + " |")
     lines += ["", "## Per model: mean and best over jobs", "",
               "| model | " + " | ".join(f"{k} mean | {k} best (job)" for k, _ in HEADLINE) + " |",
               "|---|" + "---|---|" * len(HEADLINE)]
@@ -117,12 +137,18 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {r['view']} | {r['dose']} | " + " | ".join(_fmt(r[k]) for k, _ in HEADLINE) + " |")
         lines.append("| **mean** | | " + " | ".join(_fmt(d["mean"][k]) for k, _ in HEADLINE) + " |")
     lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour PtychoPINN.", "",
-              "## pty-chi runs (phase F)", "", "| view | dose | positions | status | epochs | final cost | wall time (s) |",
+              "## pty-chi runs (phase F)", "", "| view | dose | positions | status | epochs | noise model | final cost |",
               "|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:
         status = r["status"] if r["status"] == "completed" else f"failed: {r['error']}"
         lines.append(f"| {r['view']} | {r['dose']} | {r['n_positions']} | {status} | {r['epochs_run']} | "
-                     f"{_fmt(r['final_cost'], 4)} | {_fmt(r['wall_seconds'], 1)} |")
+                     f"{(r.get('settings') or {}).get('noise_model', '—')} | {_fmt(r['final_cost'], 4)} |")
+    if summary["registration_failures"]:
+        lines += ["", "## Registration failures", "",
+                  "The shift estimate exceeded the bound; these rows are scored without a shift (a wrapped-around "
+                  "field would score unseen pixels):", ""]
+        lines += [f"- {r['model']} at {r['view']}@{r['dose']}: {r['registration']}"
+                  for r in summary["registration_failures"]]
     if summary["failed"]:
         lines += ["", "## Failed", ""] + [f"- {f['model']} at {f['view']}@{f['dose']}: {f['note']}"
                                           for f in summary["failed"]]
@@ -142,6 +168,20 @@ def write_plot_tables(folder: Path, summary: dict) -> None:
                         vals = [c["models"].get(m, {}).get(metric) for m in MODELS]
                         w.writerow([f"{c['nphotons']:g}", f"{c['photons_per_pixel_mean']:.6g}",
                                     *("" if v is None else f"{v:.6g}" for v in vals)])
+
+
+def timing_markdown(summary: dict, timing: dict) -> str:
+    """Wall times per job from the untracked run records: ``timing`` maps (phase, dose, view) to a record."""
+    lines = ["# Wall times (run records, not tracked by DVC)", "",
+             "| view | dose | PtychoPINN inference + stitching (s) | Baseline (s) | PtyChi LSQML (s) | host |",
+             "|---|---|---|---|---|---|"]
+    for c in summary["jobs"]:
+        g = timing.get(("phase_g", c["dose"], c["view"]), {})
+        f = timing.get(("phase_f", c["dose"], c["view"]), {})
+        t = g.get("wall_time_s", {})
+        lines.append(f"| {c['view']} | {c['dose']} | {_fmt(t.get('PtychoPINN'), 2)} | {_fmt(t.get('Baseline'), 2)} | "
+                     f"{_fmt(f.get('wall_seconds'), 1)} | {(g.get('host') or f.get('host') or {}).get('cpu', '—')} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(out_dir: str | Path, summary: dict) -> None:

@@ -26,7 +26,7 @@ from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
-from fly64study.files import atomic_path, sha256_file, write_json
+from fly64study.files import atomic_path, sha256_file, write_json, write_timing
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
 from fly64study.overlap import group_positions
 from fly64study.plots import plot_losses
@@ -58,13 +58,18 @@ class Job:
 
 
 def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None) -> list[Job]:
-    """Every (dose, job) of the params, filtered by dose labels and job/view names when given."""
-    jobs = [Job(dose=d, view=v, gridsize=g) for d in params.design.doses for v, g in params.train.jobs.items()]
+    """Every (dose, job) of the params, filtered by dose labels and job/view names when given.
+
+    Only the jobs asked for are looked up, so a stage that trains one job reads that job's
+    gridsize alone (and lists only that key in dvc.yaml)."""
     for label, wanted, known in (("--dose", doses, params.design.doses), ("--view", views, params.train.jobs)):
         for w in wanted or []:
             if w not in known:
-                raise ParamsError(f"{label} {w}: unknown; choose from {list(known)}")
-    return [j for j in jobs if (not doses or j.dose in doses) and (not views or j.view in views)]
+                raise ParamsError(f"{label} {w}: unknown; choose from {sorted(dict.keys(known))}")
+    # labels in params order; dict.keys lists them without reading (recording) any value
+    doses = [d for d in dict.keys(params.design.doses) if not doses or d in doses]
+    views = [v for v in dict.keys(params.train.jobs) if not views or v in views]
+    return [Job(dose=d, view=v, gridsize=params.train.jobs[v]) for d in doses for v in views]
 
 
 # --------------------------------------------------------------------------------- data
@@ -261,7 +266,8 @@ def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, gr
 # --------------------------------------------------------------------------------- a job
 def job_fingerprint(job: Job, params: Params, train_path: Path) -> str:
     """What a checkpoint must match to be resumed: the training data's bytes and every setting used."""
-    settings = {"job": [job.dose, job.view, job.gridsize], "train": dataclasses.asdict(params.train),
+    train = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(params.train) if f.name != "jobs"}
+    settings = {"job": [job.dose, job.view, job.gridsize], "train": train,
                 "neighbor_count": params.design.neighbor_count, "grouping_seed": params.design.seeds.grouping,
                 "data_sha256": sha256_file(train_path)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
@@ -269,10 +275,11 @@ def job_fingerprint(job: Job, params: Params, train_path: Path) -> str:
 
 def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
             device: torch.device, num_workers: int = 0, checkpoint_dir: Path | None = None,
-            stop_after_epoch: int | None = None) -> dict:
+            stop_after_epoch: int | None = None, timing_dir: Path | None = None) -> dict:
     """Train one job; write its bundle under ``artifact_root``, and its per-epoch losses
     (``losses_<dose>_<view>.csv`` and ``.png``) and evaluation (``eval_<dose>_<view>.json``)
-    under ``records``. The job's checkpoint (``checkpoint_dir``, default
+    under ``records``; wall times go to the untracked ``<timing_dir>/phase_e/<dose>-<view>.json``
+    only, so tracked files hold results alone. The job's checkpoint (``checkpoint_dir``, default
     ``<artifact_root>/.checkpoints``) is resumed if present and removed once the bundle is written.
     Returns the job's manifest entry."""
     train_path, test_path = job.data_paths(phase_d)
@@ -293,13 +300,17 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     ckpt.unlink(missing_ok=True)  # the bundle holds the result now
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
     with atomic_path(losses.with_suffix(".csv")) as tmp:
-        tmp.write_text("epoch,train_loss,val_loss,seconds\n" + "".join(
-            f"{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g},{h['seconds']:.3f}\n" for h in result.history))
+        tmp.write_text("epoch,train_loss,val_loss\n" + "".join(
+            f"{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g}\n" for h in result.history))
     plot_losses(losses.with_suffix(".png"), result.history, title=f"{job.name}, gridsize {job.gridsize}")
     evaluation = evaluate(result.model.net, load_dataset(test_path), neighbor_count=design.neighbor_count,
                           grouping_seed=design.seeds.grouping)
-    evaluation.update(train_seconds=train_seconds, dose=job.dose, view=job.view, gridsize=job.gridsize)
+    evaluation.update(dose=job.dose, view=job.view, gridsize=job.gridsize)
     write_json(Path(records) / f"eval_{job.dose}_{job.view}.json", evaluation)
+    if timing_dir is not None:
+        write_timing(Path(timing_dir) / "phase_e" / f"{job.dose}-{job.view}.json", {
+            "dose": job.dose, "view": job.view, "gridsize": job.gridsize, "train_seconds": train_seconds,
+            "epoch_seconds": [h["seconds"] for h in result.history], "train_positions": train_ds.n})
     best = result.history[result.best_epoch - 1]
     return {
         "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
@@ -308,5 +319,5 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
         "size": (Path(artifact_root) / bundle_rel).stat().st_size,
         "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
         "epochs": len(result.history), "best_epoch": result.best_epoch,
-        "train_seconds": train_seconds, "evaluation": evaluation, "status": "completed",
+        "evaluation": evaluation, "status": "completed",
     }

@@ -1,0 +1,113 @@
+"""Pinned numerics: the same inputs give the same bits on any x86-64 CPU with AVX2.
+
+Every library that computes floats picks its kernels at run time from the CPU it finds: ATen
+(torch's own ops) and oneDNN by instruction set, MKL (torch's BLAS and FFT) by instruction set
+and cache sizes, OpenBLAS and numpy's SIMD loops by instruction set, and all of them split
+reductions by thread count. Each choice changes the order of floating-point sums, so a bundle
+trained on an AVX-512 Intel machine differed from one trained on an AVX2 AMD machine.
+
+:func:`pin` fixes each choice at the AVX2 level that every supported CPU has, and the thread
+count at :data:`THREADS`. The dispatchers read these variables when their library loads, so the
+package calls :func:`pin` from ``fly64study/__init__.py``, before numpy or torch is imported;
+:func:`record` says in each manifest what was in force. ``FLY64STUDY_NUMERICS=native`` turns the
+pinning off (benchmarks measure its cost that way); a GPU run is not covered by the pinning.
+
+oneDNN's convolutions are also switched off under ``--deterministic`` (:func:`pin_torch`): their
+work split follows the thread count and the ISA (measured: 1 vs 2 threads, SSE4.1 vs AVX2 gave
+other weights), and their blocking heuristics read the CPU's cache sizes, which no setting pins.
+torch's own convolution (im2col + MKL GEMM) gave the same bits for 1 and 2 threads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+THREADS = 2  # torch / OpenMP / BLAS threads under pinning: part of the result, like a seed
+ISA = "AVX2"
+
+# Variable -> value. Set before the libraries load; an existing different value is overridden,
+# since a host's own setting (say OMP_NUM_THREADS=16) would change the bits.
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised kernels: the AVX2 build, also on AVX-512 CPUs
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (where still used): no AVX-512 / AMX kernels
+    "DNNL_MAX_CPU_ISA": "AVX2",  # the same, for older oneDNN builds
+    "MKL_CBWR": "AVX2,STRICT",  # MKL's conditional numerical reproducibility: one code path, fixed reductions
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's / scipy's OpenBLAS: the AVX2 kernels on every CPU
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's SIMD loops: AVX2 level at most
+    "OMP_NUM_THREADS": str(THREADS),
+    "MKL_NUM_THREADS": str(THREADS),
+    "OPENBLAS_NUM_THREADS": str(THREADS),
+}
+_SWITCH = "FLY64STUDY_NUMERICS"
+_loaded_before: list[str] = []  # libraries that were imported before pin() ran (their settings may not hold)
+_host: dict[str, str] = {}  # the host's own values of the pinned variables, before pin()
+
+
+def pinned() -> bool:
+    """Whether pinning is on (the default; ``FLY64STUDY_NUMERICS=native`` turns it off)."""
+    return os.environ.get(_SWITCH, "pinned") != "native"
+
+
+def pin() -> None:
+    """Set :data:`PINNED_ENV` in this process (inherited by its children), unless turned off."""
+    if not pinned():
+        return
+    _loaded_before[:] = [m for m in ("numpy", "torch", "scipy") if m in sys.modules]
+    if not _host:
+        _host.update({k: os.environ[k] for k in PINNED_ENV if k in os.environ and os.environ[k] != PINNED_ENV[k]})
+    os.environ.update(PINNED_ENV)
+
+
+def host_settings() -> dict[str, str]:
+    """The host's own values of the pinned variables, as they were before :func:`pin` (tests
+    start child processes with them, so each child has to pin for itself)."""
+    return dict(_host)
+
+
+def pin_torch(deterministic: bool, threads: int = THREADS) -> None:
+    """torch's run-time settings: deterministic algorithms, and under pinning ``threads`` threads
+    and torch's own convolutions instead of oneDNN's. Every stage command line gets
+    ``pin_torch(True)`` (:func:`fly64study.cli.run`); train and reconstruct set it again from
+    their ``--deterministic`` flag."""
+    import torch
+
+    strict = deterministic and pinned()
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.mkldnn.enabled = not strict
+    if strict:
+        torch.set_num_threads(threads)
+
+
+def record() -> dict:
+    """What was in force, for manifests: the same on every machine under pinning (no host names)."""
+    out = {"pinned": pinned(), "isa": ISA if pinned() else "native"}
+    if pinned():
+        out["env"] = dict(PINNED_ENV)
+        if _loaded_before:
+            out["loaded_before_pinning"] = list(_loaded_before)
+    if "torch" in sys.modules:
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads() if pinned() else "native"
+        out["torch_mkldnn"] = bool(torch.backends.mkldnn.enabled)
+        out["torch_deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+    return out
+
+
+def host() -> dict:
+    """The machine a run used: for untracked run records (timing.json), never for tracked outputs."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    out = {"cpu": model, "cores": os.cpu_count()}
+    if "torch" in sys.modules:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        out["torch_threads"] = torch.get_num_threads()
+    return out

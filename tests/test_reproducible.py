@@ -1,0 +1,121 @@
+"""Byte for byte on any x86-64 CPU: golden digests of the tiny run, a rerun that leaves dvc.lock
+unchanged, and the pinned numerics holding against a host's own settings.
+
+The machines that run this suite differ in CPU from one run to the next, so the golden digests
+(tests/golden/tiny_sha256.txt, made with `make golden`) are what keeps the promise: a digest
+that changed on another machine is a finding about the pinning, not noise to re-bless.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clone_run, host_env, sh
+from fly64study.files import sha256_file
+
+pytestmark = pytest.mark.pipeline
+
+GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
+PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "phase_g", "report")
+# a host's own settings that would change the bits if the pinning did not override them
+FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
+                "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
+                "NPY_DISABLE_CPU_FEATURES": "X86_V3"}
+
+
+def output_digests(root: Path) -> dict[str, str]:
+    """SHA256 of every pipeline output, in pipeline order (phase, then path); no run records."""
+    files = [p for p in (root / "data").rglob("*") if p.is_file() and p.name != ".gitignore"
+             and "timing" not in p.relative_to(root / "data").parts]
+    rel = sorted((p.relative_to(root).as_posix() for p in files),
+                 key=lambda r: (next(i for i, ph in enumerate(PHASES) if r.split("/")[1] == ph), r))
+    return {r: sha256_file(root / r) for r in rel}
+
+
+def read_golden() -> dict[str, str]:
+    out = {}
+    for line in GOLDEN.read_text().splitlines():
+        digest, path = line.split(maxsplit=1)
+        out[path] = digest
+    return out
+
+
+def first_difference(expected: dict[str, str], got: dict[str, str]) -> str | None:
+    """The first file, in pipeline order, that is missing, extra or different; with a count."""
+    order = list(expected) + [p for p in got if p not in expected]
+    bad = [p for p in order if expected.get(p) != got.get(p)]
+    if not bad:
+        return None
+    p = bad[0]
+    what = "missing" if p not in got else "not in the golden list" if p not in expected else \
+        f"differs: {got[p]} here, {expected[p]} golden"
+    return f"first difference in pipeline order: {p} {what} ({len(bad)} of {len(order)} files differ)"
+
+
+def write_golden(root: Path) -> None:
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text("".join(f"{d}  {p}\n" for p, d in output_digests(root).items()))
+
+
+def test_the_tiny_run_reproduces_the_golden_digests(tiny_pipeline):
+    if os.environ.get("FLY64STUDY_WRITE_GOLDEN"):  # `make golden`: a deliberate, reviewed change
+        write_golden(tiny_pipeline.root)
+    problem = first_difference(read_golden(), output_digests(tiny_pipeline.root))
+    assert problem is None, problem
+
+
+def test_first_difference_names_the_earliest_file():
+    golden = {"data/phase_c/a.npz": "1", "data/phase_e/b.zip": "2", "data/report/c.json": "3"}
+    assert first_difference(golden, dict(golden)) is None
+    got = {**golden, "data/phase_e/b.zip": "x", "data/report/c.json": "y"}
+    assert first_difference(golden, got).startswith("first difference in pipeline order: data/phase_e/b.zip differs")
+    assert "missing" in first_difference(golden, {"data/phase_c/a.npz": "1"})
+
+
+# one stage of each kind: a forced rerun of all 38 would double the suite's longest part
+RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense", "train@1e3-baseline",
+         "reconstruct@1e3-dense", "compare@1e3-dense", "report")
+
+
+def test_a_forced_rerun_on_a_foreign_host_setting_leaves_every_output_and_the_lock_unchanged(tiny_pipeline, tmp_path):
+    """`dvc repro -f -s` of one stage of every kind, with host settings that change the bits of
+    an unpinned run (threads, ISA caps, MKL's code path): the pinning overrides them, so every
+    output and dvc.lock come out byte-identical (no wall time or host name in a tracked file)."""
+    root = clone_run(tiny_pipeline, tmp_path / "rerun")
+    lock = (root / "dvc.lock").read_bytes()
+    before = output_digests(root)
+    shutil.rmtree(root / "data" / "timing")
+    for stage in RERUN:
+        sh(root, "dvc", "repro", "-f", "-s", stage, env=FOREIGN_HOST)
+    assert (root / "dvc.lock").read_bytes() == lock, sh(root, "git", "diff", "--stat", "dvc.lock").stdout
+    problem = first_difference(before, output_digests(root))
+    assert problem is None, problem
+    assert sh(root, "git", "status", "--porcelain").stdout == ""  # metrics and plot tables unchanged in git
+    assert (root / "data/timing/phase_e/1e3-dense.json").is_file()  # the run records went elsewhere
+
+
+def _train_digest(phase_d: Path, out: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), "--params", str(REPO / "profiles/tiny.yaml"), "--dose", "1e3",
+         "--view", "dense", "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "t"),
+         "--deterministic"], cwd=REPO, env={**host_env(), **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return sha256_file(out / "dose_1e3/dense/gs2/wts.h5.zip")
+
+
+def test_unpinned_training_depends_on_the_cpu_capability(tiny_pipeline, tmp_path):
+    """The negative control of the test above: without the pinning (FLY64STUDY_NUMERICS=native),
+    torch's kernel level alone changes the bundle's bits, as a different CPU would."""
+    phase_d = tiny_pipeline.root / "data/phase_d"
+    golden = sha256_file(tiny_pipeline.root / "data/phase_e/dose_1e3/dense/gs2/wts.h5.zip")
+    native = {cap: _train_digest(phase_d, tmp_path / f"native-{cap}",
+                                 {"FLY64STUDY_NUMERICS": "native", "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "2"})
+              for cap in ("default", "avx2")}
+    assert native["default"] != native["avx2"] and golden not in native.values()
+    # pinned, the same host settings change nothing: train@1e3-dense ran under FOREIGN_HOST in the
+    # forced rerun above and reproduced this bundle
