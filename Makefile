@@ -28,7 +28,8 @@ repro: setup
 	@echo "  phase E (PINN):      data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip"
 	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
-	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{comparison_metrics.csv,frc_curves.csv,comparison.png}"
+	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
+	@echo "  wall times (untracked run records): data/timing/"
 	@echo "  metrics:             dvc metrics show; dvc metrics diff (against the last commit)"
 	@echo
 	@echo "The study report:     data/report/metrics_summary.md"
