@@ -9,16 +9,21 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test golden profile bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
+.PHONY: setup repro test golden profile params-diff metrics-diff bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
+
+# pyproject.toml pins Python 3.11 (the wheels the numbers were made with): the first of these that is 3.11
+PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make setup: the study needs Python 3.11 (pyproject.toml), and neither python3.11 nor python3 ($$(python3 --version 2>&1)) is; install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 repro: setup
+	@$(PY) stages/design.py --check   # a params mistake named here, before DVC reads the file its own way
 	dvc repro
 	@echo
 	@echo "Results:"
@@ -30,13 +35,14 @@ repro: setup
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
 	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
 	@echo "  wall times (untracked run records): data/timing/"
-	@echo "  metrics:             dvc metrics show; dvc metrics diff (against the last commit)"
+	@echo "  metrics:             make metrics-diff (against the last commit); or in a shell: source .venv/bin/activate; dvc metrics show"
 	@echo
 	@echo "The study report:     data/report/metrics_summary.md"
 	@echo "                      data/report/ms_ssim_vs_dose.png, data/report/frc_and_phase_error_vs_fluence.png"
 
+# both cores: a test file per worker at a time, in the order tests/conftest.py sets (the shared tiny run first)
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Rewrite tests/golden/tiny_sha256.txt from a fresh tiny run: only for a deliberate change of results
 # (review `git diff tests/golden` before committing; a digest that changed on another CPU is a bug).
@@ -49,6 +55,13 @@ profile:
 	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
 	cp profiles/$(PROFILE).yaml params.yaml
 	@echo "params.yaml is now the '$(PROFILE)' profile; see what changed with: dvc params diff"
+
+# dvc's comparisons without activating .venv: the workspace against the last commit, or REV=<a> [REV2=<b>]
+params-diff: setup
+	@dvc params diff $(REV) $(REV2)
+
+metrics-diff: setup
+	@dvc metrics diff $(REV) $(REV2)
 
 bench: setup
 	$(PY) bench/simulate.py

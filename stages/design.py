@@ -1,4 +1,8 @@
-"""Phase A: validate params.yaml and record the study design in data/design.json."""
+"""Phase A: validate params.yaml and record the study design in data/design.json.
+
+``--check`` validates only (``make repro`` runs it before ``dvc repro``): DVC reads params.yaml
+itself to name the stages, and on some mistakes (an unquoted label such as 1e3) it fails with
+a message that does not say which key, or drops stages silently."""
 import argparse
 
 from fly64study.cli import run
@@ -9,9 +13,14 @@ from fly64study.files import write_json
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="design JSON to write")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="design JSON to write")
+    out.add_argument("--check", action="store_true", help="validate the params file, write nothing")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    if args.check:
+        print(f"{args.params}: valid (doses {', '.join(params.design.doses)}; views {', '.join(params.design.views)})")
+        return
     write_json(args.out, design_record(params.design))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fly64study.cli import run
 from fly64study.contract import load_dataset, save_dataset
 from fly64study.design import ParamsError, load_params
-from fly64study.files import write_json
+from fly64study.files import write_metrics
 from fly64study.overlap import build_view
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
     if args.view not in design.views:
         raise ParamsError(f"--view {args.view}: not a key of design.views {list(design.views)}")
     out = Path(args.out)
-    metrics = {"view": args.view, "overlap_fraction": design.views[args.view]}
+    metrics = {"overlap_fraction": design.views[args.view]}
     for part in ("train", "test"):
         split = load_dataset(Path(args.phase_c) / f"patched_{part}.npz")
         view, metrics[part] = build_view(
@@ -37,11 +37,10 @@ def main(argv=None):
             grouping_seed=design.seeds.grouping,
             min_positions=params.overlap.min_positions,
         )
-        metrics.update(dose=view.metadata["dose_label"], nphotons=view.metadata["nphotons"],
-                       probe_diameter_px=metrics[part].pop("probe_diameter90_px"),
+        metrics.update(nphotons=view.metadata["nphotons"], probe_diameter_px=metrics[part].pop("probe_diameter90_px"),
                        spacing_px=metrics[part].pop("spacing_px"))
         save_dataset(out / f"{part}.npz", view)
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

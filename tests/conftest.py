@@ -10,12 +10,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# `make test` runs two pytest-xdist workers on two cores: OpenMP threads that spin while they wait
+# would take the other worker's core. Waiting policy only: it changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fly64study.contract import Dataset
-from fly64study.design import RECORD_ENV, Params, load_params
-from fly64study.numerics import PINNED_ENV, host_settings
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from fly64study.contract import Dataset  # noqa: E402
+from fly64study.design import RECORD_ENV, Params, load_params  # noqa: E402
+from fly64study.numerics import PINNED_ENV, host_settings  # noqa: E402
 
 HOST_PINNED = host_settings()  # what the host had set before fly64study pinned this process
 
@@ -23,6 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 # what a temporary copy of the project needs to run the pipeline (not data/, not .venv/)
 COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcignore", ".gitignore", ".dvc/config",
         ".dvc/.gitignore"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers, a test file each at a time (``--dist loadfile``).
+    The first file that reads the shared tiny run goes first (its worker builds the run while the
+    other works through files that do not need it); the other such files go last, when the run is
+    there to read. A plain `pytest` run keeps the same order."""
+    tiny_files = list(dict.fromkeys(item.path for item in items if "tiny_pipeline" in item.fixturenames))
+    rank = {path: (0 if i == 0 else 2) for i, path in enumerate(tiny_files)}
+    items.sort(key=lambda item: rank.get(item.path, 1))  # stable: each file's tests keep their order
 
 
 def host_env() -> dict:
@@ -88,15 +103,26 @@ class TinyRun:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> TinyRun:
     """The whole tiny pipeline, run once per test session (stage processes import torch afresh,
-    so every rerun costs minutes on 2 cores). Tests that change it work on :func:`clone_run`."""
-    base = tmp_path_factory.mktemp("tiny_pipeline")
-    root = copy_project(base / "study")
-    t0 = time.perf_counter()
-    proc = sh(root, "dvc", "repro", env={RECORD_ENV: str(base / "reads")})
-    seconds = time.perf_counter() - t0
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "tiny run")
-    return TinyRun(root=root, reads=base / "reads", log=proc.stdout + proc.stderr, seconds=seconds)
+    so every rerun costs minutes on 2 cores). Tests that change it work on :func:`clone_run`.
+    Under pytest-xdist the workers share one run: the first to ask builds it in the session's
+    common temporary folder, holding a file lock; the others wait for the lock and read it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder above every worker's own
+    base, done = shared / "tiny_pipeline", shared / "tiny_pipeline.json"
+    with FileLock(str(shared / "tiny_pipeline.lock")):
+        if not done.is_file():
+            shutil.rmtree(base, ignore_errors=True)  # a run that failed half-way in another worker
+            base.mkdir()
+            root = copy_project(base / "study")
+            t0 = time.perf_counter()
+            proc = sh(root, "dvc", "repro", env={RECORD_ENV: str(base / "reads")})
+            seconds = time.perf_counter() - t0
+            sh(root, "git", "add", "-A")
+            sh(root, "git", "commit", "-qm", "tiny run")
+            done.write_text(json.dumps({"log": proc.stdout + proc.stderr, "seconds": seconds}))
+        run = json.loads(done.read_text())
+    return TinyRun(root=base / "study", reads=base / "reads", log=run["log"], seconds=run["seconds"])
 
 
 def clone_run(run: TinyRun, dest: Path) -> Path:

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
 import pytest
-import yaml
 
-from conftest import REPO
-from fly64study.design import ParamsError, design_record, load_params, params_from_dict
+from conftest import REPO, copy_project, sh
+from fly64study.design import ParamsError, design_record, load_params, params_from_dict, read_params, write_params
 
 PROFILES = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
 
 
 def _raw(profile: str = "tiny") -> dict:
-    return yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
+    return read_params(REPO / "profiles" / f"{profile}.yaml")
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
@@ -76,7 +76,7 @@ BAD = [
     ("design.doses", {}, "design.doses: the dose list is empty"),
     ("design.doses.1e3", -1000.0, "design.doses.1e3: dose -1000.0 must be a positive number"),
     ("design.doses.1e4", 0.0, "design.doses.1e4: dose 0.0 must be a positive number"),
-    ("design.doses", {1000.0: 1000.0}, "key 1000.0 must be text; quote it"),
+    ("design.doses", {1000.0: 1000.0}, "key 1000.0 is not text"),
     ("design.doses", {"1 e3": 1000.0}, "design.doses.1 e3: label"),
     ("design.N", 33, "design.N: patch size 33 must be an even integer"),
     ("design.gridsizes", [], "design.gridsizes: empty"),
@@ -91,6 +91,7 @@ BAD = [
     ("generate.n_positions", 1, "generate.n_positions"),
     ("generate.base_npz", "/etc/passwd.npz", "generate.base_npz"),
     ("generate.base_npz", "inputs/../x.npz", "generate.base_npz"),
+    ("generate.base_npz", "inputs/absent.npz", "generate.base_npz: inputs/absent.npz: no such file"),
     ("generate.probe.aperture", 0.0, "generate.probe.aperture"),
     ("generate.probe.central_stop", 1.0, "generate.probe.central_stop"),
     ("generate.probe.defocus", -1.0, "generate.probe.defocus"),
@@ -100,7 +101,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path,value,message", BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
+@pytest.mark.parametrize("path,value,message", BAD, ids=[b[0] + ("=" + repr(b[1]) if b[1] is not _DELETE else " deleted") for b in BAD])
 def test_invalid_value_names_its_field(path, value, message):
     with pytest.raises(ParamsError) as err:
         params_from_dict(_set(_raw(), path, value))
@@ -111,10 +112,57 @@ def test_params_error_is_a_value_error():
     assert issubclass(ParamsError, ValueError)
 
 
-def test_dose_written_as_yaml_1_2_float_is_accepted():
-    # DVC reads params as YAML 1.2, where 1e3 is a number; PyYAML hands us the text "1e3".
-    params = params_from_dict(_set(_raw(), "design.doses.1e3", "1e3"))
-    assert params.design.doses["1e3"] == 1000.0
+def test_params_are_read_as_dvc_reads_them():
+    """YAML 1.2, DVC's own parser: the stages and DVC see the same keys and values."""
+    from dvc.utils.serialize import parse_yaml
+
+    for name in PROFILES:
+        path = REPO / "profiles" / f"{name}.yaml"
+        assert read_params(path) == parse_yaml(path.read_text(), str(path))
+
+
+UNQUOTED = '"1e3": 1000.0'
+
+
+@pytest.mark.parametrize("line,message", [
+    ("1e3: 1000.0", "design.doses: key 1000.0 is not text"),          # YAML 1.2: a number, to DVC too
+    ('"1.5e3": 1500.0', "design.doses.1.5e3: label '1.5e3' has a '.'"),  # splits design.doses.1.5e3
+    ('"1e3": "1e3"', "design.doses.1e3: expected a number, got the text '1e3'"),
+])
+def test_a_label_or_dose_dvc_would_read_otherwise_is_refused(tmp_path, line, message):
+    text = (REPO / "profiles" / "tiny.yaml").read_text()
+    assert UNQUOTED in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(UNQUOTED, line, 1))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(message)
+
+
+def test_an_unquoted_dose_label_stops_make_repro_before_any_stage(tmp_path):
+    """DVC itself names no key for `1e3:` (its design stage fails sorting a float among text keys,
+    its 1e3 stages are gone from `dvc stage list`): `make repro` checks the params first."""
+    root = copy_project(tmp_path / "study")
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace(UNQUOTED, "1e3: 1000.0", 1))
+    assert "generate@1e3" not in sh(root, "dvc", "stage", "list").stdout  # what DVC makes of it
+    proc = sh(root, "make", "--no-print-directory", "-o", ".venv/.installed", "PY=python", "repro", check=False)
+    assert proc.returncode == 2 and "key 1000.0 is not text" in proc.stderr and 'quote it, e.g. "1e3"' in proc.stderr
+    assert "Traceback" not in proc.stderr and not (root / "data").exists()
+
+
+def test_written_params_read_back_equal_where_pyyaml_would_unquote_labels(tmp_path):
+    raw = _raw("tiny")
+    write_params(raw, tmp_path / "params.yaml")
+    assert '"1e3"' in (tmp_path / "params.yaml").read_text() or "'1e3'" in (tmp_path / "params.yaml").read_text()
+    assert read_params(tmp_path / "params.yaml") == raw
+
+
+def test_every_profile_header_names_every_profile():
+    for name in PROFILES:
+        header = (REPO / "profiles" / f"{name}.yaml").read_text().split("\n\n", 1)[0]
+        listed = re.search(r"PROFILE=([\w|]+)", header)
+        assert listed and set(listed[1].split("|")) == set(PROFILES), (name, header)
 
 
 def test_design_record():
@@ -181,7 +229,7 @@ def test_every_field_refuses_an_out_of_range_value_and_names_itself(path, value)
 ])
 def test_stages_stop_on_bad_params_before_any_work(stage, args, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(_set(_raw("tiny"), "reconstruct.epochs", 0)))
+    write_params(_set(_raw("tiny"), "reconstruct.epochs", 0), params)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(params),
                            *[str(out) if a == "OUT" else a for a in args]],

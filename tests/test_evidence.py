@@ -18,10 +18,23 @@ from fly64study.files import sha256_file
 pytestmark = pytest.mark.pipeline
 
 SAMPLE_TESTS = '''
+import pytest
+
 def test_passes():
     assert 1 + 1 == 2
 
 def test_fails():
+    assert 1 + 1 == 3
+
+@pytest.mark.skip(reason="not yet")
+def test_skipped():
+    assert False
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture setup fails before the test body runs")
+
+def test_setup_error(broken):
     assert 1 + 1 == 3
 '''
 
@@ -29,6 +42,7 @@ def test_fails():
 @pytest.fixture
 def sample(tmp_path) -> Path:
     (tmp_path / "test_sample.py").write_text(SAMPLE_TESTS)
+    (tmp_path / "test_broken.py").write_text("import a_module_that_does_not_exist\n\ndef test_x():\n    assert False\n")
     return tmp_path
 
 
@@ -49,14 +63,25 @@ def test_red_must_fail_and_green_must_pass(sample):
     assert "RED expected: test_sample.py::test_passes must fail, but it passed" in red_wrong.stderr
 
     green_wrong = evidence(sample, "pytest", "--hub", str(hub), "--expect", "pass", "--selector", "test_sample.py::test_fails")
-    assert green_wrong.returncode == 1 and "GREEN expected: test_sample.py::test_fails exited 1" in green_wrong.stderr
+    assert green_wrong.returncode == 1
+    assert "GREEN expected: test_sample.py::test_fails must pass, but 1 failed" in green_wrong.stderr
 
     green_ok = evidence(sample, "pytest", "--hub", str(hub), "--expect", "pass", "--selector", "test_sample.py::test_passes")
     assert green_ok.returncode == 0 and (hub / "green" / "pytest_test_sample_test_passes.log").is_file()
+    assert "outcome: 1 passed, 0 failed, 0 errors, 0 skipped" in (hub / "green" / "pytest_test_sample_test_passes.log").read_text()
+
+    # pytest exits 0 when every selected test is skipped: that proves nothing
+    skipped = evidence(sample, "pytest", "--hub", str(hub), "--expect", "pass", "--selector", "test_sample.py::test_skipped")
+    assert skipped.returncode == 1 and "must pass, but every selected test was skipped" in skipped.stderr
 
     # a selector that collects nothing is not a RED: no test ran and failed
     nothing = evidence(sample, "pytest", "--hub", str(hub), "--expect", "fail", "--selector", "test_sample.py -k nomatch")
-    assert nothing.returncode == 1 and "no tests collected" in nothing.stderr
+    assert nothing.returncode == 1 and "must fail, but no test ran" in nothing.stderr
+
+    # pytest exits 1 or 2 for errors before the test body (import, fixture): not the failure a RED is for
+    for selector in ("test_broken.py", "test_sample.py::test_setup_error"):
+        errored = evidence(sample, "pytest", "--hub", str(hub), "--expect", "fail", "--selector", selector)
+        assert errored.returncode == 1 and "1 error(s) in collection, setup or teardown" in errored.stderr, selector
 
     collected = evidence(sample, "pytest", "--hub", str(hub), "--expect", "collect", "--selector", "test_sample.py")
     assert collected.returncode == 0
@@ -82,7 +107,8 @@ def archived(tmp_path_factory) -> tuple[Path, Path]:
 def test_train_evidence_and_archive_leave_a_complete_hub(archived):
     root, hub = archived
     assert sorted(p.name for p in hub.iterdir()) == ["analysis", "cli", "collect", "data", "green", "prep", "red"]
-    assert "producing it through DVC" in (hub / "prep" / "prep.log").read_text()  # fresh copy: nothing existed
+    prep = (hub / "prep" / "prep.log").read_text()  # a fresh copy: DVC produced phase C and D
+    assert "$ dvc repro overlap@1e3-dense" in prep and "Running stage 'generate@1e3'" in prep
     for view, g in (("dense", 2), ("baseline", 1)):
         log = (hub / "cli" / f"train_1e3_{view}_gs{g}.log").read_text()
         assert f"{view} (dose=1e3) → SHA256: " in log
@@ -131,6 +157,32 @@ def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lis
     sums.write_text("")
     empty = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
     assert empty.returncode != 0 and "no checksum for" in empty.stderr
+
+
+def test_train_evidence_brings_stale_phase_d_inputs_up_to_date(archived, tmp_path):
+    """Phase D files that no longer match params.yaml are rerun through DVC, never trained on."""
+    root = tmp_path / "study"
+    shutil.copytree(archived[0], root, symlinks=True)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("dense: 0.7", "dense: 0.6", 1))
+    hub = "plans/active/TEST-INITIATIVE/reports/2026-01-02T000000Z/phase_e_evidence"
+    make(root, "train-evidence", "EVIDENCE_VIEWS=dense", f"HUB={hub}")
+    prep = (root / hub / "prep" / "prep.log").read_text()
+    assert "$ dvc repro overlap@1e3-dense" in prep and "Running stage 'overlap@1e3-dense'" in prep
+    assert json.loads((root / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["overlap_fraction"] == 0.6
+    again = "plans/active/TEST-INITIATIVE/reports/2026-01-03T000000Z/phase_e_evidence"
+    make(root, "train-evidence", "EVIDENCE_VIEWS=dense", f"HUB={again}")
+    assert "Running stage" not in (root / again / "prep" / "prep.log").read_text()  # up to date: a no-op
+
+
+@pytest.mark.parametrize("target", ["train-evidence", "archive", "archive-check"])
+def test_a_hub_outside_the_repository_is_refused_before_anything_is_written(archived, tmp_path, target):
+    root, _ = archived
+    outside = tmp_path / "elsewhere" / "2031-01-01T000000Z" / "phase_e_evidence"
+    proc = make(root, target, f"HUB={outside}", check=False)
+    assert proc.returncode != 0 and f"HUB={outside}: outside the repository" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "elsewhere").exists() and not (root / "data/evidence/2031-01-01T000000Z").exists()
 
 
 def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_path):

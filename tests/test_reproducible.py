@@ -77,7 +77,7 @@ def test_first_difference_names_the_earliest_file():
     assert "missing" in first_difference(golden, {"data/phase_c/a.npz": "1"})
 
 
-# one stage of each kind: a forced rerun of all 38 would double the suite's longest part
+# one stage of each kind: a forced rerun of all 26 would double the suite's longest part
 RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense", "train@1e3-baseline",
          "reconstruct@1e3-dense", "compare@1e3-dense", "report")
 

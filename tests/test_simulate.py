@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from fly64study import physics
 from fly64study.contract import ContractError, load_dataset, save_dataset
+from fly64study.design import read_params, write_params
 from fly64study.simulate import extract_patches, generate_dose, make_object, rng_for
 
 
 @pytest.fixture(scope="module")
 def splits(tiny):
-    return generate_dose(tiny.design, tiny.generate, "1e4")
+    return generate_dose(tiny.design, tiny.generate, "1e5")
 
 
 def test_no_position_in_both_splits(splits):
@@ -37,7 +41,7 @@ def test_positions_keep_half_a_patch_from_the_edge(splits, tiny):
 
 def test_metadata_records_provenance(splits, tiny):
     meta = splits[0].metadata
-    assert meta["nphotons"] == 1e4 and meta["N"] == tiny.design.N
+    assert meta["nphotons"] == 1e5 and meta["N"] == tiny.design.N
     assert meta["seeds"] == {"simulation": 42}
     assert meta["source"]["source"] == "synthetic"
     assert meta["intensity_scale"] > 0
@@ -142,3 +146,19 @@ def test_base_npz_with_another_probe_size_names_the_fix(tmp_path, monkeypatch, t
     np.savez(tmp_path / "inputs" / "bad.npz", probeGuess=np.abs(probe), objectGuess=np.ones((200, 200)))
     with pytest.raises(ContractError, match="probeGuess"):
         generate_dose(tiny.design, dataclasses.replace(tiny.generate, base_npz="inputs/bad.npz"), "1e3")
+
+
+def test_generate_stage_refuses_a_base_npz_probe_of_another_size_in_one_line(tmp_path):
+    (tmp_path / "inputs").mkdir()
+    probe = physics.make_probe(64, aperture=0.4, central_stop=0.3, defocus=3.0)
+    np.savez(tmp_path / "inputs" / "big.npz", probeGuess=probe, objectGuess=np.ones((200, 200), np.complex64))
+    raw = read_params(REPO / "profiles" / "tiny.yaml")
+    raw["generate"]["base_npz"] = "inputs/big.npz"
+    write_params(raw, tmp_path / "params.yaml")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "generate.py"), "--dose", "1e3", "--out", "out"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: generate.base_npz: inputs/big.npz: probeGuess is 64×64 but design.N is 32; "
+        "set design.N: 64 or resample the probe to 32×32 in the file")
+    assert not (tmp_path / "out").exists()

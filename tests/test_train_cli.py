@@ -106,7 +106,7 @@ def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
 def test_dry_run_lists_jobs_and_writes_nothing(phase_d, tmp_path):
     proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path / "dry"), "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 9  # 3 doses x 3 jobs
+    assert len(proc.stdout.strip().splitlines()) == 6  # 2 doses x 3 jobs
     assert "dense (dose=1e5) gs2" in proc.stdout
     assert not (tmp_path / "dry").exists()
 

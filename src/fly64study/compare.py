@@ -17,10 +17,13 @@ import numpy as np
 from fly64study import metrics
 from fly64study.contract import Dataset
 from fly64study.design import MetricsDesign
-from fly64study.files import atomic_path, write_json
+from fly64study.files import atomic_path, write_json, write_metrics
 from fly64study.plots import plot_comparison, plot_frc
 
 MODELS = ("PtychoPINN", "Baseline", "PtyChi")
+# the numbers `dvc metrics show/diff` lists per comparison (comparison.json and the CSV hold all of them)
+DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
+            "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
 CSV_COLUMNS = ("dose", "view", "model", "alignment", "metric", "amplitude", "phase", "value", "note")
 FRC_COLUMNS = ("dose", "view", "model", "alignment", "component", "frequency", "frc", "half_bit")
 # a model summary's keys: "<metric>_<component>" at the aligned level, "fixed_frame_" before them in the fixed frame
@@ -115,12 +118,20 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
                 writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def dvc_metrics(summary: dict) -> dict:
+    """model -> the :data:`DVC_METRICS` numbers of a comparison, for ``metrics.json`` (``dvc metrics``)."""
+    return {model: {k: m[k] for k in DVC_METRICS if m.get(k) is not None}
+            for model, m in summary["models"].items() if m.get("status") == "completed"}
+
+
 def write_comparison(out_dir: str | Path, comp: Comparison) -> None:
-    """comparison_metrics.csv, frc_curves.csv, comparison.json, comparison.png and frc_curves.png in ``out_dir``."""
+    """comparison_metrics.csv, frc_curves.csv, comparison.json (everything), metrics.json (the
+    headline numbers, for ``dvc metrics``), comparison.png and frc_curves.png in ``out_dir``."""
     out = Path(out_dir)
     _write_csv(out / "comparison_metrics.csv", CSV_COLUMNS, comp.rows)
     _write_csv(out / "frc_curves.csv", FRC_COLUMNS, comp.frc_rows)
     write_json(out / "comparison.json", comp.summary)
+    write_metrics(out / "metrics.json", dvc_metrics(comp.summary))
     s = comp.summary
     plot_comparison(out / "comparison.png", comp.aligned,
                     title=f"{s['view']} view, dose {s['dose']} ({s['nphotons']:.0f} photons/pattern, "

@@ -18,10 +18,12 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
-# Labels become stage names (generate@1e3) and folder names (dose_1e3): keep them path-safe.
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# Labels become stage names (generate@1e3), folder names (dose_1e3) and DVC params keys
+# (design.doses.1e3): path-safe, and without '.', which would split DVC's key in two.
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 METRIC_COMPONENTS = ("phase", "amplitude")
 SPLIT_AXES = ("x", "y")
 
@@ -248,6 +250,11 @@ class Generate(_Section):
                     f"generate.base_npz: {self.base_npz!r} must be a relative path inside inputs/ ending in .npz "
                     "(inputs/ is a declared dependency of the generate stages), or \"\" for the synthetic sample"
                 )
+            if not p.is_file():  # relative to the repository root, where every stage runs
+                raise ParamsError(
+                    f"generate.base_npz: {self.base_npz}: no such file; put the NPZ (probeGuess, objectGuess) there "
+                    "and `git add` or `dvc add` it, or set \"\" for the synthetic sample"
+                )
         self.probe.check()
         self.object.check()
 
@@ -376,16 +383,37 @@ class Params(_Section):
 
 
 # ------------------------------------------------------------------------------ reading
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (the committed default profile, or one from profiles/)."""
+def _yaml() -> YAML:
+    # DVC's own reader (dvc.utils.serialize.parse_yaml): ruamel, YAML 1.2, safe. PyYAML reads
+    # YAML 1.1, where an unquoted 1e3 is text; to DVC it is the number 1000.0.
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False
+    return yaml
+
+
+def read_params(path: str | Path = "params.yaml") -> Any:
+    """The parsed params file, exactly as DVC parses it (before any validation)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return _yaml().load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file; run from the repository root") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return params_from_dict(raw)
+
+
+def write_params(raw: Mapping, path: str | Path) -> None:
+    """Write a params mapping so that DVC and :func:`read_params` read it back equal (labels
+    that look like numbers come out quoted); atomic."""
+    from fly64study.files import atomic_path
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as fh:
+        _yaml().dump(raw, fh)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file (the committed default profile, or one from profiles/)."""
+    return params_from_dict(read_params(path))
 
 
 def params_from_dict(raw: Any) -> Params:
@@ -397,10 +425,15 @@ def params_from_dict(raw: Any) -> Params:
 
 
 def _check_label(label: str, where: str) -> None:
+    if "." in label:
+        raise ParamsError(
+            f"{where}.{label}: label {label!r} has a '.', which splits DVC's params key {where}.{label} in "
+            f"two (\"Parameters ... are missing\" after the stage ran); write it without one, e.g. \"15e2\" for 1.5e3"
+        )
     if not LABEL_RE.match(label):
         raise ParamsError(
-            f"{where}.{label}: label {label!r} must be letters, digits, '_', '.', '+' or '-' "
-            "(it names stages and folders), and quoted in YAML, e.g. \"1e3\""
+            f"{where}.{label}: label {label!r} must be letters, digits, '_', '+' or '-' "
+            "(it names stages, folders and DVC params keys), and quoted in YAML, e.g. \"1e3\""
         )
 
 
@@ -439,12 +472,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ParamsError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        # DVC reads params as YAML 1.2 (1e3 is a number); PyYAML reads 1e3 as text. Accept both.
+        # text is text to DVC too (YAML 1.2): a quoted "1e3" would be a string in dvc params diff
         if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ParamsError(f"{where}: expected a number, got {value!r}") from None
+            raise ParamsError(f"{where}: expected a number, got the text {value!r}; write it unquoted")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where}: expected a number, got {value!r}")
         if not math.isfinite(value):
@@ -467,7 +497,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         out._path = where
         for key, v in value.items():
             if not isinstance(key, str):
-                raise ParamsError(f"{where}: key {key!r} must be text; quote it in YAML, e.g. \"1e3\"")
+                raise ParamsError(
+                    f"{where}: key {key!r} is not text: DVC reads params.yaml as YAML 1.2, where an unquoted "
+                    f"label such as 1e3 is the number 1000.0, so its stages would vanish from `dvc stage list`; "
+                    f"quote it, e.g. \"1e3\": 1000.0")
             out[key] = _coerce(item_tp, v, f"{where}.{key}")
         return out
     raise TypeError(f"unsupported parameter type {tp!r} at {where}")

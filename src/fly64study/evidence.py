@@ -47,6 +47,18 @@ def make_hub(hub: str | Path) -> Path:
     return hub
 
 
+def inside_repo(hub: str | Path, root: Path = Path(".")) -> Path:
+    """``hub`` if it lies inside the repository at ``root``; an :class:`EvidenceError` otherwise: an
+    archived hub's bundles are tracked by this repository's DVC (``dvc add``) and its logs and
+    ``.dvc`` files are committed to its git, which a folder outside it cannot be."""
+    hub, top = Path(hub), root.resolve()
+    if not hub.resolve().is_relative_to(top):
+        raise EvidenceError(f"HUB={hub}: outside the repository ({top}); its bundles are tracked by this "
+                            f"repository's DVC and its files committed to its git, so give a folder inside it, "
+                            f"e.g. HUB=plans/active/<initiative>/reports/<stamp>/<name>")
+    return hub
+
+
 def log_name(selector: str) -> str:
     """A file name for a pytest selector: ``tests/test_x.py::test_y`` -> ``pytest_test_x_test_y``."""
     stem = re.sub(r"[^A-Za-z0-9]+", "_", selector.replace(".py", "").split("/")[-1]).strip("_")
@@ -56,27 +68,65 @@ def log_name(selector: str) -> str:
 # ---------------------------------------------------------------------------- red / green
 def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -> Path:
     """Run pytest on ``selector``, tee its output to ``<hub>/<red|green|collect>/<name>.log`` and
-    check the outcome: ``fail`` must fail (exit 1: tests ran and failed), ``pass`` must pass,
-    ``collect`` must collect. Returns the log; raises :class:`EvidenceError` otherwise."""
+    check the outcome from pytest's JUnit XML counts, not its exit code alone: ``fail`` (RED) needs
+    at least one test that ran and failed in an assertion and none that errored (a collection,
+    import or fixture error is not the failure a RED test is written for); ``pass`` (GREEN) needs
+    at least one test that ran and passed, and none failed, errored or all skipped; ``collect``
+    must collect. Returns the log; raises :class:`EvidenceError` otherwise."""
     folder = make_hub(hub) / EXPECT[expect]
     log = folder / f"{name or log_name(selector)}.log"
-    cmd = [sys.executable, "-m", "pytest", *(["--collect-only", "-q"] if expect == "collect" else ["-vv"]),
-           *selector.split()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with atomic_path(log) as tmp, open(tmp, "w") as fh:
-        fh.write(f"$ {' '.join(cmd[1:])}\n")
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            fh.write(line)
-        rc = proc.wait()
-        fh.write(f"exit code: {rc}\n")
-    if expect == "fail" and rc != 1:
-        why = "it passed" if rc == 0 else f"pytest exited {rc}, not 1 (no test ran and failed: " \
-              f"{'no tests collected' if rc == 5 else 'a usage, collection or internal error'})"
-        raise EvidenceError(f"RED expected: {selector} must fail, but {why}; log: {log}")
-    if expect in ("pass", "collect") and rc != 0:
-        raise EvidenceError(f"{'GREEN' if expect == 'pass' else 'collection'} expected: {selector} exited {rc}; log: {log}")
+    with tempfile.TemporaryDirectory(prefix="fly64-pytest-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", *(["--collect-only", "-q"] if expect == "collect" else ["-vv"]),
+               f"--junitxml={junit}", *selector.split()]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with atomic_path(log) as out, open(out, "w") as fh:
+            fh.write(f"$ {' '.join(c for c in cmd[1:] if not c.startswith('--junitxml'))}\n")
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                fh.write(line)
+            rc = proc.wait()
+            counts = junit_counts(junit)
+            fh.write(f"exit code: {rc}\noutcome: {_describe(counts)}\n")
+    ran = counts["tests"] - counts["skipped"]
+    if expect == "fail":
+        why = (f"{counts['errors']} error(s) in collection, setup or teardown (RED must fail in the test's own "
+               f"assertion, not before it)" if counts["errors"] else
+               "" if counts["failures"] else "it passed" if ran else "no test ran")
+        if why:
+            raise EvidenceError(f"RED expected: {selector} must fail, but {why} ({_describe(counts)}, "
+                                f"exit {rc}); log: {log}")
+    elif expect == "pass":
+        why = (f"{counts['failures']} failed, {counts['errors']} error(s)" if counts["failures"] or counts["errors"]
+               else "no test was collected" if not counts["tests"]
+               else "every selected test was skipped" if not ran
+               else f"pytest exited {rc}" if rc else "")
+        if why:
+            raise EvidenceError(f"GREEN expected: {selector} must pass, but {why} ({_describe(counts)}); log: {log}")
+    elif rc != 0:
+        raise EvidenceError(f"collection expected: {selector} exited {rc}; log: {log}")
     return log
+
+
+def junit_counts(path: Path) -> dict[str, int]:
+    """tests / failures / errors / skipped summed over a pytest JUnit XML file's test suites (all
+    zero when pytest wrote none: a usage error ends before any report)."""
+    counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+    if not path.is_file():
+        return counts
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    return counts
+
+
+def _describe(counts: dict[str, int]) -> str:
+    ran = counts["tests"] - counts["skipped"]
+    return (f"{ran - counts['failures'] - counts['errors']} passed, {counts['failures']} failed, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped")
 
 
 # ------------------------------------------------------------------------- training runs
@@ -97,21 +147,16 @@ def _dvc(root: Path, *args: str, log=None) -> subprocess.CompletedProcess:
 
 def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], root: Path = Path("."),
           params: str = "params.yaml") -> list[dict]:
-    """Make sure the jobs' phase D inputs exist (only the missing ones are produced, through
-    ``dvc repro``, logged under ``prep/``), then run the deterministic training CLI once per job,
-    keeping its output and exit code under ``cli/``. Bundles go to ``data/evidence/<stamp>/``
-    (git-ignored, like every pipeline output); the hub records where in ``cli/artifact_root.txt``."""
+    """Bring the jobs' phase C and D inputs up to date with ``params`` (``dvc repro overlap@<dose>-<view>``:
+    a no-op when they are, a rerun of what changed otherwise; logged under ``prep/``), then run the
+    deterministic training CLI once per job, keeping its output and exit code under ``cli/``.
+    Bundles go to ``data/evidence/<stamp>/`` (git-ignored, like every pipeline output); the hub
+    records where in ``cli/artifact_root.txt``."""
     hub = make_hub(hub)
     artifacts = Path("data/evidence") / hub.parent.name / hub.name
     with atomic_path(hub / "prep" / "prep.log") as tmp, open(tmp, "w") as log:
         for view in views:
-            folder = root / "data/phase_d" / f"dose_{dose}" / view
-            missing = [p.name for p in (folder / "train.npz", folder / "test.npz") if not p.is_file()]
-            if missing:
-                log.write(f"{folder}: missing {missing}; producing it through DVC\n")
-                _dvc(root, "repro", f"overlap@{dose}-{view}", log=log)
-            else:
-                log.write(f"{folder}: present, nothing regenerated\n")
+            _dvc(root, "repro", f"overlap@{dose}-{view}", log=log)
     with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
         tmp.write_text(f"{artifacts}\n")
     atomic_copy(root / params, hub / "cli" / "params.yaml")  # the params these bundles are trained with
@@ -314,6 +359,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     hub = Path(args.hub)
     try:
+        if args.command != "pytest":  # test logs may go anywhere; bundles must be this repository's
+            hub = inside_repo(hub)
         if args.command == "pytest":
             log = run_pytest(hub, args.selector, args.expect, args.name)
             print(f"{ {'fail': 'RED', 'pass': 'GREEN', 'collect': 'collected'}[args.expect]} as expected: {log}")

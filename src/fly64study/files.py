@@ -45,6 +45,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def write_metrics(path: str | os.PathLike, obj: dict) -> None:
+    """A DVC metrics file (``dvc metrics show/diff``): nested mappings of numbers only, a ``None``
+    (no value, e.g. the spacing of a view that keeps every position) left out. Text and flags
+    belong in the stage's other outputs; in a metrics file they become columns nobody compares."""
+    def numbers(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {key: numbers(value, f"{where}.{key}" if where else str(key))
+                    for key, value in node.items() if value is not None}
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            raise TypeError(f"{path}: {where}: {node!r} is not a number; keep it out of the metrics file")
+        return node
+
+    write_json(path, numbers(obj, ""))
+
+
 def write_timing(path: str | os.PathLike, record: dict) -> None:
     """An untracked run record (wall times, the host): kept out of DVC-tracked outputs, so that
     ``dvc.lock`` changes only when results do. Lives under ``data/timing/`` (git-ignored)."""

@@ -73,7 +73,12 @@ def pin_torch(deterministic: bool, threads: int = THREADS) -> None:
     import torch
 
     strict = deterministic and pinned()
-    torch.use_deterministic_algorithms(deterministic)
+    # What torch.use_deterministic_algorithms does, minus importing torch._inductor (about 2.5 s
+    # in every stage process) to set inductor's own flag: nothing here compiles. Whoever adds
+    # torch.compile calls torch.use_deterministic_algorithms after importing it.
+    torch._C._set_deterministic_algorithms(deterministic, warn_only=False)
+    if (inductor := sys.modules.get("torch._inductor.config")) is not None:
+        inductor.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.mkldnn.enabled = not strict
     if strict:

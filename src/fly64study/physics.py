@@ -13,8 +13,12 @@ The orthonormal DFT conserves energy (Parseval): sum |F psi|^2 = sum |psi|^2.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the overlap stages need only the numpy
+    import torch   # half (probe_diameter), and importing torch costs seconds per stage process
 
 
 def pupil(N: int, aperture: float, central_stop: float) -> np.ndarray:
@@ -74,6 +78,8 @@ def normalise_probe(probe: np.ndarray) -> np.ndarray:
 
 def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2-D DFT over the last two axes (energy-conserving), zero frequency at [0, 0]."""
+    import torch
+
     return torch.fft.fft2(exit_wave, norm="ortho")
 
 
@@ -90,6 +96,8 @@ def diffraction_amplitude(obj_patches: torch.Tensor, probe: torch.Tensor) -> tor
     (..., N, N) real tensor, zero frequency at the centre (index N // 2), in units where the
     expected counts are (s * amplitude)^2.
     """
+    import torch
+
     amp = far_field(obj_patches * probe).abs()
     return torch.fft.fftshift(amp, dim=(-2, -1))
 

@@ -2,8 +2,9 @@
 
 Reads each ``compare@<dose>-<view>`` summary (``comparison.json``) and each phase F manifest,
 and writes ``metrics_summary.json`` / ``.md`` (per job, per model mean and best, deltas
-PtychoPINN − Baseline and PtychoPINN − PtyChi), ``metrics.json`` for ``dvc metrics``, one CSV per
-(plotted metric, view) for ``dvc plots``, and the same plots as PNG.
+PtychoPINN − Baseline and PtychoPINN − PtyChi), one CSV per (plotted metric, view) for
+``dvc plots``, and the same plots as PNG. The numbers ``dvc metrics`` lists are each comparison's
+own ``metrics.json`` (phase G), not repeated here.
 """
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ HEADLINE = (("ms_ssim_phase", True), ("fixed_frame_ms_ssim_phase", True), ("ms_s
 TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase", "ms_ssim_amplitude",
          "ms_ssim_smoothed_amplitude", "mae_phase", "mae_amplitude", "frc_resolution_phase",
          "frc_low_frequency_phase", "rmse_phase")
-# numbers a person compares across commits (dvc metrics show/diff); no text, no wall times
-DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
-               "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"))
 
@@ -64,15 +62,6 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
                     if s["status"] == "completed" and s.get("registration", "ok") != "ok"]
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas,
             "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
-
-
-def dvc_metrics(summary: dict) -> dict:
-    """view -> dose -> model -> headline numbers, for ``dvc metrics show/diff``."""
-    out: dict = {}
-    for c in summary["jobs"]:
-        out.setdefault(c["view"], {})[c["dose"]] = {
-            model: {k: s[k] for k in DVC_METRICS if s.get(k) is not None} for model, s in c["models"].items()}
-    return out
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -189,6 +178,5 @@ def write_report(out_dir: str | Path, summary: dict) -> None:
     write_json(out / "metrics_summary.json", summary)
     with atomic_path(out / "metrics_summary.md") as tmp:
         tmp.write_text(markdown(summary))
-    write_json(out / "metrics.json", dvc_metrics(summary))
     write_plot_tables(out / "plots", summary)
     plot_report(out, summary, MODELS)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from fly64study import physics
 from fly64study.contract import Dataset, load_probe_object
-from fly64study.design import Design, Generate, ObjectModel
+from fly64study.design import Design, Generate, ObjectModel, ParamsError
 from fly64study.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,9 @@ def sample(design: Design, gen: Generate) -> tuple[np.ndarray, np.ndarray, dict]
     if gen.base_npz:
         probe, obj = load_probe_object(gen.base_npz)
         if probe.shape[0] != N:
-            raise ValueError(
-                f"generate.base_npz: probeGuess is {probe.shape[0]}×{probe.shape[0]} but design.N is {N}; "
-                f"set design.N: {probe.shape[0]} or resample the probe"
+            raise ParamsError(
+                f"generate.base_npz: {gen.base_npz}: probeGuess is {probe.shape[0]}×{probe.shape[0]} but design.N "
+                f"is {N}; set design.N: {probe.shape[0]} or resample the probe to {N}×{N} in the file"
             )
         source = {"source": "base_npz", "path": gen.base_npz, "sha256": sha256_file(gen.base_npz)}
     else:

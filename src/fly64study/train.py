@@ -26,7 +26,7 @@ from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
-from fly64study.files import atomic_path, sha256_file, write_json, write_timing
+from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
 from fly64study.overlap import group_positions
 from fly64study.plots import plot_losses
@@ -305,8 +305,10 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     plot_losses(losses.with_suffix(".png"), result.history, title=f"{job.name}, gridsize {job.gridsize}")
     evaluation = evaluate(result.model.net, load_dataset(test_path), neighbor_count=design.neighbor_count,
                           grouping_seed=design.seeds.grouping)
+    # the DVC metrics file: the errors alone (the manifest entry keeps the job and the flags)
+    write_metrics(Path(records) / f"eval_{job.dose}_{job.view}.json",
+                  {k: v for k, v in evaluation.items() if k.endswith(("_rmse", "_rmse_rad"))})
     evaluation.update(dose=job.dose, view=job.view, gridsize=job.gridsize)
-    write_json(Path(records) / f"eval_{job.dose}_{job.view}.json", evaluation)
     if timing_dir is not None:
         write_timing(Path(timing_dir) / "phase_e" / f"{job.dose}-{job.view}.json", {
             "dose": job.dose, "view": job.view, "gridsize": job.gridsize, "train_seconds": train_seconds,
