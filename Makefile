@@ -17,7 +17,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys; sys.exit(s
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@test -n "$(PYTHON)" || { echo "make setup: the study needs Python 3.11 (pyproject.toml), and neither python3.11 nor python3 ($$(python3 --version 2>&1)) is; install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
+	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "make setup: the study needs Python 3.11 (pyproject.toml); found $(or $(PYTHON),no python3.11 and python3 is $$(python3 --version 2>&1))$(if $(PYTHON), ($$($(PYTHON) --version 2>&1))); install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
@@ -33,7 +33,7 @@ repro: setup
 	@echo "  phase E (PINN):      data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip"
 	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
-	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
+	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{metrics.json,comparison.json,comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
 	@echo "  wall times (untracked run records): data/timing/"
 	@echo "  metrics:             make metrics-diff (against the last commit); or in a shell: source .venv/bin/activate; dvc metrics show"
 	@echo
@@ -71,6 +71,7 @@ bench: setup
 	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
 	$(PY) bench/pipeline.py
 	$(PY) bench/pinning.py
+	$(PY) bench/startup.py
 
 clean-venv:
 	rm -rf $(VENV)
@@ -98,7 +99,7 @@ collect: setup    # make collect TEST=<pytest selector>: the --collect-only proo
 	$(if $(TEST),,$(error make collect: give TEST=<pytest selector>))
 	@$(EVIDENCE) pytest --hub "$(HUB)" --expect collect --selector "$(TEST)" $(if $(LOG),--name $(LOG))
 
-train-evidence: setup   # phase C/D inputs if missing (prep/), then the deterministic CLI per job (cli/)
+train-evidence: setup   # dvc repro of each job's phase C/D inputs (prep/), then the deterministic CLI per job (cli/)
 	@$(EVIDENCE) train --hub "$(HUB)" --dose $(EVIDENCE_DOSE) $(foreach v,$(EVIDENCE_VIEWS),--view $(v))
 
 archive: setup    # manifests, skip summary, bundles -> data/ (dvc add); checksums, manifest, summary -> analysis/

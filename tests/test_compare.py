@@ -116,3 +116,14 @@ def test_a_training_manifest_digest_that_does_not_match_the_bundle_is_refused(tm
     assert recorded == "0" * 64 != sha
     with pytest.raises(BundleError, match=f"SHA256 {sha} differs from the expected 0000"):
         pinn_field(path, small_dataset(N=16), neighbor_count=7, grouping_seed=1, expected_sha256=recorded)
+
+
+def test_a_metrics_file_takes_numbers_only(tmp_path):
+    from fly64study.files import write_metrics
+
+    write_metrics(tmp_path / "m.json", {"PtyChi": {"ms_ssim_phase": 0.9, "frc": None}, "n": 3})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"PtyChi": {"ms_ssim_phase": 0.9}, "n": 3}
+    for bad in ({"view": "dense"}, {"PtyChi": {"beats_flat": True}}, {"crop": [1, 2]}):
+        with pytest.raises(TypeError, match="is not a number"):
+            write_metrics(tmp_path / "bad.json", bad)
+    assert not (tmp_path / "bad.json").exists()

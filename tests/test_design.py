@@ -112,13 +112,18 @@ def test_params_error_is_a_value_error():
     assert issubclass(ParamsError, ValueError)
 
 
-def test_params_are_read_as_dvc_reads_them():
+def test_params_are_read_as_dvc_reads_them(tmp_path):
     """YAML 1.2, DVC's own parser: the stages and DVC see the same keys and values."""
     from dvc.utils.serialize import parse_yaml
 
     for name in PROFILES:
         path = REPO / "profiles" / f"{name}.yaml"
         assert read_params(path) == parse_yaml(path.read_text(), str(path))
+    # where YAML 1.1 (PyYAML) and 1.2 differ: an unquoted label, yes/no, 0o17
+    text = "doses:\n  1e3: 1000.0\nflag: yes\noctal: 0o17\n"
+    (tmp_path / "p.yaml").write_text(text)
+    assert read_params(tmp_path / "p.yaml") == parse_yaml(text, "p.yaml") == {
+        "doses": {1000.0: 1000.0}, "flag": "yes", "octal": 15}
 
 
 UNQUOTED = '"1e3": 1000.0'

@@ -151,12 +151,21 @@ def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lis
     assert "wts_dense_gs2.h5.zip: SHA256" in proc.stdout and "matches (regenerated)" in proc.stdout
     sums = chub / "analysis" / "bundle_checksums.txt"
     lines = sums.read_text().splitlines()
+    left_out = lines[1].split()[1]
     sums.write_text(lines[0] + "\n")
     partial = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
-    assert partial.returncode != 0 and "no checksum for" in partial.stderr
+    assert partial.returncode != 0 and f"no checksum for ['{left_out}']" in partial.stderr
     sums.write_text("")
     empty = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
-    assert empty.returncode != 0 and "no checksum for" in empty.stderr
+    assert empty.returncode != 0 and "no checksum for" in empty.stderr and "wts_dense_gs2.h5.zip" in empty.stderr
+    sums.write_text("not-a-checksum-line\n")
+    garbled = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
+    assert garbled.returncode != 0 and "is not '<sha256>  <path>'" in garbled.stderr
+    (chub / "data" / "training_manifest.json").unlink()
+    no_manifest = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
+    assert no_manifest.returncode != 0 and "training_manifest.json: missing" in no_manifest.stderr
+    for proc in (partial, empty, garbled, no_manifest):
+        assert "Traceback" not in proc.stderr
 
 
 def test_train_evidence_brings_stale_phase_d_inputs_up_to_date(archived, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fly64study.design import _Keyed, _Section, params_from_dict
+from fly64study.design import _Keyed, _Section, params_from_dict, read_params
 
 pytestmark = pytest.mark.pipeline
 
@@ -46,7 +46,7 @@ def stage_reads(root: Path, reads: Path) -> dict[str, set[str]]:
 def check_declared(root: Path, reads: Path) -> list[str]:
     """Every problem found: undeclared reads and over-broad listings, per stage."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    leaves = _leaves(yaml.safe_load((root / "params.yaml").read_text()))
+    leaves = _leaves(read_params(root / "params.yaml"))
     read = stage_reads(root, reads)
     problems = []
     for name, stage in lock.items():
@@ -88,7 +88,7 @@ def test_reads_are_recorded_per_key_not_during_validation(monkeypatch, tmp_path)
     """Validation touches every field and is not recorded; a mapping entry is its own key."""
     import fly64study.design as design
 
-    raw = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("profiles", "tiny.yaml").read_text())
+    raw = read_params(Path(__file__).resolve().parents[1].joinpath("profiles", "tiny.yaml"))
     monkeypatch.setattr(design, "_reads", set())
     monkeypatch.setattr(design, "_recording", False)
     monkeypatch.setenv(design.RECORD_ENV, str(tmp_path))

@@ -93,6 +93,8 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     assert design["dose_list"] == [1e3, 1e5]
     check_report(project)
 
+    # DVC commands run in a copy: the shared run is read by another pytest-xdist worker meanwhile
+    project = clone_run(tiny_pipeline, tmp_path / "study")
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     assert "data/phase_d/dose_1e3/sparse/metrics.json" in shown
@@ -109,7 +111,6 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     sparse = shown["data/phase_d/dose_1e3/sparse/metrics.json"]["data"]
     assert dense["train"]["kept"] > sparse["train"]["kept"]
 
-    project = clone_run(tiny_pipeline, tmp_path / "study")
     again = sh(project, "dvc", "repro")
     assert ran(again) == set()
     assert "Data and pipelines are up to date" in again.stdout

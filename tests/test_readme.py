@@ -74,6 +74,8 @@ def test_make_setup_names_the_python_it_needs(tmp_path):
     (fake / "python3").write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.12.7" && exit 0\nexit 1\n')
     (fake / "python3").chmod(0o755)
     make = subprocess.run(["bash", "-c", "command -v make"], capture_output=True, text=True).stdout.strip()
-    proc = subprocess.run([make, "setup"], cwd=tmp_path, env={"PATH": str(fake)}, capture_output=True, text=True)
-    assert proc.returncode == 2 and not (tmp_path / ".venv").exists()
-    assert "needs Python 3.11" in proc.stderr and "Python 3.12.7" in proc.stderr and "PYTHON=" in proc.stderr
+    for named in ([], ["PYTHON=python3"]):  # found on PATH, or named by the user
+        proc = subprocess.run([make, "setup", *named], cwd=tmp_path, env={"PATH": str(fake)},
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and not (tmp_path / ".venv").exists(), proc.stderr
+        assert "needs Python 3.11" in proc.stderr and "Python 3.12.7" in proc.stderr and "PYTHON=" in proc.stderr

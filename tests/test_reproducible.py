@@ -119,3 +119,14 @@ def test_unpinned_training_depends_on_the_cpu_capability(tiny_pipeline, tmp_path
     assert native["default"] != native["avx2"] and golden not in native.values()
     # pinned, the same host settings change nothing: train@1e3-dense ran under FOREIGN_HOST in the
     # forced rerun above and reproduced this bundle
+
+
+def test_pinning_torch_is_deterministic_without_loading_the_compiler():
+    """pin_torch sets what torch.use_deterministic_algorithms sets for uncompiled code, without
+    importing torch._inductor (about 2.5 s in each of a run's stage processes)."""
+    code = ("import sys, torch; from fly64study.numerics import pin_torch; pin_torch(True); "
+            "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules, "
+            "torch.backends.mkldnn.enabled, torch.get_num_threads())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=host_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False", "False", "2"]

@@ -21,14 +21,19 @@ in git, the bytes in the cache and the remote), never committed to git.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from fly64study.contract import ContractError
+from fly64study.design import ParamsError, load_params
 from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
 
 LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
@@ -69,7 +74,7 @@ def log_name(selector: str) -> str:
 def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -> Path:
     """Run pytest on ``selector``, tee its output to ``<hub>/<red|green|collect>/<name>.log`` and
     check the outcome from pytest's JUnit XML counts, not its exit code alone: ``fail`` (RED) needs
-    at least one test that ran and failed in an assertion and none that errored (a collection,
+    at least one test that ran and failed in its own body and none that errored (a collection,
     import or fixture error is not the failure a RED test is written for); ``pass`` (GREEN) needs
     at least one test that ran and passed, and none failed, errored or all skipped; ``collect``
     must collect. Returns the log; raises :class:`EvidenceError` otherwise."""
@@ -78,7 +83,7 @@ def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -
     with tempfile.TemporaryDirectory(prefix="fly64-pytest-") as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", *(["--collect-only", "-q"] if expect == "collect" else ["-vv"]),
-               f"--junitxml={junit}", *selector.split()]
+               f"--junitxml={junit}", *shlex.split(selector)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with atomic_path(log) as out, open(out, "w") as fh:
             fh.write(f"$ {' '.join(c for c in cmd[1:] if not c.startswith('--junitxml'))}\n")
@@ -90,8 +95,8 @@ def run_pytest(hub: Path, selector: str, expect: str, name: str | None = None) -
             fh.write(f"exit code: {rc}\noutcome: {_describe(counts)}\n")
     ran = counts["tests"] - counts["skipped"]
     if expect == "fail":
-        why = (f"{counts['errors']} error(s) in collection, setup or teardown (RED must fail in the test's own "
-               f"assertion, not before it)" if counts["errors"] else
+        why = (f"{counts['errors']} error(s) in collection, setup or teardown (RED must fail in the test itself, "
+               f"not before it runs)" if counts["errors"] else
                "" if counts["failures"] else "it passed" if ran else "no test ran")
         if why:
             raise EvidenceError(f"RED expected: {selector} must fail, but {why} ({_describe(counts)}, "
@@ -114,8 +119,6 @@ def junit_counts(path: Path) -> dict[str, int]:
     counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     if not path.is_file():
         return counts
-    import xml.etree.ElementTree as ET
-
     root = ET.parse(path).getroot()
     for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
         for key in counts:
@@ -145,18 +148,23 @@ def _dvc(root: Path, *args: str, log=None) -> subprocess.CompletedProcess:
     return proc
 
 
-def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], root: Path = Path("."),
-          params: str = "params.yaml") -> list[dict]:
-    """Bring the jobs' phase C and D inputs up to date with ``params`` (``dvc repro overlap@<dose>-<view>``:
-    a no-op when they are, a rerun of what changed otherwise; logged under ``prep/``), then run the
-    deterministic training CLI once per job, keeping its output and exit code under ``cli/``.
-    Bundles go to ``data/evidence/<stamp>/`` (git-ignored, like every pipeline output); the hub
-    records where in ``cli/artifact_root.txt``."""
+def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], root: Path = Path(".")) -> list[dict]:
+    """Bring the jobs' phase C and D inputs up to date with ``params.yaml`` (``dvc repro
+    overlap@<dose>-<view>``: a no-op when they are, a rerun of what changed otherwise; logged under
+    ``prep/``, also when it fails), then run the deterministic training CLI once per job with the
+    same ``params.yaml``, keeping its output and exit code under ``cli/``. Bundles go to
+    ``data/evidence/<stamp>/`` (git-ignored, like every pipeline output); the hub records where
+    in ``cli/artifact_root.txt``."""
     hub = make_hub(hub)
+    params = "params.yaml"  # the file DVC reads: inputs and training from one set of params
     artifacts = Path("data/evidence") / hub.parent.name / hub.name
-    with atomic_path(hub / "prep" / "prep.log") as tmp, open(tmp, "w") as log:
+    log = io.StringIO()
+    try:
         for view in views:
             _dvc(root, "repro", f"overlap@{dose}-{view}", log=log)
+    finally:
+        with atomic_path(hub / "prep" / "prep.log") as tmp:
+            tmp.write_text(log.getvalue())
     with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
         tmp.write_text(f"{artifacts}\n")
     atomic_copy(root / params, hub / "cli" / "params.yaml")  # the params these bundles are trained with
@@ -306,7 +314,10 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
     listed = {}
     for line in sums.read_text().splitlines():
         if line.strip():
-            digest, rel = line.split(None, 1)
+            try:
+                digest, rel = line.split(None, 1)
+            except ValueError:
+                raise EvidenceError(f"{sums}: {line!r} is not '<sha256>  <path>'; rerun `make archive`") from None
             listed[rel.strip()] = digest
     if not jobs:
         raise EvidenceError(f"{manifest_path}: no job; an empty hub proves nothing")
@@ -351,7 +362,6 @@ def main(argv=None) -> None:
     p.add_argument("--name", help="log file name (default: from the selector)")
     p = sub.add_parser("train", help="prepare inputs, run the deterministic training CLI per job")
     p.add_argument("--hub", required=True)
-    p.add_argument("--params", default="params.yaml")
     p.add_argument("--dose", default="1e3")
     p.add_argument("--view", action="append", help="job / view (repeatable; default: dense, baseline)")
     for name in ("archive", "verify"):
@@ -365,16 +375,14 @@ def main(argv=None) -> None:
             log = run_pytest(hub, args.selector, args.expect, args.name)
             print(f"{ {'fail': 'RED', 'pass': 'GREEN', 'collect': 'collected'}[args.expect]} as expected: {log}")
         elif args.command == "train":
-            from fly64study.design import load_params
-
-            params = load_params(args.params)
+            params = load_params("params.yaml")
             views = args.view or ["dense", "baseline"]
             unknown = [v for v in views if v not in params.train.jobs]
             if unknown:
                 raise EvidenceError(f"--view {unknown[0]}: not a job of train.jobs {list(params.train.jobs)}")
             if args.dose not in params.design.doses:
                 raise EvidenceError(f"--dose {args.dose}: not a dose of design.doses {list(params.design.doses)}")
-            results = train(hub, dose=args.dose, views=views, gridsizes=params.train.jobs, params=args.params)
+            results = train(hub, dose=args.dose, views=views, gridsizes=params.train.jobs)
             failed = [r for r in results if r["exit_code"]]
             if failed:
                 raise EvidenceError(f"training CLI failed for {[r['view'] for r in failed]}; see {failed[0]['log']}")
@@ -386,7 +394,7 @@ def main(argv=None) -> None:
             routes = verify(hub)
             print(f"{len(routes)} bundles match {hub / 'analysis' / 'bundle_checksums.txt'} and the manifest "
                   f"({', '.join(f'{n} {r}' for r in ('present', 'pulled', 'regenerated') if (n := list(routes.values()).count(r)))})")
-    except EvidenceError as err:
+    except (EvidenceError, ParamsError, ContractError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 
