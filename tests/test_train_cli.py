@@ -71,18 +71,6 @@ def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_
     assert manifest["options"]["deterministic"] is True
 
 
-def test_deterministic_runs_give_identical_bundles(phase_d, tmp_path):
-    digests = []
-    for run in ("a", "b"):
-        proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path / run), "--dose", "1e3",
-                         "--view", "dense", "--deterministic")
-        assert proc.returncode == 0, proc.stderr
-        digests.append(json.loads((tmp_path / run / "training_manifest.json").read_text())["jobs"][0]["sha256"])
-    bundle = "dose_1e3/dense/gs2/wts.h5.zip"
-    assert (tmp_path / "a" / bundle).read_bytes() == (tmp_path / "b" / bundle).read_bytes()
-    assert digests[0] == digests[1]
-
-
 def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
     partial = tmp_path / "phase_d"
     shutil.copytree(phase_d, partial)
@@ -116,8 +104,11 @@ def test_unknown_filter_names_the_choices(phase_d, tmp_path):
     assert proc.returncode == 2 and "--view medium: unknown; choose from ['baseline', 'dense', 'sparse']" in proc.stderr
 
 
-@pytest.mark.parametrize("view", ["baseline", "dense"])
-def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase_d, tmp_path, view):
+def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase_d, tmp_path):
+    """Paused after epoch 2 and resumed, a gridsize-2 job ends with the bytes of an uninterrupted
+    run, which also shows two runs give one bundle. Gridsize 1 goes through the same checkpoint
+    code; the next test pauses a baseline job."""
+    view = "dense"
     params = tmp_path / "params.yaml"  # four epochs, no early stop: the pause falls mid-run
     params.write_text((REPO / "profiles" / "tiny.yaml").read_text()
                       .replace("epochs: 2 ", "epochs: 4 ").replace("patience: 2 ", "patience: 4 "))
