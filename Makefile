@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "make setup: the study needs Python 3.11 (pyproject.toml); found $(or $(PYTHON),no python3.11 and python3 is $$(python3 --version 2>&1))$(if $(PYTHON), ($$($(PYTHON) --version 2>&1))); install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -e '.[test]'   # modules compile on first import: only those used
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 repro: setup
