@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_make_setup_names_the_python_it_needs(tmp_path):
     fake.mkdir()
     (fake / "python3").write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.12.7" && exit 0\nexit 1\n')
     (fake / "python3").chmod(0o755)
-    make = subprocess.run(["bash", "-c", "command -v make"], capture_output=True, text=True).stdout.strip()
+    make = shutil.which("make")
     for named in ([], ["PYTHON=python3"]):  # found on PATH, or named by the user
         proc = subprocess.run([make, "setup", *named], cwd=tmp_path, env={"PATH": str(fake)},
                               capture_output=True, text=True)

@@ -39,6 +39,7 @@ from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
 LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
 SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\) → SHA256: (?P<sha>[0-9a-f]{64})$", re.M)
 EXPECT = {"fail": "red", "pass": "green", "collect": "collect"}
+PARAMS = "params.yaml"  # the file DVC reads: a hub's inputs and its trainings come from this one
 
 
 class EvidenceError(RuntimeError):
@@ -156,7 +157,6 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
     ``data/evidence/<stamp>/`` (git-ignored, like every pipeline output); the hub records where
     in ``cli/artifact_root.txt``."""
     hub = make_hub(hub)
-    params = "params.yaml"  # the file DVC reads: inputs and training from one set of params
     artifacts = Path("data/evidence") / hub.parent.name / hub.name
     log = io.StringIO()
     try:
@@ -167,12 +167,12 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
             tmp.write_text(log.getvalue())
     with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
         tmp.write_text(f"{artifacts}\n")
-    atomic_copy(root / params, hub / "cli" / "params.yaml")  # the params these bundles are trained with
+    atomic_copy(root / PARAMS, hub / "cli" / "params.yaml")  # the params these bundles are trained with
     results = []
     for view in views:
         g = gridsizes[view]
         stem = hub / "cli" / f"train_{dose}_{view}_gs{g}"
-        cmd = [sys.executable, "stages/train.py", "--params", params, "--dose", dose, "--view", view,
+        cmd = [sys.executable, "stages/train.py", "--params", PARAMS, "--dose", dose, "--view", view,
                "--accelerator", "cpu", "--deterministic", "--num-workers", "0",
                "--artifact-root", str(artifacts), "--manifest-dir", str(artifacts / "runs" / f"{dose}-{view}"),
                "--timing-dir", str(artifacts / "timing")]
@@ -375,7 +375,7 @@ def main(argv=None) -> None:
             log = run_pytest(hub, args.selector, args.expect, args.name)
             print(f"{ {'fail': 'RED', 'pass': 'GREEN', 'collect': 'collected'}[args.expect]} as expected: {log}")
         elif args.command == "train":
-            params = load_params("params.yaml")
+            params = load_params(PARAMS)
             views = args.view or ["dense", "baseline"]
             unknown = [v for v in views if v not in params.train.jobs]
             if unknown:
