@@ -22,7 +22,7 @@ from fly64study import metrics
 from fly64study.bundle import load_inference_model
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
-from fly64study.inference import stitch, trained_bundle
+from fly64study.inference import stitch, trained_bundles
 from fly64study.iterative import lsqml
 from fly64study.train import reconstruct_patches
 
@@ -57,8 +57,9 @@ def main() -> None:
             if not test_path.is_file():
                 sys.exit(f"{test_path}: missing; run `dvc repro` first")
             test = load_dataset(test_path)
-            bundle, sha = trained_bundle(Path("data/phase_e/runs"), Path("data/phase_e"), dose, view, params.train.jobs[view])
-            net = load_inference_model(bundle, sha)
+            first = trained_bundles(Path("data/phase_e/runs"), Path("data/phase_e"), dose, view,
+                                    params.train.jobs[view])[0]  # the first training seed's model
+            net = load_inference_model(first.path, first.sha256)
             window = abs(test.probeGuess) ** 2
             fields = []
 

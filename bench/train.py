@@ -1,12 +1,16 @@
-"""Phase E throughput: PtychoPINN training patterns per second, gridsize 1 and 2, N = 64 and 128.
+"""Phase E throughput: PtychoPINN training patterns per second, the network before 2026-11-30
+against the profile's, side by side, gridsize 1 and 2, N = 64 (and 128).
 
-    .venv/bin/python bench/train.py                       # CPU
+    .venv/bin/python bench/train.py                       # CPU, pinned numerics, N = 64
+    .venv/bin/python bench/train.py --n 64 --n 128 --params profiles/full.yaml
     .venv/bin/python bench/train.py --accelerator cuda --bf16 --compile
 
 A "pattern" is one diffraction pattern through network, overlap constraint, forward model,
-Poisson loss, backward pass and Adam step (a gridsize-2 group counts as 4). Width and depth
-are the default profile's (16, 3); peak memory is the process's resident set on CPU, the
-allocator's peak on CUDA.
+Poisson loss, backward pass and Adam step (a gridsize-2 group counts as 4). "old" is the
+full-resolution U-Net with concatenated skips (width 16, depth 3: train.stride 1, train.skips
+concat), "new" the params file's train.width / depth / stride / skips. The two alternate over
+``--rounds`` rounds in one process and the best round of each is kept (the least disturbed on a
+shared machine). Peak memory is the process's resident set on CPU, the allocator's peak on CUDA.
 """
 from __future__ import annotations
 
@@ -17,17 +21,21 @@ import time
 
 import torch
 
+from fly64study.design import load_params
 from fly64study.model import ModelConfig, PtychoPINN
+from fly64study.numerics import pin_torch
 from fly64study.physics import make_probe
 from fly64study.train import batch_loss
 
+OLD = {"width": 16, "depth": 3, "stride": 1, "skips": "concat"}
 
-def throughput(N: int, gridsize: int, device: torch.device, *, batch: int, steps: int, bf16: bool,
-               compile_model: bool) -> tuple[float, float]:
+
+def make_step(N: int, gridsize: int, net: dict, device: torch.device, *, batch: int, bf16: bool,
+              compile_model: bool):
     torch.manual_seed(0)
     C = gridsize * gridsize
     probe = torch.from_numpy(make_probe(N, aperture=0.4, central_stop=0.3, defocus=6.0 * N / 64))
-    model = PtychoPINN(ModelConfig(N=N, gridsize=gridsize, width=16, depth=3, intensity_scale=3.0), probe).to(device)
+    model = PtychoPINN(ModelConfig(N=N, gridsize=gridsize, intensity_scale=3.0, **net), probe).to(device)
     if compile_model:
         model = torch.compile(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -45,39 +53,60 @@ def throughput(N: int, gridsize: int, device: torch.device, *, batch: int, steps
 
     for _ in range(2):  # warm-up (and compilation)
         step()
+    return step
+
+
+def timed(step, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return steps * batch * C / (time.perf_counter() - t0), peak
+    return time.perf_counter() - t0
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="the new network's train section")
     parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training model")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 8 on CPU, 50 on CUDA)")
+    parser.add_argument("--n", type=int, action="append", help="patch size N (repeatable; default 64)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 4 on CPU, 50 on CUDA)")
+    parser.add_argument("--rounds", type=int, default=3, help="old/new alternations; the best round counts")
     args = parser.parse_args()
     device = torch.device(args.accelerator)
-    steps = args.steps or (8 if device.type == "cpu" else 50)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()}, {torch.get_num_threads()} threads"
+    pin_torch(True)  # what every training stage runs under (--deterministic)
+    t = load_params(args.params).train
+    new = {"width": t.width, "depth": t.depth, "stride": t.stride, "skips": t.skips}
+    steps = args.steps or (4 if device.type == "cpu" else 50)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"{platform.machine()}, {torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.enabled}"
     print(f"# train: {name}, torch {torch.__version__}, bf16={args.bf16}, compile={args.compile}")
-    print("| N | gridsize | batch (groups) | patterns/s | peak memory (MiB) |")
-    print("|---|---|---|---|---|")
-    for N in (64, 128):
+    print(f"# old: {OLD}; new ({args.params}): {new}")
+    print("| N | gridsize | batch (groups) | old patterns/s | new patterns/s | new / old | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for N in args.n or [64]:
         for gridsize in (1, 2):
-            batch = (16 if gridsize == 1 else 4) * (1 if device.type == "cpu" else 16)
-            rate, peak = throughput(N, gridsize, device, batch=batch, steps=steps, bf16=args.bf16,
-                                    compile_model=args.compile)
-            print(f"| {N} | {gridsize} | {batch} | {rate:,.0f} | {peak:,.0f} |", flush=True)
+            batch = (16 if gridsize == 1 else 8) * (1 if device.type == "cpu" else 16)
+            nets = {"old": OLD, "new": new}
+            runs = {k: make_step(N, gridsize, net, device, batch=batch, bf16=args.bf16, compile_model=args.compile)
+                    for k, net in nets.items()}
+            best = {k: float("inf") for k in runs}
+            for _ in range(args.rounds):
+                for k, step in runs.items():
+                    best[k] = min(best[k], timed(step, steps, device))
+            rate = {k: steps * batch * gridsize**2 / best[k] for k in runs}
+            print(f"| {N} | {gridsize} | {batch} | {rate['old']:,.1f} | {rate['new']:,.1f} | "
+                  f"{rate['new'] / rate['old']:.2f}× | {peak_mib(device):,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

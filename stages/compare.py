@@ -1,7 +1,8 @@
 """Phase G: PtychoPINN, Baseline and PtyChi on one view's test split, against the ground truth.
 
-PtychoPINN = the view's own bundle, Baseline = the dose's compare.baseline (gridsize 1) bundle,
-both loaded through the verified loader against the SHA256 in their training manifests;
+PtychoPINN = the view's own bundles, Baseline = the dose's compare.baseline (gridsize 1) bundles,
+one per training seed, each loaded through the verified loader against the SHA256 in its training
+manifest and scored on its own (comparison.json gives the mean and sd over seeds);
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
 dose, view, model, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
 comparison.png and frc_curves.png; the PINN's inference wall times go to an untracked run record,
@@ -16,7 +17,7 @@ from fly64study.compare import Candidate, compare, write_comparison
 from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_timing
-from fly64study.inference import pinn_field, trained_bundle
+from fly64study.inference import pinn_field, trained_bundles
 from fly64study.iterative import load_result
 
 
@@ -43,18 +44,20 @@ def main(argv=None):
     overlap = read_json(view_dir / "metrics.json")
     candidates = []
     for model, job in (("PtychoPINN", args.view), ("Baseline", params.compare.baseline)):
-        path, sha = trained_bundle(Path(args.runs), Path(args.phase_e), args.dose, job, jobs[job])
-        try:
-            pinn = pinn_field(path, test, neighbor_count=design.neighbor_count,
-                              grouping_seed=design.seeds.grouping, expected_sha256=sha)
-        except BundleError as err:
-            raise ContractError(str(err)) from None
-        candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {sha[:12]}"))
+        for b in trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, job, jobs[job]):
+            try:
+                pinn = pinn_field(b.path, test, neighbor_count=design.neighbor_count,
+                                  grouping_seed=design.seeds.grouping, expected_sha256=b.sha256)
+            except BundleError as err:
+                raise ContractError(str(err)) from None
+            candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
+                                        seed=b.seed, cost=b.training))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)
     candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,
                                 f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
-                                else f"pty-chi failed: {rec.error}"))
+                                else f"pty-chi failed: {rec.error}",
+                                cost={"epochs_run": rec.settings.get("epochs")}))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}
@@ -65,7 +68,9 @@ def main(argv=None):
     for model, m in result.summary["models"].items():
         if m["status"] == "completed":
             seconds = result.timing.get(model)
-            print(f"{args.view} (dose={args.dose}) {model}: MS-SSIM phase {m['ms_ssim_phase']:.3f} "
+            sd = m.get("sd", {}).get("ms_ssim_phase")
+            spread = "" if sd is None else f" ± {sd:.3f} over {len(m['seeds'])} seeds"
+            print(f"{args.view} (dose={args.dose}) {model}: MS-SSIM phase {m['ms_ssim_phase']:.3f}{spread} "
                   f"(fixed frame {m['fixed_frame_ms_ssim_phase']:.3f}) amplitude {m['ms_ssim_amplitude']:.3f}, "
                   f"MAE phase {m['mae_phase']:.4f} rad, FRC0.5 phase {m['frc_resolution_phase']:.3f} cyc/px, "
                   f"registration {m['registration']}" + (f", {seconds:.1f} s" if seconds is not None else ""))

@@ -1,9 +1,9 @@
 """Phase E: train PtychoPINN for each (dose, job), write content-hashed bundles and the manifests.
 
-After each job three lines name the job and its dose, for example
-    dense (dose=1e3) → Bundle: dose_1e3/dense/gs2/wts.h5.zip
-    dense (dose=1e3) → SHA256: <64 hex>
-    dense (dose=1e3) → Size: <bytes> bytes
+After each job, three lines per training seed name the job, its dose and the seed, for example
+    dense (dose=1e3), seed 7 → Bundle: dose_1e3/dense/gs2/seed_7/wts.h5.zip
+    dense (dose=1e3), seed 7 → SHA256: <64 hex>
+    dense (dose=1e3), seed 7 → Size: <bytes> bytes
 with the same values as training_manifest.json (bundle paths relative to --artifact-root).
 """
 import argparse
@@ -46,7 +46,9 @@ def main(argv=None):
     if args.dry_run:
         for job in jobs:
             train_path, test_path = job.data_paths(phase_d)
-            print(f"{job.name} gs{job.gridsize}: {train_path}, {test_path} → {root / job.relative_dir() / 'wts.h5.zip'}")
+            for seed in params.train.seeds:
+                print(f"{job.name} gs{job.gridsize} seed {seed}: {train_path}, {test_path} → "
+                      f"{root / job.relative_dir(seed) / 'wts.h5.zip'}")
         return
     if args.num_workers < 0:
         raise ParamsError("--num-workers: must be >= 0")
@@ -65,17 +67,19 @@ def main(argv=None):
             print(f"{job.name} → skipped: {reason}")
             continue
         try:
-            entry = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
+            job_entries = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
                             num_workers=args.num_workers, checkpoint_dir=args.checkpoint_dir,
                             stop_after_epoch=args.stop_after_epoch, timing_dir=Path(args.timing_dir))
         except TrainingPaused as paused:
             skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": str(paused)})
             print(f"{job.name} → {paused}", flush=True)
             continue
-        entries.append(entry)
-        print(f"{job.name} → Bundle: {entry['bundle_path']}")
-        print(f"{job.name} → SHA256: {entry['sha256']}")
-        print(f"{job.name} → Size: {entry['size']} bytes", flush=True)
+        entries += job_entries
+        for entry in job_entries:
+            name = f"{job.name}, seed {entry['seed']}"
+            print(f"{name} → Bundle: {entry['bundle_path']}")
+            print(f"{name} → SHA256: {entry['sha256']}")
+            print(f"{name} → Size: {entry['size']} bytes", flush=True)
     # no timestamp or host here: a tracked output changes only when results do (times: --timing-dir)
     write_json(manifest_dir / "training_manifest.json", {
         "artifact_root": str(root), "phase_d_root": str(phase_d),

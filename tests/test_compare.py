@@ -57,7 +57,8 @@ def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, t
         m: {k: models[m][k] for k in DVC_METRICS} for m in ("PtychoPINN", "Baseline")}
     with open(tmp_path / "comparison_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["dose", "view", "model", "alignment", "metric", "amplitude", "phase", "value", "note"]
+    assert list(rows[0]) == ["dose", "view", "model", "seed", "alignment", "metric", "amplitude", "phase", "value",
+                             "note"]
     pinn = {r["metric"]: r for r in rows if r["model"] == "PtychoPINN" and r["alignment"] == "aligned"}
     assert float(pinn["ms_ssim"]["phase"]) > 0.5 and pinn["registration"]["value"] == "ok"
     assert "wall_time_s" not in pinn and comp.timing["PtychoPINN"] == 1.5  # a run record, not a tracked number
@@ -95,11 +96,60 @@ def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp
     assert (tmp_path / "ms_ssim_vs_dose.png").is_file() and (tmp_path / "frc_and_phase_error_vs_fluence.png").is_file()
 
 
+def _noisy(ds, sigma, seed):
+    noise = np.exp(1j * sigma * np.random.default_rng(seed).standard_normal(ds.objectGuess.shape))
+    return (ds.objectGuess * noise).astype(np.complex64)
+
+
+def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_split, tiny, tmp_path):
+    ds = test_split
+    pinn = [Candidate("PtychoPINN", _noisy(ds, sigma, s), 1.0, f"seed {s}", seed=s)
+            for s, sigma in ((7, 0.10), (8, 0.12), (9, 0.14))]
+    baseline = [Candidate("Baseline", _noisy(ds, sigma, s), 1.0, "b", seed=s) for s, sigma in ((7, 0.11), (8, 0.9))]
+    ptychi = Candidate("PtyChi", _noisy(ds, 0.4, 0), 2.0, "LSQML")
+    comp = compare(ds, pinn + baseline + [ptychi], dose="1e5", view="dense", cfg=tiny.design.metrics)
+    models = comp.summary["models"]
+    one = [compare(ds, [c], dose="1e5", view="dense", cfg=tiny.design.metrics).summary["models"]["PtychoPINN"]
+           for c in pinn]
+    scores = [m["ms_ssim_phase"] for m in one]
+    m = models["PtychoPINN"]
+    assert m["seeds"] == [7, 8, 9] and [m["per_seed"][str(s)]["ms_ssim_phase"] for s in (7, 8, 9)] == scores
+    assert m["ms_ssim_phase"] == pytest.approx(np.mean(scores))
+    assert m["sd"]["ms_ssim_phase"] == pytest.approx(np.std(scores, ddof=1)) and m["sd"]["ms_ssim_phase"] > 0
+    assert "sd" not in models["PtyChi"] and "seeds" not in models["PtyChi"]  # one run: as it was
+    write_comparison(tmp_path / "g", comp)
+    dvc = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert dvc["PtychoPINN"]["ms_ssim_phase_sd"] == pytest.approx(m["sd"]["ms_ssim_phase"])
+    with open(tmp_path / "g" / "comparison_metrics.csv") as fh:
+        seeds = {(r["model"], r["seed"]) for r in csv.DictReader(fh)}
+    assert seeds == {("PtychoPINN", "7"), ("PtychoPINN", "8"), ("PtychoPINN", "9"), ("Baseline", "7"),
+                     ("Baseline", "8"), ("PtyChi", "")}
+    summary = summarise([comp.summary], [])
+    vs_ptychi = summary["deltas"]["PtychoPINN - PtyChi"]["per_job"][0]
+    # PtyChi ran once: the spread is the PINN's sd alone; a 0.1-rad PINN is far better than a 0.4-rad LSQML
+    assert vs_ptychi["ms_ssim_phase_spread"] == pytest.approx(m["sd"]["ms_ssim_phase"])
+    assert vs_ptychi["ms_ssim_phase_significant"] is True
+    # the Baseline's two seeds differ wildly (one as good as the PINN): its spread swamps the delta
+    vs_base = summary["deltas"]["PtychoPINN - Baseline"]["per_job"][0]
+    spread = np.hypot(m["sd"]["ms_ssim_phase"], models["Baseline"]["sd"]["ms_ssim_phase"])
+    assert vs_base["ms_ssim_phase_spread"] == pytest.approx(spread)
+    assert 0 < vs_base["ms_ssim_phase"] < spread and vs_base["ms_ssim_phase_significant"] is False
+    write_report(tmp_path / "r", summary)
+    md = (tmp_path / "r" / "metrics_summary.md").read_text()
+    assert "| PtychoPINN (3 seeds) |" in md and "| Baseline (2 seeds) |" in md
+    assert f"{m['ms_ssim_phase']:.3f} ± {m['sd']['ms_ssim_phase']:.3f}" in md
+    assert f"{vs_ptychi['ms_ssim_phase']:+.3f} ± {vs_ptychi['ms_ssim_phase_spread']:.3f} *" in md
+    # one seed everywhere: no spread, and no delta is called significant
+    single = summarise([_comparison(ds, tiny, "1e5", "dense").summary], [])
+    row = single["deltas"]["PtychoPINN - Baseline"]["per_job"][0]
+    assert row["ms_ssim_phase_spread"] is None and row["ms_ssim_phase_significant"] is None
+
+
 def test_a_training_manifest_digest_that_does_not_match_the_bundle_is_refused(tmp_path):
     import torch
 
     from fly64study.bundle import BundleError, write_bundle
-    from fly64study.inference import pinn_field, trained_bundle
+    from fly64study.inference import pinn_field, trained_bundles
     from fly64study.model import ModelConfig, PtychoPINN
     from fly64study.physics import make_probe
     from conftest import small_dataset
@@ -109,10 +159,12 @@ def test_a_training_manifest_digest_that_does_not_match_the_bundle_is_refused(tm
     sha = write_bundle(tmp_path / "dose_1e3/baseline/gs1/wts.h5.zip", model, dose=1e3, dose_label="1e3")
     runs = tmp_path / "runs" / "1e3-baseline"
     runs.mkdir(parents=True)
-    entry = {"dose": "1e3", "view": "baseline", "gridsize": 1, "bundle_path": "dose_1e3/baseline/gs1/wts.h5.zip",
-             "sha256": "0" * 64}
+    entry = {"dose": "1e3", "view": "baseline", "gridsize": 1, "seed": 7, "epochs": 3, "best_epoch": 2,
+             "final_val_loss": 0.5, "bundle_path": "dose_1e3/baseline/gs1/wts.h5.zip", "sha256": "0" * 64}
     (runs / "training_manifest.json").write_text(json.dumps({"jobs": [entry]}))
-    path, recorded = trained_bundle(tmp_path / "runs", tmp_path, "1e3", "baseline", 1)
+    (bundle,) = trained_bundles(tmp_path / "runs", tmp_path, "1e3", "baseline", 1)
+    path, recorded = bundle.path, bundle.sha256
+    assert bundle.seed == 7 and bundle.training == {"epochs_run": 3, "best_epoch": 2, "final_val_loss": 0.5}
     assert recorded == "0" * 64 != sha
     with pytest.raises(BundleError, match=f"SHA256 {sha} differs from the expected 0000"):
         pinn_field(path, small_dataset(N=16), neighbor_count=7, grouping_seed=1, expected_sha256=recorded)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from fly64study import physics
-from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, Translator, poisson_nll
+from fly64study.overlap import cover_positions
+from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, Placement, poisson_nll
 from fly64study.simulate import extract_patches, generate_dose
-from fly64study.train import batch_loss, counts_of, make_groups
+from fly64study.train import _INFER_BATCH, batch_loss, counts_of, make_groups, reconstruct_patches, train_model
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,8 @@ def tiny_split(tiny):
     return train
 
 
-def _model(ds, gridsize=1, width=4, depth=2):
-    cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=width, depth=depth,
+def _model(ds, gridsize=1, width=4, depth=2, stride=1, skips="concat"):
+    cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=width, depth=depth, stride=stride, skips=skips,
                       intensity_scale=ds.metadata["intensity_scale"])
     torch.manual_seed(0)
     return PtychoPINN(cfg, torch.from_numpy(ds.probeGuess))
@@ -48,19 +49,19 @@ def test_four_shifted_copies_reassemble_the_object():
     offsets = np.array([[-3.2, -2.5], [4.1, -1.7], [-2.6, 3.9], [1.7, 0.3]])
     offsets -= offsets.mean(axis=0)
     patches = extract_patches(obj, 48.3 + offsets[:, 0], 47.6 + offsets[:, 1], N)
-    t = Translator(N)
     off = torch.from_numpy(offsets).float()[None]
     weight = torch.from_numpy(np.abs(physics.make_probe(N, aperture=0.4, central_stop=0.3, defocus=3.0)) ** 2).float()
     weight /= weight.max()
     # the canvas holds the object itself where the patches cover it
-    L = t.canvas_size(off)
-    values, weights = t.to_canvas(torch.from_numpy(patches)[None], off, torch.ones(N, N), L)
+    flat = Placement(off, torch.ones(N, N))
+    L = flat.L
+    values, weights = flat.to_canvas(torch.from_numpy(patches)[None])
     canvas = (values / weights.real.clamp_min(1e-3))[0].numpy()
     m = (L - N) // 2
     truth = extract_patches(obj, np.array([48.3 - N / 2 - m + L / 2]), np.array([47.6 - N / 2 - m + L / 2]), L)[0]
     np.testing.assert_allclose(canvas[14:-14, 14:-14], truth[14:-14, 14:-14], atol=0.02)
     # averaging consistent patches changes nothing where the probe shines
-    avg = t.average(torch.from_numpy(patches)[None], off, weight)[0].numpy()
+    avg = Placement(off, weight).average(torch.from_numpy(patches)[None])[0].numpy()
     assert np.abs(avg - patches)[:, weight.numpy() > 0.05].max() < 5e-3
 
 
@@ -130,3 +131,50 @@ def test_depth_must_divide_N():
     with pytest.raises(ValueError, match="train.depth"):
         DiffractionToObject(ModelConfig(N=24, gridsize=1, width=4, depth=4, intensity_scale=1.0),
                             torch.ones(24, 24, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("stride,skips", [(1, "concat"), (2, "add"), (2, "concat"), (4, "add")])
+def test_every_network_shape_gives_full_size_patches_and_starts_from_the_backprojection(tiny_split, stride, skips):
+    ds = tiny_split
+    net = _model(ds, gridsize=2, width=4, depth=2, stride=stride, skips=skips).net
+    groups = make_groups(ds.xcoords, ds.ycoords, gridsize=2, neighbor_count=7, seed=123)
+    amp, off = torch.from_numpy(ds.diffraction)[groups.indices[:2]], groups.offsets[:2]
+    with torch.no_grad():
+        out = net(amp, off)
+        start = _model(ds, gridsize=2, width=4, depth=2).net(amp, off)  # the head is zero: the same start
+    assert out.shape == (2, 4, ds.N, ds.N)
+    torch.testing.assert_close(out, start, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="train.depth"):
+        _model(ds, depth=4, stride=4)  # N = 32 is not divisible by 4 * 2**4
+
+
+def test_a_plateau_halves_the_learning_rate_then_stops_training(tiny_split, tiny):
+    """With steps too small to move the validation loss, the rate halves after each epoch without a
+    better loss (train.lr_patience = 1) and training stops after train.patience = 2 of them."""
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny.train, epochs=20, patience=2, lr_patience=1, learning_rate=1e-9)
+    result = train_model(tiny_split, gridsize=1, cfg=cfg, seed=7, neighbor_count=7, grouping_seed=123,
+                         device=torch.device("cpu"))
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best_epoch == 1
+    assert [h["lr"] for h in result.history] == [1e-9, 1e-9, 5e-10]
+    # a rate that learns is not cut while the validation loss falls
+    cfg = dataclasses.replace(cfg, epochs=3, patience=3, learning_rate=1e-3)
+    learning = train_model(tiny_split, gridsize=1, cfg=cfg, seed=7, neighbor_count=7, grouping_seed=123,
+                           device=torch.device("cpu"))
+    losses = [h["val_loss"] for h in learning.history]
+    assert losses == sorted(losses, reverse=True) and {h["lr"] for h in learning.history} == {1e-3}
+
+
+def test_inference_keeps_every_member_of_a_covering_group(tiny_split):
+    ds = tiny_split
+    net = _model(ds, gridsize=2).net.eval()
+    patches = reconstruct_patches(net, ds, neighbor_count=7, grouping_seed=123)
+    groups, keep = cover_positions(ds.xcoords, ds.ycoords, gridsize=2, neighbor_count=7, seed=123)
+    with torch.no_grad():  # the first inference batch (its canvas size follows its largest offset)
+        batch = slice(0, _INFER_BATCH)
+        first = net(torch.from_numpy(ds.diffraction)[groups.indices[batch]],
+                    torch.from_numpy(groups.offsets[batch]).float())
+    kept = groups.indices[0][keep[0]]
+    np.testing.assert_array_equal(patches[kept], first[0].numpy()[keep[0]])
+    assert np.isfinite(patches).all() and len(groups.indices) < 0.5 * ds.n  # about n / 4 groups, not n

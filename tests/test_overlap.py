@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from fly64study.design import ParamsError
-from fly64study.overlap import build_view, disc_overlap, group_positions, select_view, view_metrics
+from fly64study.overlap import build_view, cover_positions, disc_overlap, group_positions, select_view, view_metrics
 from fly64study.simulate import generate_dose
 
 
@@ -157,3 +157,20 @@ def test_baseline_view_keeps_the_split_and_refuses_too_few(tiny):
     with pytest.raises(ParamsError, match=r"view 'baseline' \(train split\): keeping every position kept"):
         build_view(train, view="baseline", fraction=None, neighbor_count=7, subsampling_seed=456,
                    grouping_seed=123, min_positions=10_000)
+
+
+def test_covering_groups_hold_every_position_once_among_near_neighbours():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 200, 300), rng.uniform(0, 200, 300)
+    groups, keep = cover_positions(x, y, gridsize=2, neighbor_count=7, seed=5)
+    assert groups.indices.shape[1] == 4 and keep.shape == groups.indices.shape and keep[:, 0].all()
+    np.testing.assert_array_equal(np.sort(groups.indices[keep]), np.arange(300))  # each position kept once
+    assert len(groups.indices) < 0.4 * 300  # about n / C groups
+    pts = np.column_stack([x, y])
+    _, nbrs = cKDTree(pts).query(pts, k=8)
+    for members in groups.indices:  # members are among the seed's K nearest, as in training
+        assert set(members[1:]) <= set(nbrs[members[0], 1:])
+    again, _ = cover_positions(x, y, gridsize=2, neighbor_count=7, seed=5)
+    np.testing.assert_array_equal(again.indices, groups.indices)
+    single, keep1 = cover_positions(x, y, gridsize=1, neighbor_count=7, seed=5)
+    assert keep1.all() and sorted(single.indices[:, 0]) == list(range(300))

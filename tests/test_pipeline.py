@@ -86,7 +86,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
         for v, g in (("baseline", 1), ("dense", 2), ("sparse", 2)):
             manifest = json.loads((project / f"data/phase_e/runs/{d}-{v}/training_manifest.json").read_text())
             (job,) = manifest["jobs"]
-            assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/wts.h5.zip"
+            assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/seed_7/wts.h5.zip" and job["seed"] == 7
             assert job["sha256"] == sha256_file(project / "data/phase_e" / job["bundle_path"])
         assert (project / f"data/phase_c/dose_{d}/overview.png").stat().st_size > 10_000
     design = json.loads((project / "data/design.json").read_text())
@@ -99,7 +99,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     shown = next(iter(metrics.values()))["data"]
     assert "data/phase_d/dose_1e3/sparse/metrics.json" in shown
     evaluation = shown["data/phase_e/runs/1e5-dense/eval_1e5_dense.json"]["data"]
-    assert evaluation["phase_rmse_rad"] > 0 and evaluation["flat_phase_rmse_rad"] > 0
+    assert evaluation["seed_7"]["phase_rmse_rad"] > 0 and evaluation["seed_7"]["flat_phase_rmse_rad"] > 0
     comparison = shown["data/phase_g/dose_1e5/dense/metrics.json"]["data"]
     assert set(comparison) == set(MODELS) and 0 < comparison["PtyChi"]["ms_ssim_phase"] <= 1
     # what a person compares: numbers only (no labels, flags or notes), one table a screen can hold

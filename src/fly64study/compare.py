@@ -24,8 +24,8 @@ MODELS = ("PtychoPINN", "Baseline", "PtyChi")
 # the numbers `dvc metrics show/diff` lists per comparison (comparison.json and the CSV hold all of them)
 DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
             "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
-CSV_COLUMNS = ("dose", "view", "model", "alignment", "metric", "amplitude", "phase", "value", "note")
-FRC_COLUMNS = ("dose", "view", "model", "alignment", "component", "frequency", "frc", "half_bit")
+CSV_COLUMNS = ("dose", "view", "model", "seed", "alignment", "metric", "amplitude", "phase", "value", "note")
+FRC_COLUMNS = ("dose", "view", "model", "seed", "alignment", "component", "frequency", "frc", "half_bit")
 # a model summary's keys: "<metric>_<component>" at the aligned level, "fixed_frame_" before them in the fixed frame
 LEVEL_PREFIX = {"aligned": "", "fixed-frame": "fixed_frame_"}
 
@@ -36,6 +36,8 @@ class Candidate:
     field: np.ndarray | None  # (H, W) complex object in the truth's frame; None if the model failed
     seconds: float | None  # reconstruction wall time (PINN: inference + stitching; PtyChi: LSQML); a run record
     note: str = ""  # where it came from, or why it failed
+    seed: int | None = None  # the training seed of a PINN model (one candidate per seed); None: one run
+    cost: dict | None = None  # what it took, in numbers: epochs_run (and a PINN's best_epoch, final_val_loss)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,39 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def over_seeds(entries: dict[int | None, dict]) -> dict:
+    """One model's summary from its per-seed entries: each number is the mean over the seeds that
+    completed, ``sd`` holds their sample standard deviations (two seeds or more), ``seeds`` and
+    ``per_seed`` keep what each seed scored. A single run is returned as it is."""
+    if len(entries) == 1:
+        ((seed, entry),) = entries.items()
+        return entry if seed is None else {**entry, "seeds": [seed]}
+    done = {seed: e for seed, e in entries.items() if e["status"] == "completed"}
+    failed = [f"seed {seed}: {e['note']}" for seed, e in entries.items() if e["status"] != "completed"]
+    if not done:
+        return {"status": "failed", "note": "; ".join(failed), "seeds": list(entries)}
+    first = next(iter(done.values()))
+    out = {"status": "completed", "note": "; ".join([f"seed {seed}: {e['note']}" for seed, e in done.items()] + failed),
+           "seeds": list(done), "failed_seeds": [seed for seed in entries if seed not in done], "sd": {}}
+    for key, value in first.items():
+        if key in ("status", "note"):
+            continue
+        if _number(value) or value is None:
+            values = [e[key] for e in done.values() if _number(e.get(key))]
+            out[key] = float(np.mean(values)) if values else None
+            if len(values) > 1:
+                out["sd"][key] = float(np.std(values, ddof=1))
+        else:  # the registration verdict: "ok" only if every seed's was
+            bad = [f"seed {seed}: {e[key]}" for seed, e in done.items() if e.get(key) != "ok"]
+            out[key] = "; ".join(bad) if bad else value
+    out["per_seed"] = {str(seed): {k: v for k, v in e.items() if k not in ("status", "note")} for seed, e in done.items()}
+    return out
+
+
 def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str, cfg: MetricsDesign,
             overlap: dict | None = None) -> Comparison:
     """Align and score every candidate against ``test.objectGuess`` on the scanned area, at both
@@ -59,30 +94,32 @@ def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str,
     region = metrics.scanned_area(test.xcoords, test.ycoords, truth.shape)
     scale = float(test.metadata["intensity_scale"])
     photons = metrics.fluence(test.probeGuess, test.xcoords, test.ycoords, truth.shape, scale)[region]
-    rows, frc_rows, aligned, per_model = [], [], {}, {}
+    rows, frc_rows, aligned, per_seed = [], [], {}, {}
     base = {"dose": dose, "view": view}
     for cand in candidates:
-        entry = {"status": "completed" if cand.field is not None else "failed", "note": cand.note}
-        per_model[cand.model] = entry
+        entry = {"status": "completed" if cand.field is not None else "failed", "note": cand.note,
+                 **(cand.cost or {})}
+        per_seed.setdefault(cand.model, {})[cand.seed] = entry
+        who = {**base, "model": cand.model, "seed": cand.seed}
         if cand.field is None:
-            rows += [{**base, "model": cand.model, "alignment": level, "metric": name, "note": cand.note}
+            rows += [{**who, "alignment": level, "metric": name, "note": cand.note}
                      for level in metrics.ALIGNMENTS for name in metrics.COMPONENT_METRICS]
             continue
         for level in metrics.ALIGNMENTS:
             al = metrics.align(cand.field, truth, region, level=level, max_shift=cfg.max_shift_px)
             if level == "aligned":
-                aligned[cand.model] = al
+                aligned.setdefault(cand.model, al)  # the figure shows a model's first seed
             scores = {}
             for comp in cfg.components:
                 pred, ref = (al.amplitude, al.truth_amplitude) if comp == "amplitude" else (al.phase, al.truth_phase)
                 scores[comp], curve = metrics.component_metrics(pred, ref, smooth_sigma=cfg.ms_ssim_sigma,
                                                                 frc_threshold=cfg.frc_threshold)
-                frc_rows += [{**base, "model": cand.model, "alignment": level, "component": comp, "frequency": f,
+                frc_rows += [{**who, "alignment": level, "component": comp, "frequency": f,
                               "frc": c, "half_bit": h}
                              for f, c, h in zip(curve.frequency, curve.correlation, curve.half_bit)]
             prefix = LEVEL_PREFIX[level]
             for name in metrics.COMPONENT_METRICS:
-                rows.append({**base, "model": cand.model, "alignment": level, "metric": name, "note": cand.note,
+                rows.append({**who, "alignment": level, "metric": name, "note": cand.note,
                              **{comp: scores[comp][name] for comp in cfg.components}})
                 for comp in cfg.components:
                     entry[f"{prefix}{name}_{comp}"] = _finite(scores[comp][name])
@@ -91,7 +128,7 @@ def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str,
                       "phase_ramp_x_rad_per_px": al.phase_plane[2], "amplitude_scale": al.amplitude_scale}
             if level == "fixed-frame":  # nothing registered, no ramp removed: only the offset and the scale
                 extras = {k: extras[k] for k in ("phase_offset_rad", "amplitude_scale")}
-            rows += [{**base, "model": cand.model, "alignment": level, "metric": k, "value": v, "note": cand.note}
+            rows += [{**who, "alignment": level, "metric": k, "value": v, "note": cand.note}
                      for k, v in extras.items()]
             entry.update({f"{prefix}{k}": v for k, v in extras.items()})
     summary = {
@@ -103,10 +140,13 @@ def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str,
         "overlap": overlap or {},
         "components": list(cfg.components),
         "frc_threshold": cfg.frc_threshold,
-        "models": per_model,
+        "models": {model: over_seeds(entries) for model, entries in per_seed.items()},
     }
+    timing = {}
+    for c in candidates:  # a model's wall time: the mean over its seeds
+        timing.setdefault(c.model, []).append(c.seconds)
     return Comparison(rows=rows, frc_rows=frc_rows, summary=summary, aligned=aligned,
-                      timing={c.model: c.seconds for c in candidates})
+                      timing={m: (None if None in t else sum(t) / len(t)) for m, t in timing.items()})
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -119,8 +159,10 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 
 
 def dvc_metrics(summary: dict) -> dict:
-    """model -> the :data:`DVC_METRICS` numbers of a comparison, for ``metrics.json`` (``dvc metrics``)."""
-    return {model: {k: m[k] for k in DVC_METRICS if m.get(k) is not None}
+    """model -> the :data:`DVC_METRICS` numbers of a comparison (means over a model's seeds, and
+    ``<metric>_sd`` where several ran), for ``metrics.json`` (``dvc metrics``)."""
+    return {model: {**{k: m[k] for k in DVC_METRICS if m.get(k) is not None},
+                    **{f"{k}_sd": m["sd"][k] for k in DVC_METRICS if k in m.get("sd", {})}}
             for model, m in summary["models"].items() if m.get("status") == "completed"}
 
 

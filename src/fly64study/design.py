@@ -279,14 +279,17 @@ class Train(_Section):
     jobs: dict[str, int]  # job -> gridsize; each job trains on the design view of its name
     width: int  # channels of the first U-Net level
     depth: int  # U-Net down-sampling levels
+    stride: int  # the U-Net works at N / stride (space-to-depth); 1 = full resolution
+    skips: str  # how the decoder joins a skip: "add" (projected and summed) or "concat"
     epochs: int  # at most this many epochs (early stopping may end sooner)
     batch_size: int  # groups per optimiser step
     learning_rate: float  # Adam
     n_groups: int  # training groups per gridsize > 1 job (above the positions: K-choose-C oversampling); 0 = one per position
     val_fraction: float  # positions held out for the validation loss
     patience: int  # stop after this many epochs without a better validation loss
+    lr_patience: int  # halve the learning rate after this many epochs without a better one; 0 = constant
     thinning: float  # fraction of each pattern's counts the network sees in training (binomial split); 0 = all
-    seed: int  # network initialisation, validation split and batch order
+    seeds: tuple[int, ...]  # one model per seed (network initialisation, validation split, batch order)
 
     def check(self, design: Design) -> None:
         if not self.jobs:
@@ -298,8 +301,13 @@ class Train(_Section):
                 raise ParamsError(f"train.jobs.{job}: gridsize {g} is not in design.gridsizes {list(design.gridsizes)}")
         if self.width < 1:
             raise ParamsError("train.width: must be >= 1")
-        if self.depth < 1 or design.N % (2 ** self.depth):
-            raise ParamsError(f"train.depth: must be >= 1 with design.N = {design.N} divisible by 2**depth")
+        if self.stride not in (1, 2, 4):
+            raise ParamsError(f"train.stride: {self.stride}; choose 1 (full resolution), 2 or 4")
+        if self.depth < 1 or design.N % (self.stride * 2 ** self.depth):
+            raise ParamsError(f"train.depth: must be >= 1 with design.N = {design.N} divisible by "
+                              f"train.stride * 2**depth = {self.stride} * 2**{self.depth}")
+        if self.skips not in ("add", "concat"):
+            raise ParamsError(f"train.skips: {self.skips!r}; choose add or concat")
         if self.epochs < 1:
             raise ParamsError("train.epochs: must be >= 1")
         if self.batch_size < 1:
@@ -312,10 +320,13 @@ class Train(_Section):
             raise ParamsError("train.val_fraction: must lie in (0, 1)")
         if self.patience < 1:
             raise ParamsError("train.patience: must be >= 1")
+        if self.lr_patience < 0:
+            raise ParamsError("train.lr_patience: must be >= 0 (0 = a constant learning rate)")
         if not 0 <= self.thinning < 1:
             raise ParamsError("train.thinning: must lie in [0, 1) (0 = no split, 0.5 = half the counts as input)")
-        if self.seed < 0:
-            raise ParamsError("train.seed: must be a non-negative integer")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ParamsError(f"train.seeds: expected distinct non-negative integers, e.g. [7] or [7, 8, 9]; "
+                              f"got {list(self.seeds)}")
 
 
 # ---------------------------------------------------------------------- reconstruct section

@@ -37,7 +37,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
 
 LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
-SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\) → SHA256: (?P<sha>[0-9a-f]{64})$", re.M)
+SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\), seed (?P<seed>\d+) → SHA256: (?P<sha>[0-9a-f]{64})$",
+                      re.M)
 EXPECT = {"fail": "red", "pass": "green", "collect": "collect"}
 PARAMS = "params.yaml"  # the file DVC reads: a hub's inputs and its trainings come from this one
 
@@ -188,12 +189,12 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
 
 
 # ------------------------------------------------------------------------------ archive
-def _cli_digests(hub: Path) -> dict[tuple[str, str], str]:
-    """(view, dose) -> the SHA256 the training CLI printed, from every log under ``cli/``."""
+def _cli_digests(hub: Path) -> dict[tuple[str, str, int], str]:
+    """(view, dose, seed) -> the SHA256 the training CLI printed, from every log under ``cli/``."""
     out = {}
     for log in sorted((hub / "cli").glob("*.log")):
         for m in SHA_LINE.finditer(log.read_text()):
-            out[(m["view"], m["dose"])] = m["sha"]
+            out[(m["view"], m["dose"], int(m["seed"]))] = m["sha"]
     return out
 
 
@@ -218,11 +219,11 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
             skipped += json.loads(skip.read_text())["skipped"]
     for job in jobs:
         src = artifacts / job["bundle_path"]
-        name = f"wts_{job['view']}_gs{job['gridsize']}.h5.zip"
+        name = f"wts_{job['view']}_gs{job['gridsize']}_seed{job['seed']}.h5.zip"
         actual = sha256_file(src)
         if actual != job["sha256"]:
             raise EvidenceError(f"{src}: SHA256 {actual} differs from its training manifest ({job['sha256']})")
-        cli = printed.get((job["view"], job["dose"]))
+        cli = printed.get((job["view"], job["dose"], job["seed"]))
         if cli != actual:
             raise EvidenceError(f"{src}: SHA256 {actual} differs from the training CLI's stdout "
                                 f"({cli or 'no SHA256 line'}, {hub / 'cli'})")
@@ -253,12 +254,12 @@ def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, 
              "| CLI run | exit code |", "|---|---|"]
     lines += [f"| `cli/{stem}.log` | {rc} |" for stem, rc in sorted(exits.items())]
     lines += ["", "## Bundles (SHA256 equal in the training manifest, the CLI's stdout and the archived copy)", "",
-              "| view | dose | gridsize | archived as | SHA256 | size (bytes) | held-out phase RMSE (flat) |",
-              "|---|---|---|---|---|---|---|"]
+              "| view | dose | gridsize | seed | archived as | SHA256 | size (bytes) | held-out phase RMSE (flat) |",
+              "|---|---|---|---|---|---|---|---|"]
     for j in jobs:
         ev = j.get("evaluation", {})
         rmse = f"{ev['phase_rmse_rad']:.3f} ({ev['flat_phase_rmse_rad']:.3f})" if "phase_rmse_rad" in ev else "—"
-        lines.append(f"| {j['view']} | {j['dose']} | {j['gridsize']} | `{j['archived_as']}` | `{j['sha256']}` | "
+        lines.append(f"| {j['view']} | {j['dose']} | {j['gridsize']} | {j['seed']} | `{j['archived_as']}` | `{j['sha256']}` | "
                      f"{j['size']} | {rmse} |")
     lines += ["", "## Skipped jobs", ""]
     lines += [f"- {s['view']} (dose={s['dose']}): {s['reason']}" for s in skipped] or ["- none"]
@@ -293,7 +294,7 @@ def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Pa
                               cwd=root, capture_output=True, text=True)
         if proc.returncode:
             raise EvidenceError(f"regenerating {rel}: {step[0]} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    return scratch / "phase_e" / f"dose_{dose}" / view / f"gs{job['gridsize']}" / "wts.h5.zip"
+    return scratch / "phase_e" / job["bundle_path"]
 
 
 def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> dict[str, str]:

@@ -50,17 +50,29 @@ def stitch(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray, shape:
     return out
 
 
-def trained_bundle(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int) -> tuple[Path, str]:
-    """A phase E job's bundle and the SHA256 its training manifest (``<runs>/<dose>-<job>/``) recorded."""
+@dataclass(frozen=True)
+class TrainedBundle:
+    seed: int
+    path: Path
+    sha256: str  # as the training manifest recorded it
+    training: dict  # epochs_run, best_epoch, final_val_loss: what the training cost
+
+
+def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int) -> list[TrainedBundle]:
+    """A phase E job's bundles, one per training seed, from its training manifest
+    ``<runs>/<dose>-<job>/training_manifest.json``, in the manifest's order."""
     manifest = Path(runs) / f"{dose}-{job}" / "training_manifest.json"
     try:
         entries = json.loads(manifest.read_text())["jobs"]
     except (OSError, ValueError, KeyError) as err:
         raise ContractError(f"{manifest}: cannot read the training manifest ({err}); run `dvc repro` first") from None
-    for e in entries:
-        if e["dose"] == dose and e["view"] == job and e["gridsize"] == gridsize:
-            return Path(artifact_root) / e["bundle_path"], e["sha256"]
-    raise ContractError(f"{manifest}: no entry for dose {dose}, job {job}, gridsize {gridsize}")
+    found = [TrainedBundle(e["seed"], Path(artifact_root) / e["bundle_path"], e["sha256"],
+                           {"epochs_run": e["epochs"], "best_epoch": e["best_epoch"],
+                            "final_val_loss": e["final_val_loss"]})
+             for e in entries if e["dose"] == dose and e["view"] == job and e["gridsize"] == gridsize]
+    if not found:
+        raise ContractError(f"{manifest}: no entry for dose {dose}, job {job}, gridsize {gridsize}")
+    return found
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,43 @@ def group_positions(
     return Groups(indices=indices.astype(np.int64), offsets=member_pts - centres[:, None, :], centres=centres)
 
 
+def cover_positions(xcoords: np.ndarray, ycoords: np.ndarray, *, gridsize: int, neighbor_count: int,
+                    seed: int) -> tuple[Groups, np.ndarray]:
+    """Groups that hold every position, for inference, where each member's patch is kept.
+
+    Seeds are visited in a seeded random order; a position not yet in a group seeds one with
+    up to C - 1 of its K nearest neighbours that are not in one either, the nearest already placed
+    ones filling the rest (so offsets stay those training saw). About n / C groups instead of n.
+
+    Returns the groups and ``keep`` (G, C) bool: True where the member is that position's one
+    kept patch (every position exactly once).
+    """
+    n, C = len(xcoords), gridsize * gridsize
+    if C == 1:
+        g = group_positions(xcoords, ycoords, gridsize=1, neighbor_count=neighbor_count, seed=seed)
+        return g, np.ones((n, 1), bool)
+    if n < C or neighbor_count < C:
+        raise ValueError(f"{n} positions, neighbor_count K={neighbor_count}: gridsize {gridsize} groups need "
+                         f"at least C = {C} of each")
+    pts = np.column_stack([xcoords, ycoords])
+    _, nbrs = cKDTree(pts).query(pts, k=min(neighbor_count, n - 1) + 1)  # column 0 is the point itself
+    placed = np.zeros(n, bool)
+    indices, keep = [], []
+    for s in np.random.default_rng(seed).permutation(n):
+        if placed[s]:
+            continue
+        near = nbrs[s, 1:]
+        free = near[~placed[near]][:C - 1]
+        members = np.concatenate([[s], free, near[placed[near]][:C - 1 - len(free)]])
+        keep.append(np.arange(C) <= len(free))
+        placed[members] = True
+        indices.append(members)
+    indices = np.array(indices, dtype=np.int64)
+    member_pts = pts[indices]
+    centres = member_pts.mean(axis=1)
+    return Groups(indices=indices, offsets=member_pts - centres[:, None, :], centres=centres), np.array(keep)
+
+
 # ------------------------------------------------------------------------------- metrics
 def _mean_knn_overlap(pts: np.ndarray, k: int, D: float) -> tuple[float | None, float | None, float | None]:
     """Mean disc overlap with the k nearest neighbours; also min and mean nearest-neighbour distance.

@@ -53,16 +53,24 @@ def plot_phase_c(path: str | Path, train: Dataset, test: Dataset) -> None:
     _save(fig, Path(path))
 
 
-def plot_losses(path: str | Path, history: list[dict], *, title: str) -> None:
-    """Training and validation loss per epoch (Poisson NLL per pixel, constant terms dropped)."""
-    epochs = [h["epoch"] for h in history]
+def plot_losses(path: str | Path, histories: dict[int, list[dict]], *, title: str) -> None:
+    """Training and validation loss per epoch (Poisson NLL per pixel, constant terms dropped), one
+    colour per training seed; a hollow marker where the learning rate was cut after that epoch."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation (held-out positions)")
+    for i, (seed, history) in enumerate(histories.items()):
+        epochs = [h["epoch"] for h in history]
+        colour = f"C{i}"
+        ax.plot(epochs, [h["train_loss"] for h in history], "o-", color=colour, alpha=0.5,
+                label=f"training, seed {seed}")
+        ax.plot(epochs, [h["val_loss"] for h in history], "s-", color=colour,
+                label=f"validation (held-out positions), seed {seed}")
+        cuts = [h for h, nxt in zip(history, history[1:]) if nxt.get("lr", 0) < h.get("lr", 0)]
+        ax.plot([h["epoch"] for h in cuts], [h["val_loss"] for h in cuts], "s", color="white",
+                markeredgecolor=colour, markersize=4)
     ax.set_xlabel("epoch")
     ax.set_ylabel("Poisson NLL per pixel")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, Path(path))
 

@@ -30,6 +30,17 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _significance(ma: dict, mb: dict, key: str, delta: float | None) -> tuple[float | None, bool | None]:
+    """The combined spread sqrt(sd_a² + sd_b²) of a delta between two models' means, and whether the
+    delta exceeds it. A model with one run adds no spread, and with no spread at all (no model ran
+    several seeds) nothing is called significant: None, None."""
+    sds = [m.get("sd", {}).get(key) for m in (ma, mb)]
+    if delta is None or all(sd is None for sd in sds):
+        return None, None
+    spread = math.sqrt(sum(sd**2 for sd in sds if sd is not None))
+    return spread, abs(delta) > spread
+
+
 def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
     """The report's content from the comparison summaries (one per dose and view) and the
     phase F manifest entries (every dose and view, the full test split included)."""
@@ -50,9 +61,12 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
         rows = []
         for c in jobs:
             ma, mb = c["models"].get(a, {}), c["models"].get(b, {})
-            rows.append({"dose": c["dose"], "view": c["view"], **{
-                key: (ma[key] - mb[key]) if ma.get(key) is not None and mb.get(key) is not None else None
-                for key, _ in HEADLINE}})
+            row = {"dose": c["dose"], "view": c["view"]}
+            for key, _ in HEADLINE:
+                both = ma.get(key) is not None and mb.get(key) is not None
+                row[key] = (ma[key] - mb[key]) if both else None
+                row[f"{key}_spread"], row[f"{key}_significant"] = _significance(ma, mb, key, row[key])
+            rows.append(row)
         deltas[f"{a} - {b}"] = {"per_job": rows, "mean": {
             key: _mean([r[key] for r in rows if r[key] is not None]) for key, _ in HEADLINE}}
     ptychi = [{k: r.get(k) for k in ("dose", "view", "n_positions", "status", "error", "final_cost",
@@ -62,6 +76,20 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
                     if s["status"] == "completed" and s.get("registration", "ok") != "ok"]
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas,
             "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
+
+
+def _fmt_sd(model: dict, key: str) -> str:
+    """A model's value, with ± its sd over seeds where several ran."""
+    sd = model.get("sd", {}).get(key)
+    return _fmt(model.get(key)) + ("" if sd is None else f" ± {_fmt(sd)}")
+
+
+def _fmt_delta(row: dict, key: str) -> str:
+    """A delta, with its combined spread and a * where it exceeds it."""
+    spread, significant = row.get(f"{key}_spread"), row.get(f"{key}_significant")
+    if row[key] is None or spread is None:
+        return _fmt(row[key])
+    return f"{row[key]:+.3f} ± {spread:.3f}" + (" *" if significant else "")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -105,13 +133,14 @@ def markdown(summary: dict) -> str:
         for model in MODELS:
             s = c["models"].get(model, {"status": "missing"})
             if s["status"] == "completed":
-                vals = [_fmt(s.get(k)) for k in TABLE] + [
+                vals = [_fmt_sd(s, k) for k in TABLE] + [
                     f"({s['shift_y_px']:.2f}, {s['shift_x_px']:.2f})",
                     f"({1e3 * s['phase_ramp_y_rad_per_px']:.2f}, {1e3 * s['phase_ramp_x_rad_per_px']:.2f})",
                     "ok" if s["registration"] == "ok" else "**failed**, scored unshifted"]
             else:
                 vals = [f"failed: {s.get('note', '')}"] + [""] * (len(TABLE) + 2)
-            lines.append(f"{context} | {model} | " + " | ".join(vals) + " |")
+            name = f"{model} ({len(s['seeds'])} seeds)" if len(s.get("seeds", [])) > 1 else model
+            lines.append(f"{context} | {name} | " + " | ".join(vals) + " |")
     lines += ["", "## Per model: mean and best over jobs", "",
               "| model | " + " | ".join(f"{k} mean | {k} best (job)" for k, _ in HEADLINE) + " |",
               "|---|" + "---|---|" * len(HEADLINE)]
@@ -123,9 +152,23 @@ def markdown(summary: dict) -> str:
         lines += ["", f"## {name}", "", "| view | dose | " + " | ".join(k for k, _ in HEADLINE) + " |",
                   "|---|---|" + "---|" * len(HEADLINE)]
         for r in d["per_job"]:
-            lines.append(f"| {r['view']} | {r['dose']} | " + " | ".join(_fmt(r[k]) for k, _ in HEADLINE) + " |")
+            lines.append(f"| {r['view']} | {r['dose']} | " + " | ".join(_fmt_delta(r, k) for k, _ in HEADLINE) + " |")
         lines.append("| **mean** | | " + " | ".join(_fmt(d["mean"][k]) for k, _ in HEADLINE) + " |")
-    lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour PtychoPINN.", "",
+    lines += ["", "## What each model cost", "",
+              "Epochs of training (PtychoPINN, Baseline: at most train.epochs, fewer where the validation loss "
+              "stopped improving; means over seeds) or of LSQML (PtyChi).", "",
+              "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
+    for c in summary["jobs"]:
+        for model in MODELS:
+            s = c["models"].get(model, {})
+            if s.get("status") == "completed":
+                lines.append(f"| {c['view']} | {c['dose']} | {model} | {', '.join(map(str, s.get('seeds', []))) or '—'} | "
+                             f"{_fmt(s.get('epochs_run'), 1)} | {_fmt(s.get('best_epoch'), 1)} | "
+                             f"{_fmt(s.get('final_val_loss'), 6)} |")
+    lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour PtychoPINN. Where a model ran several "
+              "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
+              "spread sqrt(sd_a² + sd_b²), and * marks a delta larger than that spread; without a spread (one "
+              "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "", "| view | dose | positions | status | epochs | noise model | final cost |",
               "|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:

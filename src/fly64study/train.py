@@ -28,12 +28,14 @@ from fly64study.contract import Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
-from fly64study.overlap import group_positions
+from fly64study.overlap import cover_positions, group_positions
 from fly64study.plots import plot_losses
 
 log = logging.getLogger(__name__)
 
 _INFER_BATCH = 64
+_BETTER = 1e-4  # a validation loss counts as better when it is this share (of |best|) below the best so far
+_LR_FACTOR = 0.5  # the learning rate's cut on a plateau (train.lr_patience)
 
 
 # ------------------------------------------------------------------------------ the jobs
@@ -52,9 +54,9 @@ class Job:
         folder = Path(phase_d) / f"dose_{self.dose}" / self.view
         return folder / "train.npz", folder / "test.npz"
 
-    def relative_dir(self) -> Path:
-        """Where the job's artifacts live, relative to the artifact root."""
-        return Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}"
+    def relative_dir(self, seed: int) -> Path:
+        """Where the job's model of one training seed lives, relative to the artifact root."""
+        return Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}" / f"seed_{seed}"
 
 
 def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None) -> list[Job]:
@@ -144,19 +146,20 @@ class TrainingPaused(Exception):
     """Training stopped after the epoch asked for (``stop_after_epoch``); its checkpoint resumes it."""
 
 
-def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, grouping_seed: int,
+def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_count: int, grouping_seed: int,
                 device: torch.device, num_workers: int = 0, label: str = "",
                 checkpoint_path: Path | None = None, fingerprint: str = "",
                 stop_after_epoch: int | None = None) -> TrainResult:
-    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss.
+    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss;
+    ``seed`` sets the initialisation, the validation split, the batch order and the thinning draws.
 
     With ``checkpoint_path`` every epoch ends by rewriting the checkpoint (atomically), and a
     checkpoint with the same ``fingerprint`` found at the start is resumed from; with
     ``stop_after_epoch`` training pauses (:class:`TrainingPaused`) once that epoch is saved.
     """
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     n_min = gridsize * gridsize
-    train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, cfg.seed)
+    train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, seed)
     if min(len(train_pos), len(val_pos)) < n_min:
         raise ParamsError(
             f"{label}: {ds.n} positions leave {len(train_pos)} for training and {len(val_pos)} for validation; "
@@ -173,12 +176,12 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, 
     # n_groups applies to gridsize > 1 (oversampling needs neighbours); gridsize 1 sees each position once
     train_groups = groups_of(train_pos, (cfg.n_groups or None) if gridsize > 1 else None)
     val_groups = groups_of(val_pos, None)
-    model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth,
-                            intensity_scale=float(ds.metadata["intensity_scale"]))
+    model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
+                            skips=cfg.skips, intensity_scale=float(ds.metadata["intensity_scale"]))
     model = PtychoPINN(model_cfg, torch.from_numpy(ds.probeGuess)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    order = torch.Generator().manual_seed(cfg.seed)
-    thinning_draws = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    order = torch.Generator().manual_seed(seed)
+    thinning_draws = torch.Generator(device=device).manual_seed(seed + 1)
     loader = DataLoader(TensorDataset(train_groups.indices, train_groups.offsets), batch_size=cfg.batch_size,
                         shuffle=True, generator=order, num_workers=num_workers)
     log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
@@ -209,17 +212,24 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, neighbor_count: int, 
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         model.eval()
-        val = _loss_over(model, amp, counts, val_groups, cfg.thinning, cfg.seed + 2)
+        val = _loss_over(model, amp, counts, val_groups, cfg.thinning, seed + 2)
         seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val, "seconds": seconds})
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val,
+                        "lr": optimiser.param_groups[0]["lr"], "seconds": seconds})
         log.info("%s epoch %d/%d: loss %.6g, validation loss %.6g, %.1f s", label, epoch, cfg.epochs,
                  total / seen, val, seconds)
-        if val < best:
+        if best_state is None or val < best - _BETTER * abs(best):  # abs: the NLL is negative at high counts
             best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             log.info("%s: early stop, no better validation loss for %d epochs (best: epoch %d)", label,
                      cfg.patience, best_epoch)
             finished = True
+        elif cfg.lr_patience and (epoch - best_epoch) % cfg.lr_patience == 0:
+            # a plateau: smaller steps (the learning rate lives in the optimiser, so checkpoints keep it)
+            for group in optimiser.param_groups:
+                group["lr"] *= _LR_FACTOR
+            log.info("%s: learning rate %.3g after %d epochs without a better validation loss", label,
+                     optimiser.param_groups[0]["lr"], epoch - best_epoch)
         if checkpoint_path is not None:
             checkpoint.save(checkpoint_path, fingerprint=fingerprint, epoch=epoch, finished=finished or epoch == cfg.epochs,
                             model=model, best_state=best_state, optimiser=optimiser, generators=generators,
@@ -237,37 +247,43 @@ def reconstruct_patches(net: DiffractionToObject, ds: Dataset, *, neighbor_count
                         device: torch.device | str = "cpu") -> np.ndarray:
     """The network's object patch at every position of ``ds``, (n, N, N) complex64.
 
-    Each position is the seed of one group (its C - 1 neighbours give the overlap); the seed's
-    patch is kept.
+    The positions are covered by about n / C groups (:func:`fly64study.overlap.cover_positions`),
+    and every member's patch is kept once: each group is reconstructed jointly, so all of its
+    members already carry the shared overlap.
     """
     g = net.cfg.gridsize
-    groups = make_groups(ds.xcoords, ds.ycoords, gridsize=g, neighbor_count=neighbor_count, seed=grouping_seed)
+    groups, keep = cover_positions(ds.xcoords, ds.ycoords, gridsize=g, neighbor_count=neighbor_count,
+                                   seed=grouping_seed)
+    indices, offsets = torch.from_numpy(groups.indices), torch.from_numpy(groups.offsets.astype(np.float32))
     amp = torch.from_numpy(ds.diffraction)
     out = np.empty((ds.n, ds.N, ds.N), dtype=np.complex64)
     net = net.to(device).eval()
     with torch.no_grad():
-        for start in range(0, ds.n, _INFER_BATCH):
-            idx = groups.indices[start:start + _INFER_BATCH]
-            patches = net(amp[idx].to(device), groups.offsets[start:start + _INFER_BATCH].to(device))
-            out[idx[:, 0].numpy()] = patches[:, 0].cpu().numpy()
+        for start in range(0, len(indices), _INFER_BATCH):
+            idx = indices[start:start + _INFER_BATCH]
+            patches = net(amp[idx].to(device), offsets[start:start + _INFER_BATCH].to(device)).cpu().numpy()
+            kept = keep[start:start + _INFER_BATCH]
+            out[idx.numpy()[kept]] = patches[kept]
     return out
 
 
-def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, grouping_seed: int) -> dict:
+def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, grouping_seed: int,
+             device: torch.device | str = "cpu") -> dict:
     """Errors on the held-out split against the ground-truth patches ``Y``, beside a flat object's."""
     if test.Y is None:
         return {"status": "no ground truth (Y) in the test split"}
-    pred = reconstruct_patches(net, test, neighbor_count=neighbor_count, grouping_seed=grouping_seed)
+    pred = reconstruct_patches(net, test, neighbor_count=neighbor_count, grouping_seed=grouping_seed, device=device)
     out = metrics.patch_errors(pred, test.Y, test.probeGuess)
     out["beats_flat_phase"] = out["phase_rmse_rad"] < out["flat_phase_rmse_rad"]
     return out
 
 
 # --------------------------------------------------------------------------------- a job
-def job_fingerprint(job: Job, params: Params, train_path: Path) -> str:
+def job_fingerprint(job: Job, params: Params, train_path: Path, seed: int) -> str:
     """What a checkpoint must match to be resumed: the training data's bytes and every setting used."""
-    train = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(params.train) if f.name != "jobs"}
-    settings = {"job": [job.dose, job.view, job.gridsize], "train": train,
+    train = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(params.train)
+             if f.name not in ("jobs", "seeds")}
+    settings = {"job": [job.dose, job.view, job.gridsize], "seed": seed, "train": train,
                 "neighbor_count": params.design.neighbor_count, "grouping_seed": params.design.seeds.grouping,
                 "data_sha256": sha256_file(train_path)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
@@ -275,51 +291,65 @@ def job_fingerprint(job: Job, params: Params, train_path: Path) -> str:
 
 def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
             device: torch.device, num_workers: int = 0, checkpoint_dir: Path | None = None,
-            stop_after_epoch: int | None = None, timing_dir: Path | None = None) -> dict:
-    """Train one job; write its bundle under ``artifact_root``, and its per-epoch losses
-    (``losses_<dose>_<view>.csv`` and ``.png``) and evaluation (``eval_<dose>_<view>.json``)
-    under ``records``; wall times go to the untracked ``<timing_dir>/phase_e/<dose>-<view>.json``
-    only, so tracked files hold results alone. The job's checkpoint (``checkpoint_dir``, default
-    ``<artifact_root>/.checkpoints``) is resumed if present and removed once the bundle is written.
-    Returns the job's manifest entry."""
+            stop_after_epoch: int | None = None, timing_dir: Path | None = None) -> list[dict]:
+    """Train one job, one model per seed of ``train.seeds``; write each model's bundle under
+    ``artifact_root`` (``<dose>/<view>/gs<g>/seed_<s>/wts.h5.zip``), and the per-epoch losses
+    (``losses_<dose>_<view>.csv`` and ``.png``, every seed) and the evaluation
+    (``eval_<dose>_<view>.json``, per seed) under ``records``; wall times go to the untracked
+    ``<timing_dir>/phase_e/<dose>-<view>.json`` only, so tracked files hold results alone. Each
+    seed's checkpoint (``checkpoint_dir``, default ``<artifact_root>/.checkpoints``) is resumed
+    if present and removed once its bundle is written. Returns one manifest entry per seed."""
     train_path, test_path = job.data_paths(phase_d)
     design, cfg = params.design, params.train
-    ckpt = Path(checkpoint_dir or Path(artifact_root) / ".checkpoints") / f"{job.dose}-{job.view}-gs{job.gridsize}.h5"
-    t0 = time.perf_counter()
-    train_ds = load_dataset(train_path)
-    result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, neighbor_count=design.neighbor_count,
-                         grouping_seed=design.seeds.grouping, device=device, num_workers=num_workers,
-                         label=job.name, checkpoint_path=ckpt, fingerprint=job_fingerprint(job, params, train_path),
-                         stop_after_epoch=stop_after_epoch)
-    train_seconds = time.perf_counter() - t0
-    bundle_rel = job.relative_dir() / "wts.h5.zip"
-    training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                **{k: getattr(cfg, k) for k in ("width", "depth", "batch_size", "learning_rate", "seed")}}
-    sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
-                       dose_label=job.dose, extra={"view": job.view, "training": training})
-    ckpt.unlink(missing_ok=True)  # the bundle holds the result now
+    train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)
+    entries, histories, evaluations, timing = [], {}, {}, []
+    for seed in cfg.seeds:
+        label = f"{job.name}, seed {seed}"
+        ckpt = Path(checkpoint_dir or Path(artifact_root) / ".checkpoints") / \
+            f"{job.dose}-{job.view}-gs{job.gridsize}-seed{seed}.h5"
+        t0 = time.perf_counter()
+        result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, seed=seed,
+                             neighbor_count=design.neighbor_count, grouping_seed=design.seeds.grouping,
+                             device=device, num_workers=num_workers, label=label, checkpoint_path=ckpt,
+                             fingerprint=job_fingerprint(job, params, train_path, seed),
+                             stop_after_epoch=stop_after_epoch)
+        train_seconds = time.perf_counter() - t0
+        bundle_rel = job.relative_dir(seed) / "wts.h5.zip"
+        training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seed": seed,
+                    **{k: getattr(cfg, k) for k in ("width", "depth", "stride", "skips", "batch_size",
+                                                  "learning_rate")}}
+        sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
+                           dose_label=job.dose, extra={"view": job.view, "training": training})
+        ckpt.unlink(missing_ok=True)  # the bundle holds the result now
+        t1 = time.perf_counter()
+        evaluation = evaluate(result.model.net, test_ds, neighbor_count=design.neighbor_count,
+                              grouping_seed=design.seeds.grouping, device=device)
+        histories[seed], evaluations[seed] = result.history, evaluation
+        timing.append({"seed": seed, "train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - t1,
+                       "epoch_seconds": [h["seconds"] for h in result.history]})
+        best = result.history[result.best_epoch - 1]
+        entries.append({
+            "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
+            "seed": seed, "train_data": str(train_path), "test_data": str(test_path),
+            "artifact_dir": str(job.relative_dir(seed)), "bundle_path": str(bundle_rel), "sha256": sha,
+            "size": (Path(artifact_root) / bundle_rel).stat().st_size,
+            "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
+            "epochs": len(result.history), "best_epoch": result.best_epoch,
+            "evaluation": {**evaluation, "dose": job.dose, "view": job.view, "gridsize": job.gridsize},
+            "status": "completed",
+        })
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
     with atomic_path(losses.with_suffix(".csv")) as tmp:
-        tmp.write_text("epoch,train_loss,val_loss\n" + "".join(
-            f"{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g}\n" for h in result.history))
-    plot_losses(losses.with_suffix(".png"), result.history, title=f"{job.name}, gridsize {job.gridsize}")
-    evaluation = evaluate(result.model.net, load_dataset(test_path), neighbor_count=design.neighbor_count,
-                          grouping_seed=design.seeds.grouping)
-    # the DVC metrics file: the errors alone (the manifest entry keeps the job and the flags)
+        tmp.write_text("seed,epoch,train_loss,val_loss,learning_rate\n" + "".join(
+            f"{seed},{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g},{h['lr']:.9g}\n"
+            for seed, history in histories.items() for h in history))
+    plot_losses(losses.with_suffix(".png"), histories, title=f"{job.name}, gridsize {job.gridsize}")
+    # the DVC metrics file: the errors alone, per seed (the manifest entries keep the job and the flags)
     write_metrics(Path(records) / f"eval_{job.dose}_{job.view}.json",
-                  {k: v for k, v in evaluation.items() if k.endswith(("_rmse", "_rmse_rad"))})
-    evaluation.update(dose=job.dose, view=job.view, gridsize=job.gridsize)
+                  {f"seed_{seed}": {k: v for k, v in e.items() if k.endswith(("_rmse", "_rmse_rad"))}
+                   for seed, e in evaluations.items()})
     if timing_dir is not None:
         write_timing(Path(timing_dir) / "phase_e" / f"{job.dose}-{job.view}.json", {
-            "dose": job.dose, "view": job.view, "gridsize": job.gridsize, "train_seconds": train_seconds,
-            "epoch_seconds": [h["seconds"] for h in result.history], "train_positions": train_ds.n})
-    best = result.history[result.best_epoch - 1]
-    return {
-        "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
-        "train_data": str(train_path), "test_data": str(test_path),
-        "artifact_dir": str(job.relative_dir()), "bundle_path": str(bundle_rel), "sha256": sha,
-        "size": (Path(artifact_root) / bundle_rel).stat().st_size,
-        "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
-        "epochs": len(result.history), "best_epoch": result.best_epoch,
-        "evaluation": evaluation, "status": "completed",
-    }
+            "dose": job.dose, "view": job.view, "gridsize": job.gridsize, "train_positions": train_ds.n,
+            "seeds": timing})
+    return entries
