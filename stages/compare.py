@@ -4,7 +4,7 @@ PtychoPINN = the view's own bundles, Baseline = the dose's compare.baseline (gri
 one per training seed, each loaded through the verified loader against the SHA256 in its training
 manifest and scored on its own (comparison.json gives the mean and sd over seeds);
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
-dose, view, model, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
+dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
 comparison.png and frc_curves.png; the PINN's inference wall times go to an untracked run record,
 <timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into DVC-tracked files.
 """
@@ -27,7 +27,8 @@ def main(argv=None):
     parser.add_argument("--dose", required=True)
     parser.add_argument("--view", required=True, help="a view of compare.views")
     parser.add_argument("--phase-d", default="data/phase_d")
-    parser.add_argument("--phase-e", default="data/phase_e", help="bundle root (dose_<d>/<job>/gs<g>/wts.h5.zip)")
+    parser.add_argument("--phase-e", default="data/phase_e",
+                        help="bundle root (dose_<d>/<job>/gs<g>/wts.h5.zip, further seeds in gs<g>/seed_<s>/)")
     parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
     parser.add_argument("--phase-f", default="data/phase_f")
     parser.add_argument("--out", required=True, help="output folder, data/phase_g/dose_<d>/<view>")
@@ -51,13 +52,13 @@ def main(argv=None):
             except BundleError as err:
                 raise ContractError(str(err)) from None
             candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
-                                        seed=b.seed, cost=b.training))
+                                        seed=b.seed, cost=b.training, settings=b.settings))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)
     candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,
                                 f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
                                 else f"pty-chi failed: {rec.error}",
-                                cost={"epochs_run": rec.settings.get("epochs")}))
+                                cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}

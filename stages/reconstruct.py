@@ -15,7 +15,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json
 from fly64study.numerics import pin_torch, record
-from fly64study.iterative import run_reconstruction
+from fly64study.iterative import Choice, run_reconstruction
+from fly64study.tuning import load_choice
 
 
 def main(argv=None):
@@ -26,6 +27,8 @@ def main(argv=None):
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
     parser.add_argument("--out", required=True, help="output folder, data/phase_f/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--tuning", help="lsqml_tuning.json of tune@<dose>: its chosen noise model, total "
+                        "variation and step size (default: Gaussian, none, 1)")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
     parser.add_argument("--deterministic", action="store_true",
                         help="one thread and deterministic kernels: the same object bytes every run")
@@ -42,9 +45,11 @@ def main(argv=None):
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     out = Path(args.out)
+    choice = load_choice(args.tuning) if args.tuning else Choice()
     entry = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
                                test_path=str(test_path), device=device, deterministic=args.deterministic,
-                               timing_path=Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json")
+                               timing_path=Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json",
+                               choice=choice)
     write_json(out / "reconstruction_manifest.json", {
         "jobs": [entry], "numerics": record(),
         # pty-chi on one thread with pinned numerics: the same bytes on any x86-64 CPU; a GPU run may differ

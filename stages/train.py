@@ -1,9 +1,11 @@
 """Phase E: train PtychoPINN for each (dose, job), write content-hashed bundles and the manifests.
 
-After each job, three lines per training seed name the job, its dose and the seed, for example
-    dense (dose=1e3), seed 7 → Bundle: dose_1e3/dense/gs2/seed_7/wts.h5.zip
-    dense (dose=1e3), seed 7 → SHA256: <64 hex>
-    dense (dose=1e3), seed 7 → Size: <bytes> bytes
+After each job three lines name the job and its dose, for example
+    dense (dose=1e3) → Bundle: dose_1e3/dense/gs2/wts.h5.zip
+    dense (dose=1e3) → SHA256: <64 hex>
+    dense (dose=1e3) → Size: <bytes> bytes
+for the first seed of train.seeds, and three more per further seed, naming it:
+    dense (dose=1e3), seed 8 → Bundle: dose_1e3/dense/gs2/seed_8/wts.h5.zip
 with the same values as training_manifest.json (bundle paths relative to --artifact-root).
 """
 import argparse
@@ -21,7 +23,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/{train,test}.npz")
-    parser.add_argument("--artifact-root", default="data/phase_e", help="bundles go to <root>/dose_<d>/<view>/gs<g>/")
+    parser.add_argument("--artifact-root", default="data/phase_e", help="bundles go to <root>/dose_<d>/<view>/gs<g>/ "
+                        "(further seeds of train.seeds: .../gs<g>/seed_<s>/)")
     parser.add_argument("--manifest-dir", help="where training_manifest.json, skip_summary.json and each job's "
                         "eval_<d>_<view>.json and losses_<d>_<view>.csv go (default: the artifact root)")
     parser.add_argument("--dose", action="append", help="only this dose label (repeatable)")
@@ -46,9 +49,10 @@ def main(argv=None):
     if args.dry_run:
         for job in jobs:
             train_path, test_path = job.data_paths(phase_d)
-            for seed in params.train.seeds:
-                print(f"{job.name} gs{job.gridsize} seed {seed}: {train_path}, {test_path} → "
-                      f"{root / job.relative_dir(seed) / 'wts.h5.zip'}")
+            for i, seed in enumerate(params.train.seeds):
+                extra = seed if i else None
+                print(f"{job.seed_name(extra)} gs{job.gridsize}: {train_path}, {test_path} → "
+                      f"{root / job.relative_dir(extra) / 'wts.h5.zip'}")
         return
     if args.num_workers < 0:
         raise ParamsError("--num-workers: must be >= 0")
@@ -75,8 +79,8 @@ def main(argv=None):
             print(f"{job.name} → {paused}", flush=True)
             continue
         entries += job_entries
-        for entry in job_entries:
-            name = f"{job.name}, seed {entry['seed']}"
+        for i, entry in enumerate(job_entries):
+            name = job.seed_name(entry["seed"] if i else None)
             print(f"{name} → Bundle: {entry['bundle_path']}")
             print(f"{name} → SHA256: {entry['sha256']}")
             print(f"{name} → Size: {entry['size']} bytes", flush=True)

@@ -111,10 +111,10 @@ def test_train_evidence_and_archive_leave_a_complete_hub(archived):
     assert "$ dvc repro overlap@1e3-dense" in prep and "Running stage 'generate@1e3'" in prep
     for view, g in (("dense", 2), ("baseline", 1)):
         log = (hub / "cli" / f"train_1e3_{view}_gs{g}.log").read_text()
-        assert f"{view} (dose=1e3), seed 7 → SHA256: " in log
+        assert f"{view} (dose=1e3) → SHA256: " in log
         assert (hub / "cli" / f"train_1e3_{view}_gs{g}.exit").read_text().strip() == "0"
-        bundle = hub / "data" / f"wts_{view}_gs{g}_seed7.h5.zip"
-        assert bundle.is_file() and (hub / "data" / f"wts_{view}_gs{g}_seed7.h5.zip.dvc").is_file()
+        bundle = hub / "data" / f"wts_{view}_gs{g}.h5.zip"
+        assert bundle.is_file() and (hub / "data" / f"wts_{view}_gs{g}.h5.zip.dvc").is_file()
         assert sha256_file(bundle) in log
     manifest = json.loads((hub / "data" / "training_manifest.json").read_text())
     assert {j["view"] for j in manifest["jobs"]} == {"dense", "baseline"}
@@ -122,13 +122,13 @@ def test_train_evidence_and_archive_leave_a_complete_hub(archived):
     pretty = (hub / "analysis" / "training_manifest_pretty.json").read_text()
     assert json.loads(pretty) == manifest and "\n    " in pretty
     summary = (hub / "analysis" / "summary.md").read_text()
-    assert "wts_dense_gs2_seed7.h5.zip" in summary and "wts_baseline_gs1_seed7.h5.zip" in summary and "| 0 |" in summary
+    assert "wts_dense_gs2.h5.zip" in summary and "wts_baseline_gs1.h5.zip" in summary and "| 0 |" in summary
     check = subprocess.run(["sha256sum", "-c", "analysis/bundle_checksums.txt"], cwd=hub, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.count(": OK") == 2
     # bundles are DVC-tracked: git ignores their bytes, keeps their .dvc files
-    ignored = sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2_seed7.h5.zip"), check=False)
+    ignored = sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2.h5.zip"), check=False)
     assert ignored.returncode == 0
-    assert sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2_seed7.h5.zip.dvc"), check=False).returncode == 1
+    assert sh(root, "git", "check-ignore", str(hub / "data" / "wts_dense_gs2.h5.zip.dvc"), check=False).returncode == 1
     assert "bundles match" in make(root, "archive-check", f"HUB={hub.relative_to(root)}").stdout
 
 
@@ -148,7 +148,7 @@ def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lis
     assert not list((chub / "data").glob("*.zip")) and (chub / "analysis" / "params.yaml").is_file()
     proc = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}")
     assert "2 bundles match" in proc.stdout and "(2 regenerated)" in proc.stdout
-    assert "wts_dense_gs2_seed7.h5.zip: SHA256" in proc.stdout and "matches (regenerated)" in proc.stdout
+    assert "wts_dense_gs2.h5.zip: SHA256" in proc.stdout and "matches (regenerated)" in proc.stdout
     sums = chub / "analysis" / "bundle_checksums.txt"
     lines = sums.read_text().splitlines()
     left_out = lines[1].split()[1]
@@ -157,7 +157,7 @@ def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lis
     assert partial.returncode != 0 and f"no checksum for ['{left_out}']" in partial.stderr
     sums.write_text("")
     empty = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
-    assert empty.returncode != 0 and "no checksum for" in empty.stderr and "wts_dense_gs2_seed7.h5.zip" in empty.stderr
+    assert empty.returncode != 0 and "no checksum for" in empty.stderr and "wts_dense_gs2.h5.zip" in empty.stderr
     sums.write_text("not-a-checksum-line\n")
     garbled = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}", check=False)
     assert garbled.returncode != 0 and "is not '<sha256>  <path>'" in garbled.stderr
@@ -196,7 +196,7 @@ def test_a_hub_outside_the_repository_is_refused_before_anything_is_written(arch
 
 def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_path):
     root, hub = archived
-    bundle = hub / "data" / "wts_dense_gs2_seed7.h5.zip"
+    bundle = hub / "data" / "wts_dense_gs2.h5.zip"
     keep = tmp_path / "keep.zip"
     shutil.copyfile(bundle, keep)
     try:
@@ -204,7 +204,7 @@ def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_pat
         data[len(data) // 2] ^= 0xFF
         bundle.write_bytes(bytes(data))
         proc = make(root, "archive-check", f"HUB={hub.relative_to(root)}", check=False)
-        assert proc.returncode != 0 and "wts_dense_gs2_seed7.h5.zip: SHA256" in proc.stderr
+        assert proc.returncode != 0 and "wts_dense_gs2.h5.zip: SHA256" in proc.stderr
         assert subprocess.run(["sha256sum", "-c", "analysis/bundle_checksums.txt"], cwd=hub,
                               capture_output=True).returncode != 0
     finally:
@@ -214,7 +214,7 @@ def test_a_corrupted_archived_bundle_fails_the_check_naming_it(archived, tmp_pat
 def test_archive_refuses_a_bundle_that_differs_from_its_manifest(archived, tmp_path):
     root, hub = archived
     artifacts = root / (hub / "cli" / "artifact_root.txt").read_text().strip()
-    source = artifacts / "dose_1e3" / "baseline" / "gs1" / "seed_7" / "wts.h5.zip"
+    source = artifacts / "dose_1e3" / "baseline" / "gs1" / "wts.h5.zip"
     keep = tmp_path / "keep.zip"
     shutil.copyfile(source, keep)
     try:
@@ -306,7 +306,7 @@ def test_ssh_remote_push_pull_restores_identical_bundles(archived, sshd, tmp_pat
 
 def test_an_altered_dvc_cache_object_is_reported_and_never_checked_out(archived, tmp_path):
     root, hub = archived
-    rel = "data/wts_dense_gs2_seed7.h5.zip"
+    rel = "data/wts_dense_gs2.h5.zip"
     target = str((hub / rel).relative_to(root))
     sh(root, "dvc", "push", "-r", "local", target + ".dvc")
     md5 = (hub / (rel + ".dvc")).read_text().split("md5: ")[1].split()[0]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.pipeline
 
 GENERATE = ["data/phase_c/dose_1e3/patched_train.npz", "data/phase_c/dose_1e3/patched_test.npz",
             "data/phase_c/dose_1e3/overview.png"]
-BUNDLE = "data/phase_e/dose_1e3/dense/gs2/seed_7/wts.h5.zip"
+BUNDLE = "data/phase_e/dose_1e3/dense/gs2/wts.h5.zip"
 TRAIN = [BUNDLE, "data/phase_e/runs/1e3-dense/training_manifest.json",
          "data/phase_e/runs/1e3-dense/skip_summary.json"]
 

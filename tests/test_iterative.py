@@ -71,3 +71,67 @@ def test_reconstruction_file_round_trip_and_refusals(tiny, test_split, tmp_path)
                     "_metadata": np.array(json.dumps({"status": "completed"}))})
     with pytest.raises(ContractError, match="object: missing"):
         load_result(bad)
+
+
+def test_the_chosen_settings_reach_ptychi(tiny, test_split, one_thread):
+    from fly64study.iterative import Choice
+
+    cfg = dataclasses.replace(tiny.reconstruct, epochs=3)
+    plain, tv = lsqml(test_split, cfg), lsqml(test_split, cfg, choice=Choice(tv_weight=0.5))
+    poisson = lsqml(test_split, cfg, choice=Choice(noise_model="poisson", step_size=0.5))
+    assert tv.settings["tv_weight"] == 0.5 and poisson.settings["noise_model"] == "poisson"
+    # each setting changes the result: a total-variation term smooths (lower total variation)
+    tv_of = lambda o: float(np.abs(np.diff(np.angle(o), axis=0)).sum())  # noqa: E731
+    assert tv_of(tv.object) < tv_of(plain.object) and not np.array_equal(poisson.object, plain.object)
+
+
+def test_a_cost_curve_is_flat_from_its_last_steep_epoch():
+    from fly64study.tuning import flat_from
+
+    assert flat_from(np.array([10.0, 5.0, 4.0, 3.999, 3.9985])) == 3  # 4 -> 3.999 is below 0.1 %
+    assert flat_from(np.array([10.0, 5.0, 2.0])) == 3  # still falling at the end: not flat before it
+    assert flat_from(np.array([1.0, 1.0])) == 1
+    assert flat_from(np.array([])) is None and flat_from(np.array([1.0, np.nan])) is None
+
+
+def test_tuning_reads_the_training_split_only(tiny, tmp_path):
+    """tune@<dose> on the tiny profile: a test split replaced by garbage changes nothing, while a
+    poisoned truth of the training split changes the scores (the criterion reads that truth)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, host_env
+    from fly64study.contract import load_dataset, save_dataset
+    from fly64study.overlap import build_view
+
+    d = tiny.design
+    phase_d = tmp_path / "phase_d"
+    for part, split in zip(("train", "test"), generate_dose(d, tiny.generate, "1e5")):
+        view, _ = build_view(split, view="dense", fraction=d.views["dense"], neighbor_count=d.neighbor_count,
+                             subsampling_seed=d.seeds.subsampling, grouping_seed=d.seeds.grouping,
+                             min_positions=tiny.overlap.min_positions)
+        save_dataset(phase_d / "dose_1e5" / "dense" / f"{part}.npz", view)
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("epochs: 10 ", "epochs: 4 "))
+
+    def tune_cli(out: str) -> dict:
+        proc = subprocess.run([sys.executable, str(REPO / "stages" / "tune.py"), "--params", str(params), "--dose",
+                               "1e5", "--phase-d", str(phase_d), "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, env=dict(host_env(), PYTHONPATH=str(REPO / "src")))
+        assert proc.returncode == 0, proc.stderr
+        assert "tune (dose=1e5) → LSQML gaussian" in proc.stdout
+        return json.loads((tmp_path / out / "lsqml_tuning.json").read_text())
+
+    first = tune_cli("a")
+    scores = [row["ms_ssim_phase"] for row in first["grid"]]
+    assert [(r["noise_model"], r["tv_weight"]) for r in first["grid"]] == [("gaussian", 0.0), ("gaussian", 0.1)]
+    assert all(0 < s <= 1 for s in scores) and first["epochs"] == 4
+    assert first["chosen"]["tv_weight"] == first["grid"][int(np.argmax(scores))]["tv_weight"]
+    (phase_d / "dose_1e5" / "dense" / "test.npz").write_bytes(b"not a dataset")
+    tune_cli("b")
+    assert (tmp_path / "a" / "lsqml_tuning.json").read_bytes() == (tmp_path / "b" / "lsqml_tuning.json").read_bytes()
+    train = load_dataset(phase_d / "dose_1e5" / "dense" / "train.npz")
+    poisoned = np.exp(1j * np.random.default_rng(0).uniform(-np.pi, np.pi, train.objectGuess.shape))
+    save_dataset(phase_d / "dose_1e5" / "dense" / "train.npz",
+                 dataclasses.replace(train, objectGuess=poisoned.astype(np.complex64)))
+    assert [row["ms_ssim_phase"] for row in tune_cli("c")["grid"]] != scores

@@ -178,3 +178,34 @@ def test_inference_keeps_every_member_of_a_covering_group(tiny_split):
     kept = groups.indices[0][keep[0]]
     np.testing.assert_array_equal(patches[kept], first[0].numpy()[keep[0]])
     assert np.isfinite(patches).all() and len(groups.indices) < 0.5 * ds.n  # about n / 4 groups, not n
+
+
+def test_placement_equals_shifting_each_patch_onto_a_canvas_and_back():
+    """The Fourier-space shortcut against the plain construction (pad, shift each weighted patch to
+    its place, sum on the canvas, shift the sums back, divide), in float64."""
+    rng = np.random.default_rng(1)
+    N, B, C = 16, 2, 4
+    patches = torch.from_numpy(rng.normal(size=(B, C, N, N)) + 1j * rng.normal(size=(B, C, N, N)))
+    offsets = torch.from_numpy(rng.uniform(-4, 4, (B, C, 2)))
+    weight = torch.from_numpy(rng.uniform(0, 1, (N, N)))
+    p = Placement(offsets, weight)
+    L, m = p.L, p.m
+    k = np.fft.fftfreq(L)
+
+    def shift(x, d):  # move content by d = (dx, dy) pixels
+        ramp = np.exp(-2j * np.pi * (k[None, :] * d[0] + k[:, None] * d[1]))
+        return np.fft.ifft2(np.fft.fft2(x) * ramp)
+
+    def pad(x):
+        return np.pad(x, ((m, L - N - m), (m, L - N - m)))
+
+    x, w, off = patches.numpy(), weight.numpy(), offsets.numpy()
+    expected = np.empty_like(x)
+    for b in range(B):
+        values = sum(shift(pad(x[b, c] * w), off[b, c]) for c in range(C))
+        weights = sum(shift(pad(w), off[b, c]) for c in range(C))
+        for c in range(C):
+            num = shift(values, -off[b, c])[m:m + N, m:m + N] + 0.01 * x[b, c]
+            den = shift(weights, -off[b, c])[m:m + N, m:m + N].real + 0.01
+            expected[b, c] = num / den
+    np.testing.assert_allclose(p.average(patches).numpy(), expected, rtol=1e-9, atol=1e-9)

@@ -38,7 +38,7 @@ def _edit(root: Path, old: str, new: str) -> None:
 
 DOSES, VIEWS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("dense", "sparse")
 MODELS = ("PtychoPINN", "Baseline", "PtyChi")
-STAGES = {"design", *(f"generate@{d}" for d in DOSES),
+STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}" for d in DOSES),
           *(f"{s}@{d}-{v}" for s in ("overlap", "train", "reconstruct") for d in DOSES for v in VIEWS),
           *(f"compare@{d}-{v}" for d in DOSES for v in COMPARED), "report"}
 
@@ -64,8 +64,10 @@ def check_report(root: Path) -> None:
         assert (root / "data/report" / png).stat().st_size > 20_000
     for v in COMPARED:
         rows = (root / f"data/report/plots/ms_ssim_phase_{v}.csv").read_text().splitlines()
-        assert rows[0] == "nphotons,photons_per_pixel,PtychoPINN,Baseline,PtyChi" and len(rows) == 1 + len(DOSES)
-        assert all("," * 2 not in r and not r.endswith(",") for r in rows[1:])  # no empty cell
+        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,Baseline,PtyChi,"
+                           "PtychoPINN_sd,Baseline_sd,PtyChi_sd") and len(rows) == 1 + len(DOSES)
+        # a number for every model; no sd with one training seed (and never for LSQML's one run)
+        assert all(r.split(",")[:5].count("") == 0 and r.endswith(",,,") for r in rows[1:])
         with open(root / f"data/phase_g/dose_1e3/{v}/comparison_metrics.csv") as fh:
             assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
@@ -86,7 +88,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
         for v, g in (("baseline", 1), ("dense", 2), ("sparse", 2)):
             manifest = json.loads((project / f"data/phase_e/runs/{d}-{v}/training_manifest.json").read_text())
             (job,) = manifest["jobs"]
-            assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/seed_7/wts.h5.zip" and job["seed"] == 7
+            assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/wts.h5.zip" and job["seed"] == 7
             assert job["sha256"] == sha256_file(project / "data/phase_e" / job["bundle_path"])
         assert (project / f"data/phase_c/dose_{d}/overview.png").stat().st_size > 10_000
     design = json.loads((project / "data/design.json").read_text())

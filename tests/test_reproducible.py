@@ -77,9 +77,9 @@ def test_first_difference_names_the_earliest_file():
     assert "missing" in first_difference(golden, {"data/phase_c/a.npz": "1"})
 
 
-# one stage of each kind: a forced rerun of all 26 would double the suite's longest part
+# one stage of each kind: a forced rerun of all 28 would double the suite's longest part
 RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense",
-         "reconstruct@1e3-dense", "compare@1e3-dense", "report")
+         "tune@1e3", "reconstruct@1e3-dense", "compare@1e3-dense", "report")
 
 
 def test_a_forced_rerun_on_a_foreign_host_setting_leaves_every_output_and_the_lock_unchanged(tiny_pipeline, tmp_path):
@@ -105,14 +105,14 @@ def _train_digest(phase_d: Path, out: Path, env: dict[str, str]) -> str:
          "--view", "dense", "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "t"),
          "--deterministic"], cwd=REPO, env={**host_env(), **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    return sha256_file(out / "dose_1e3/dense/gs2/seed_7/wts.h5.zip")
+    return sha256_file(out / "dose_1e3/dense/gs2/wts.h5.zip")
 
 
 def test_unpinned_training_depends_on_the_cpu_capability(tiny_pipeline, tmp_path):
     """The negative control of the test above: without the pinning (FLY64STUDY_NUMERICS=native),
     torch's kernel level alone changes the bundle's bits, as a different CPU would."""
     phase_d = tiny_pipeline.root / "data/phase_d"
-    golden = sha256_file(tiny_pipeline.root / "data/phase_e/dose_1e3/dense/gs2/seed_7/wts.h5.zip")
+    golden = sha256_file(tiny_pipeline.root / "data/phase_e/dose_1e3/dense/gs2/wts.h5.zip")
     native = {cap: _train_digest(phase_d, tmp_path / f"native-{cap}",
                                  {"FLY64STUDY_NUMERICS": "native", "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "2"})
               for cap in ("default", "avx2")}

@@ -18,7 +18,7 @@ from fly64study.files import sha256_file
 from fly64study.overlap import build_view
 from fly64study.simulate import generate_dose
 
-LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\), seed (?P<seed>\d+) → (?P<key>Bundle|SHA256|Size): "
+LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\)(?:, seed (?P<seed>\d+))? → (?P<key>Bundle|SHA256|Size): "
                   r"(?P<value>.+)$")
 
 
@@ -52,16 +52,15 @@ def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_
     for line in proc.stdout.splitlines():
         m = LINE.match(line)
         if m:
-            lines[(m["view"], m["dose"], int(m["seed"]), m["key"])] = m["value"]
+            lines[(m["view"], m["dose"], m["seed"], m["key"])] = m["value"]
     manifest = json.loads((root / "training_manifest.json").read_text())
     assert [(j["view"], j["gridsize"], j["seed"]) for j in manifest["jobs"]] == [
         ("baseline", 1, 7), ("dense", 2, 7), ("sparse", 2, 7)]
     assert len(lines) == 3 * len(manifest["jobs"])
     for job in manifest["jobs"]:
-        key = (job["view"], job["dose"], job["seed"])
+        key = (job["view"], job["dose"], None)  # one seed: the study's line, no seed named
         bundle = root / job["bundle_path"]
-        assert lines[(*key, "Bundle")] == job["bundle_path"] == \
-            f"dose_1e3/{job['view']}/gs{job['gridsize']}/seed_7/wts.h5.zip"
+        assert lines[(*key, "Bundle")] == job["bundle_path"] == f"dose_1e3/{job['view']}/gs{job['gridsize']}/wts.h5.zip"
         assert lines[(*key, "SHA256")] == job["sha256"] == sha256_file(bundle)
         assert re.fullmatch(r"[0-9a-f]{64}", job["sha256"])
         assert lines[(*key, "Size")] == f"{job['size']} bytes" == f"{bundle.stat().st_size} bytes"
@@ -69,32 +68,48 @@ def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_
         assert load_inference_model(bundle, expected_sha256=job["sha256"]).cfg.gridsize == job["gridsize"]
         assert (root / f"eval_1e3_{job['view']}.json").exists()
         assert (root / f"losses_1e3_{job['view']}.csv").read_text().startswith(
-            "seed,epoch,train_loss,val_loss,learning_rate\n7,1,")
+            "epoch,train_loss,val_loss,learning_rate\n1,")
         assert (root / f"losses_1e3_{job['view']}.png").stat().st_size > 5_000
     assert json.loads((root / "skip_summary.json").read_text()) == {"count": 0, "skipped": []}
     assert manifest["options"]["deterministic"] is True
 
 
 def test_each_training_seed_is_its_own_bundle_manifest_line_and_metrics(phase_d, tmp_path):
+    """Seeds [7, 8]: the first keeps the study's path and line, the second gets its own; pausing
+    the second seed keeps the first one's finished checkpoint, so the rerun does not train it again."""
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("seeds: [7] ", "seeds: [7, 8] ")
-                      .replace("epochs: 2 ", "epochs: 1 "))
+                      .replace("patience: 2 ", "patience: 4 "))  # two epochs, no early stop
     root = tmp_path / "artifacts"
-    proc = train_cli("--params", str(params), "--phase-d", str(phase_d), "--artifact-root", str(root),
-                     "--dose", "1e3", "--view", "baseline", "--deterministic")
+    common = ["--params", str(params), "--phase-d", str(phase_d), "--artifact-root", str(root),
+              "--dose", "1e3", "--view", "baseline", "--deterministic"]
+    paused = train_cli(*common, "--stop-after-epoch", "1")
+    assert paused.returncode == 0, paused.stderr
+    assert "baseline (dose=1e3): paused after epoch 1 of 2" in paused.stdout  # the first seed
+    first = train_cli(*common, "--stop-after-epoch", "1")  # seed 7 finishes, seed 8 pauses
+    assert "baseline (dose=1e3), seed 8: paused after epoch 1 of 2" in first.stdout
+    assert (root / ".checkpoints" / "1e3-baseline-gs1.h5").is_file()  # finished, kept until seed 8 is done
+    proc = train_cli(*common)
     assert proc.returncode == 0, proc.stderr
+    assert "baseline (dose=1e3): resuming after epoch 2" in proc.stderr
+    assert "baseline (dose=1e3), seed 8: resuming after epoch 1" in proc.stderr
+    assert not list((root / ".checkpoints").iterdir())
     jobs = json.loads((root / "training_manifest.json").read_text())["jobs"]
     assert [(j["view"], j["seed"]) for j in jobs] == [("baseline", 7), ("baseline", 8)]
-    assert [j["bundle_path"] for j in jobs] == [f"dose_1e3/baseline/gs1/seed_{s}/wts.h5.zip" for s in (7, 8)]
+    assert [j["bundle_path"] for j in jobs] == ["dose_1e3/baseline/gs1/wts.h5.zip",
+                                                "dose_1e3/baseline/gs1/seed_8/wts.h5.zip"]
     assert jobs[0]["sha256"] != jobs[1]["sha256"]  # another initialisation, validation split and batch order
     for job in jobs:
         assert sha256_file(root / job["bundle_path"]) == job["sha256"]
-        assert f"baseline (dose=1e3), seed {job['seed']} → SHA256: {job['sha256']}" in proc.stdout
+    assert f"baseline (dose=1e3) → SHA256: {jobs[0]['sha256']}" in proc.stdout
+    assert f"baseline (dose=1e3), seed 8 → SHA256: {jobs[1]['sha256']}" in proc.stdout
     evaluation = json.loads((root / "eval_1e3_baseline.json").read_text())
     assert set(evaluation) == {"seed_7", "seed_8"} and evaluation["seed_7"] != evaluation["seed_8"]
     assert evaluation["seed_8"]["phase_rmse_rad"] == jobs[1]["evaluation"]["phase_rmse_rad"]
     losses = (root / "losses_1e3_baseline.csv").read_text().splitlines()
-    assert [line.split(",")[:2] for line in losses[1:]] == [["7", "1"], ["8", "1"]]
+    assert losses[0] == ("epoch,train_loss,val_loss,learning_rate,"
+                         "train_loss_seed8,val_loss_seed8,learning_rate_seed8")
+    assert [line.split(",")[0] for line in losses[1:]] == ["1", "2"] and "" not in losses[2].split(",")
 
 
 def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
@@ -146,13 +161,13 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase
     assert first.returncode == 0, first.stderr
     assert "paused after epoch 2 of 4" in first.stdout
     g = 1 if view == "baseline" else 2
-    checkpoint = root / ".checkpoints" / f"1e3-{view}-gs{g}-seed7.h5"
-    assert checkpoint.is_file() and not (root / f"dose_1e3/{view}/gs{g}/seed_7/wts.h5.zip").exists()
+    checkpoint = root / ".checkpoints" / f"1e3-{view}-gs{g}.h5"
+    assert checkpoint.is_file() and not (root / f"dose_1e3/{view}/gs{g}/wts.h5.zip").exists()
     assert json.loads((root / "skip_summary.json").read_text())["count"] == 1
     second = train_cli(*common, "--artifact-root", str(root))
     assert second.returncode == 0, second.stderr
     assert "resuming after epoch 2" in second.stderr
-    bundle = f"dose_1e3/{view}/gs{g}/seed_7/wts.h5.zip"
+    bundle = f"dose_1e3/{view}/gs{g}/wts.h5.zip"
     assert (root / bundle).read_bytes() == (tmp_path / "whole" / bundle).read_bytes()
     assert not checkpoint.exists()
     epochs = [json.loads((d / "training_manifest.json").read_text())["jobs"][0]["epochs"] for d in (root, tmp_path / "whole")]

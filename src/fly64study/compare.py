@@ -38,6 +38,7 @@ class Candidate:
     note: str = ""  # where it came from, or why it failed
     seed: int | None = None  # the training seed of a PINN model (one candidate per seed); None: one run
     cost: dict | None = None  # what it took, in numbers: epochs_run (and a PINN's best_epoch, final_val_loss)
+    settings: dict | None = None  # what it was run with (network and training, or LSQML's options)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,11 @@ def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str,
         "components": list(cfg.components),
         "frc_threshold": cfg.frc_threshold,
         "models": {model: over_seeds(entries) for model, entries in per_seed.items()},
+        "settings": {},  # model -> its settings (a model's seeds share them)
     }
+    for cand in candidates:
+        if cand.settings is not None:
+            summary["settings"].setdefault(cand.model, cand.settings)
     timing = {}
     for c in candidates:  # a model's wall time: the mean over its seeds
         timing.setdefault(c.model, []).append(c.seconds)
@@ -175,7 +180,9 @@ def write_comparison(out_dir: str | Path, comp: Comparison) -> None:
     write_json(out / "comparison.json", comp.summary)
     write_metrics(out / "metrics.json", dvc_metrics(comp.summary))
     s = comp.summary
+    seeds = sorted({m["seeds"][0] for m in s["models"].values() if len(m.get("seeds", [])) > 1})
+    shown = f"; PINN models: seed {', '.join(map(str, seeds))} of several" if seeds else ""
     plot_comparison(out / "comparison.png", comp.aligned,
                     title=f"{s['view']} view, dose {s['dose']} ({s['nphotons']:.0f} photons/pattern, "
-                          f"{s['photons_per_pixel_mean']:.3g} photons/pixel), {s['n_positions']} test positions")
+                          f"{s['photons_per_pixel_mean']:.3g} photons/pixel), {s['n_positions']} test positions{shown}")
     plot_frc(out / "frc_curves.png", comp.frc_rows, threshold=s["frc_threshold"], title=f"FRC against the truth: {s['view']} view, dose {s['dose']}")

@@ -330,6 +330,35 @@ class Train(_Section):
 
 
 # ---------------------------------------------------------------------- reconstruct section
+NOISE_MODELS = ("gaussian", "poisson")  # pty-chi's LSQML noise models
+
+
+@dataclass(frozen=True)
+class Tune(_Section):
+    """The LSQML settings tried per dose on a view's training split (tune@<dose>); the best by phase
+    MS-SSIM against that split's own truth is what reconstruct uses on the test split."""
+
+    view: str  # whose training split (a view of design.views)
+    noise_models: tuple[str, ...]  # of gaussian, poisson
+    tv_weights: tuple[float, ...]  # object total-variation weights (0 = none)
+    step_sizes: tuple[float, ...]  # object step sizes
+
+    def check(self, design: Design) -> None:
+        if self.view not in design.views:
+            raise ParamsError(f"reconstruct.tune.view: {self.view!r} is not a view of design.views {list(design.views)}")
+        for name, values in (("noise_models", self.noise_models), ("tv_weights", self.tv_weights),
+                             ("step_sizes", self.step_sizes)):
+            if not values or len(set(values)) != len(values):
+                raise ParamsError(f"reconstruct.tune.{name}: expected distinct values, at least one, got {list(values)}")
+        for m in self.noise_models:
+            if m not in NOISE_MODELS:
+                raise ParamsError(f"reconstruct.tune.noise_models: {m!r}; choose from {list(NOISE_MODELS)}")
+        if min(self.tv_weights) < 0:
+            raise ParamsError("reconstruct.tune.tv_weights: must be >= 0 (0 = no total-variation term)")
+        if min(self.step_sizes) <= 0:
+            raise ParamsError("reconstruct.tune.step_sizes: must be > 0 (pty-chi's default is 1)")
+
+
 @dataclass(frozen=True)
 class Reconstruct(_Section):
     """pty-chi LSQML on each view's test split (phase F)."""
@@ -338,8 +367,10 @@ class Reconstruct(_Section):
     batch_size: int  # patterns per LSQML update
     seed: int  # pty-chi's batch order
     refine_probe: bool  # false: the known probe stays fixed (as the PINN's does)
+    tune: Tune  # the settings grid chosen from per dose, on training data only
 
-    def check(self) -> None:
+    def check(self, design: Design) -> None:
+        self.tune.check(design)
         if self.epochs < 1:
             raise ParamsError("reconstruct.epochs: must be >= 1 (LSQML converged here in 30-100)")
         if self.batch_size < 1:
@@ -389,7 +420,7 @@ class Params(_Section):
         self.generate.check(self.design)
         self.overlap.check(self.design)
         self.train.check(self.design)
-        self.reconstruct.check()
+        self.reconstruct.check(self.design)
         self.compare.check(self.design, self.train)
 
 

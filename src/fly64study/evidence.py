@@ -37,7 +37,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import atomic_copy, atomic_path, sha256_file, write_json
 
 LAYOUT = ("red", "green", "collect", "cli", "prep", "data", "analysis")
-SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\), seed (?P<seed>\d+) → SHA256: (?P<sha>[0-9a-f]{64})$",
+# the first seed of train.seeds prints the study's line; a further seed adds ", seed <s>"
+SHA_LINE = re.compile(r"^(?P<view>\S+) \(dose=(?P<dose>[^)]+)\)(?:, seed (?P<seed>\d+))? → SHA256: (?P<sha>[0-9a-f]{64})$",
                       re.M)
 EXPECT = {"fail": "red", "pass": "green", "collect": "collect"}
 PARAMS = "params.yaml"  # the file DVC reads: a hub's inputs and its trainings come from this one
@@ -189,12 +190,13 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
 
 
 # ------------------------------------------------------------------------------ archive
-def _cli_digests(hub: Path) -> dict[tuple[str, str, int], str]:
-    """(view, dose, seed) -> the SHA256 the training CLI printed, from every log under ``cli/``."""
+def _cli_digests(hub: Path) -> dict[tuple[str, str, int | None], str]:
+    """(view, dose, seed) -> the SHA256 the training CLI printed, from every log under ``cli/``
+    (seed None: the first seed's line, which does not name it)."""
     out = {}
     for log in sorted((hub / "cli").glob("*.log")):
         for m in SHA_LINE.finditer(log.read_text()):
-            out[(m["view"], m["dose"], int(m["seed"]))] = m["sha"]
+            out[(m["view"], m["dose"], int(m["seed"]) if m["seed"] else None)] = m["sha"]
     return out
 
 
@@ -219,11 +221,12 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
             skipped += json.loads(skip.read_text())["skipped"]
     for job in jobs:
         src = artifacts / job["bundle_path"]
-        name = f"wts_{job['view']}_gs{job['gridsize']}_seed{job['seed']}.h5.zip"
+        extra = job["seed"] if Path(job["bundle_path"]).parent.name.startswith("seed_") else None
+        name = f"wts_{job['view']}_gs{job['gridsize']}{'' if extra is None else f'_seed{extra}'}.h5.zip"
         actual = sha256_file(src)
         if actual != job["sha256"]:
             raise EvidenceError(f"{src}: SHA256 {actual} differs from its training manifest ({job['sha256']})")
-        cli = printed.get((job["view"], job["dose"], job["seed"]))
+        cli = printed.get((job["view"], job["dose"], extra))
         if cli != actual:
             raise EvidenceError(f"{src}: SHA256 {actual} differs from the training CLI's stdout "
                                 f"({cli or 'no SHA256 line'}, {hub / 'cli'})")

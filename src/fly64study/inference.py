@@ -56,6 +56,7 @@ class TrainedBundle:
     path: Path
     sha256: str  # as the training manifest recorded it
     training: dict  # epochs_run, best_epoch, final_val_loss: what the training cost
+    settings: dict  # the network and training settings it was made with (the manifest's record)
 
 
 def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int) -> list[TrainedBundle]:
@@ -68,7 +69,8 @@ def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsi
         raise ContractError(f"{manifest}: cannot read the training manifest ({err}); run `dvc repro` first") from None
     found = [TrainedBundle(e["seed"], Path(artifact_root) / e["bundle_path"], e["sha256"],
                            {"epochs_run": e["epochs"], "best_epoch": e["best_epoch"],
-                            "final_val_loss": e["final_val_loss"]})
+                            "final_val_loss": e["final_val_loss"]},
+                           {k: v for k, v in e.get("settings", {}).items() if k not in ("epochs_run", "best_epoch", "seed")})
              for e in entries if e["dose"] == dose and e["view"] == job and e["gridsize"] == gridsize]
     if not found:
         raise ContractError(f"{manifest}: no entry for dose {dose}, job {job}, gridsize {gridsize}")

@@ -51,7 +51,16 @@ def ptychi_version() -> str:
     return version("ptychi")
 
 
-def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool):
+@dataclass(frozen=True)
+class Choice:
+    """What tune@<dose> chooses; the default is LSQML as configured before tuning existed."""
+
+    noise_model: str = "gaussian"
+    tv_weight: float = 0.0
+    step_size: float = 1.0
+
+
+def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice):
     import ptychi.api as api  # imported here: pty-chi takes seconds to import
 
     H, W = ds.objectGuess.shape
@@ -61,7 +70,9 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool):
     counts = np.round((ds.diffraction.astype(np.float64) * s) ** 2)
     o.data_options.fft_shift = True  # the contract stores patterns with the zero frequency centred
     o.object_options.optimizable = True
-    o.object_options.step_size = 1.0
+    o.object_options.step_size = choice.step_size
+    o.object_options.total_variation.enabled = choice.tv_weight > 0
+    o.object_options.total_variation.weight = choice.tv_weight
     # pty-chi's patch centre sits half a pixel before the contract's (N/2): origin MARGIN - 0.5
     o.object_options.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
     o.object_options.position_origin_coords = np.array([MARGIN - 0.5, MARGIN - 0.5])
@@ -72,7 +83,7 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool):
     r = o.reconstructor_options
     r.num_epochs = cfg.epochs
     r.batch_size = min(cfg.batch_size, ds.n)
-    r.noise_model = api.NoiseModels.GAUSSIAN
+    r.noise_model = api.NoiseModels(choice.noise_model)
     r.rescale_probe_intensity_in_first_epoch = False  # the probe's scale is known: keep it
     r.random_seed = cfg.seed
     r.allow_nondeterministic_algorithms = not deterministic
@@ -87,11 +98,14 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool):
     return o, data
 
 
-def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True) -> LSQMLResult:
-    """Run LSQML on ``ds``. pty-chi's own failures (an exception, or a non-finite object) come
-    back as a result with status ``failed`` and the reason, not as an exception."""
+def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True,
+          choice: Choice = Choice()) -> LSQMLResult:
+    """Run LSQML on ``ds`` with ``choice``'s noise model, total variation and step size. pty-chi's own
+    failures (an exception, or a non-finite object) come back as a result with status ``failed``
+    and the reason, not as an exception."""
     settings = {"algorithm": ALGORITHM, "epochs": cfg.epochs, "batch_size": min(cfg.batch_size, ds.n),
-                "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": "gaussian",
+                "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": choice.noise_model,
+                "tv_weight": choice.tv_weight, "step_size": choice.step_size,
                 "object_init": "flat (1 + 0j)", "probe_init": "known probe", "positions": "fixed",
                 "device": device, "deterministic": deterministic, "threads": torch.get_num_threads(),
                 "ptychi": ptychi_version()}
@@ -102,7 +116,7 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pty-chi's tensor-copy advice, once per call site
-            options, data = _options(ds, cfg, device, deterministic)
+            options, data = _options(ds, cfg, device, deterministic, choice)
             task = PtychographyTask(options, **data)
             task.run()
         obj = task.get_data_to_cpu("object", as_numpy=True)[0, MARGIN:-MARGIN, MARGIN:-MARGIN]
@@ -177,16 +191,16 @@ def final_cost(result: LSQMLResult) -> float | None:
 # ------------------------------------------------------------------------------ one job
 def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, dose: str, view: str,
                        test_path: str, device: str = "cpu", deterministic: bool = True,
-                       timing_path: str | Path | None = None) -> dict:
+                       timing_path: str | Path | None = None, choice: Choice = Choice()) -> dict:
     """LSQML on one view's test split; write ``ptychi_reconstruction.npz`` and ``ptychi.log`` to
     ``out_dir`` and return the job's manifest entry (status ``failed`` with the reason if pty-chi failed)."""
     out_dir = Path(out_dir)
     npz = out_dir / "ptychi_reconstruction.npz"
     with logged_to(out_dir / "ptychi.log"):
-        log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s, %d epochs, batch %d, on %s",
+        log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s, %d epochs, batch %d, %s, on %s",
                  ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
-                 cfg.epochs, cfg.batch_size, device)
-        result = lsqml(test, cfg, device=device, deterministic=deterministic)
+                 cfg.epochs, cfg.batch_size, choice, device)
+        result = lsqml(test, cfg, device=device, deterministic=deterministic, choice=choice)
         log.info("%s (dose=%s): %s, final cost %s", view, dose, result.status, final_cost(result))
     provenance = {"dose": dose, "nphotons": test.metadata["nphotons"], "view": view, "test_data": test_path,
                   "n_positions": test.n}

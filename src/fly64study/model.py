@@ -176,8 +176,6 @@ class Placement:
         weights vanish, and a Fourier shift would spread that into the patch), and where the
         summed weight is below ``_BLEND`` each patch keeps mostly its own value.
         """
-        if patches.shape[1] == 1:
-            return patches
         if self._norm is None:
             self._norm = self._seen_from_members(self._weights_hat).real + _BLEND
         return (self._seen_from_members(self._sum_hat(patches)) + _BLEND * patches) / self._norm
@@ -221,8 +219,8 @@ class DiffractionToObject(nn.Module):
     def forward(self, amplitudes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         B, C, N, _ = amplitudes.shape
         own = self.backproject(amplitudes)  # (B, C, N, N) complex
-        placement = Placement(offsets, self.weight)
-        shared = placement.average(own)  # the group's estimate, per member
+        placement = Placement(offsets, self.weight) if C > 1 else None  # gridsize 1: nothing to share
+        shared = placement.average(own) if placement else own  # the group's estimate, per member
         feats = torch.stack([own.real, own.imag, shared.real, shared.imag,
                              self.weight.expand(B, C, N, N)], dim=2)  # (B, C, 5, N, N)
         out = self.unet(feats.reshape(B * C, 5, N, N)).reshape(B, C, 3, N, N).float()  # physics in fp32 (bf16 autocast)
@@ -231,7 +229,8 @@ class DiffractionToObject(nn.Module):
         gate = torch.sigmoid(_logit(_GATE_START) + out[:, :, 2])
         phase = gate * torch.angle(shared) + math.pi * torch.tanh(out[:, :, 1])
         # gridsize > 1: one object per group, so every member shows the group's weighted average
-        return placement.average(torch.polar(amp, phase))
+        patches = torch.polar(amp, phase)
+        return placement.average(patches) if placement else patches
 
 
 def poisson_nll(amplitude: torch.Tensor, counts: torch.Tensor, scale: float, eps: float = 1e-6) -> torch.Tensor:

@@ -164,12 +164,19 @@ def plot_report(folder: str | Path, summary: dict, models: tuple[str, ...]) -> N
         pts = sorted((a, b) for a, b in pts if b is not None)
         return [a for a, _ in pts], [b for _, b in pts]
 
+    def spread(view: str, model: str, key: str) -> list[float] | None:
+        """sd over seeds per dose (as ``series`` orders them), or None without several seeds."""
+        rows = sorted((c["nphotons"], c["models"].get(model, {})) for c in jobs if c["view"] == view)
+        sds = [m.get("sd", {}).get(key, 0.0) for _, m in rows if m.get(key) is not None]
+        return sds if any(sds) else None
+
     fig, ax = plt.subplots(2, len(views), figsize=(4.8 * len(views), 7), squeeze=False, sharey="row")
     for i, comp in enumerate(("phase", "amplitude")):
         for j, view in enumerate(views):
             for model in models:
                 xs, ys = series(view, model, f"ms_ssim_{comp}")
-                ax[i, j].plot(xs, ys, "o-", color=_COLOURS.get(model), label=model)
+                ax[i, j].errorbar(xs, ys, yerr=spread(view, model, f"ms_ssim_{comp}"), fmt="o-", capsize=3,
+                                  color=_COLOURS.get(model), label=model)
             ax[i, j].set_xscale("log")
             ax[i, j].set_title(f"{view} view: {comp}")
             ax[i, j].set_xlabel("photons per pattern")

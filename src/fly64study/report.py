@@ -74,7 +74,12 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
     registration = [{"dose": c["dose"], "view": c["view"], "model": m, "registration": s["registration"]}
                     for c in jobs for m, s in c["models"].items()
                     if s["status"] == "completed" and s.get("registration", "ok") != "ok"]
-    return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas,
+    settings = {}  # model -> what it ran with; a model whose settings differ between jobs lists each
+    for c in jobs:
+        for model, setting in c.get("settings", {}).items():
+            if setting not in settings.setdefault(model, []):
+                settings[model].append(setting)
+    return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
             "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
 
 
@@ -142,6 +147,7 @@ def markdown(summary: dict) -> str:
             name = f"{model} ({len(s['seeds'])} seeds)" if len(s.get("seeds", [])) > 1 else model
             lines.append(f"{context} | {name} | " + " | ".join(vals) + " |")
     lines += ["", "## Per model: mean and best over jobs", "",
+              "(Over the table's jobs, each job's number being the mean over its seeds where several ran.)", "",
               "| model | " + " | ".join(f"{k} mean | {k} best (job)" for k, _ in HEADLINE) + " |",
               "|---|" + "---|---|" * len(HEADLINE)]
     for model, stats in summary["per_model"].items():
@@ -154,6 +160,11 @@ def markdown(summary: dict) -> str:
         for r in d["per_job"]:
             lines.append(f"| {r['view']} | {r['dose']} | " + " | ".join(_fmt_delta(r, k) for k, _ in HEADLINE) + " |")
         lines.append("| **mean** | | " + " | ".join(_fmt(d["mean"][k]) for k, _ in HEADLINE) + " |")
+    lines += ["", "## Settings", ""]
+    skip = ("seed", "device", "deterministic", "threads", "object_init", "probe_init", "positions")
+    for model, variants in summary.get("settings", {}).items():
+        for setting in variants:
+            lines.append(f"- **{model}**: " + ", ".join(f"{k} {v}" for k, v in setting.items() if k not in skip))
     lines += ["", "## What each model cost", "",
               "Epochs of training (PtychoPINN, Baseline: at most train.epochs, fewer where the validation loss "
               "stopped improving; means over seeds) or of LSQML (PtyChi).", "",
@@ -169,12 +180,17 @@ def markdown(summary: dict) -> str:
               "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
               "spread sqrt(sd_a² + sd_b²), and * marks a delta larger than that spread; without a spread (one "
               "seed) a delta is not tested.", "",
-              "## pty-chi runs (phase F)", "", "| view | dose | positions | status | epochs | noise model | final cost |",
-              "|---|---|---|---|---|---|---|"]
+              "## pty-chi runs (phase F)", "",
+              "Noise model, total-variation weight and step size as tune@<dose> chose them on the dense view's "
+              "training split (its own truth; never the test split): `data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
+              "", "| view | dose | positions | status | epochs | noise model | TV weight | step | final cost |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:
         status = r["status"] if r["status"] == "completed" else f"failed: {r['error']}"
+        st = r.get("settings") or {}
         lines.append(f"| {r['view']} | {r['dose']} | {r['n_positions']} | {status} | {r['epochs_run']} | "
-                     f"{(r.get('settings') or {}).get('noise_model', '—')} | {_fmt(r['final_cost'], 4)} |")
+                     f"{st.get('noise_model', '—')} | {_fmt(st.get('tv_weight'))} | {_fmt(st.get('step_size'))} | "
+                     f"{_fmt(r['final_cost'], 4)} |")
     if summary["registration_failures"]:
         lines += ["", "## Registration failures", "",
                   "The shift estimate exceeded the bound; these rows are scored without a shift (a wrapped-around "
@@ -188,18 +204,20 @@ def markdown(summary: dict) -> str:
 
 
 def write_plot_tables(folder: Path, summary: dict) -> None:
-    """``<metric>_<view>.csv``: nphotons, photons_per_pixel, one column per model (dvc plots' y)."""
+    """``<metric>_<view>.csv``: nphotons, photons_per_pixel, one column per model (dvc plots' y; a
+    mean over seeds) and one ``<model>_sd`` column each (the sd over seeds; empty with one seed)."""
     views = sorted({c["view"] for c in summary["jobs"]})
     for metric in PLOTTED:
         for view in views:
             with atomic_path(folder / f"{metric}_{view}.csv") as tmp:
                 with open(tmp, "w", newline="") as fh:
                     w = csv.writer(fh, lineterminator="\n")
-                    w.writerow(["nphotons", "photons_per_pixel", *MODELS])
+                    w.writerow(["nphotons", "photons_per_pixel", *MODELS, *(f"{m}_sd" for m in MODELS)])
                     for c in (c for c in summary["jobs"] if c["view"] == view):
                         vals = [c["models"].get(m, {}).get(metric) for m in MODELS]
+                        sds = [c["models"].get(m, {}).get("sd", {}).get(metric) for m in MODELS]
                         w.writerow([f"{c['nphotons']:g}", f"{c['photons_per_pixel_mean']:.6g}",
-                                    *("" if v is None else f"{v:.6g}" for v in vals)])
+                                    *("" if v is None else f"{v:.6g}" for v in vals + sds)])
 
 
 def timing_markdown(summary: dict, timing: dict) -> str:

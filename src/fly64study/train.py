@@ -34,7 +34,7 @@ from fly64study.plots import plot_losses
 log = logging.getLogger(__name__)
 
 _INFER_BATCH = 64
-_BETTER = 1e-4  # a validation loss counts as better when it is this share (of |best|) below the best so far
+_BETTER = 1e-3  # a validation loss is better when it is this share of the best's excess over a perfect fit lower
 _LR_FACTOR = 0.5  # the learning rate's cut on a plateau (train.lr_patience)
 
 
@@ -54,9 +54,16 @@ class Job:
         folder = Path(phase_d) / f"dose_{self.dose}" / self.view
         return folder / "train.npz", folder / "test.npz"
 
-    def relative_dir(self, seed: int) -> Path:
-        """Where the job's model of one training seed lives, relative to the artifact root."""
-        return Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}" / f"seed_{seed}"
+    def relative_dir(self, extra_seed: int | None = None) -> Path:
+        """Where the job's model lives, relative to the artifact root: the first seed of
+        ``train.seeds`` at ``dose_<d>/<view>/gs<g>/`` (the study's layout, unchanged by adding
+        seeds), each further seed in ``seed_<s>/`` below it."""
+        folder = Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}"
+        return folder if extra_seed is None else folder / f"seed_{extra_seed}"
+
+    def seed_name(self, extra_seed: int | None = None) -> str:
+        """How the command line names the job's model of a seed (the first seed: the job's name)."""
+        return self.name if extra_seed is None else f"{self.name}, seed {extra_seed}"
 
 
 def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None) -> list[Job]:
@@ -122,9 +129,17 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     s = model.cfg.intensity_scale
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
-    seen = torch.binomial(counts, torch.full_like(counts, thinning), generator=generator)
+    seen, target = thin(counts, thinning, generator)
     _, predicted, _ = model(torch.sqrt(seen / thinning) / s, offsets)
-    return poisson_nll(predicted, counts - seen, s * math.sqrt(1.0 - thinning))
+    return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
+
+
+def thin(counts: torch.Tensor, thinning: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) counts: a binomial share ``thinning`` of each count and the rest (p = 0: all, all)."""
+    if thinning <= 0:
+        return counts, counts
+    seen = torch.binomial(counts, torch.full_like(counts, thinning), generator=generator)
+    return seen, counts - seen
 
 
 def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, groups: Groups, thinning: float,
@@ -139,6 +154,20 @@ def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, group
             loss = batch_loss(model, amp[idx], counts[idx], off, thinning, generator)
             total += float(loss) * len(idx)
             n += len(idx)
+    return total / n
+
+
+def _saturated_over(counts: torch.Tensor, groups: Groups, thinning: float, seed: int) -> float:
+    """The validation loss a perfect fit would have (predicted = target counts), for the same draws as
+    :func:`_loss_over`: the floor the loss approaches. The loss drops log(counts!), so its level
+    moves with the dose (0.12 at 1e3 photons, -44 at 1e5); its distance to this floor does not."""
+    generator = torch.Generator(device=counts.device).manual_seed(seed)
+    total, n = 0.0, 0
+    for start in range(0, len(groups.indices), _INFER_BATCH):
+        idx = groups.indices[start:start + _INFER_BATCH]
+        _, target = thin(counts[idx], thinning, generator)
+        total += float((target - target * torch.log(target + 1e-6)).mean()) * len(idx)
+        n += len(idx)
     return total / n
 
 
@@ -187,6 +216,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
     log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
              len(train_groups.indices), gridsize**2, len(val_groups.indices),
              sum(p.numel() for p in model.parameters()), device)
+    floor = _saturated_over(counts, val_groups, cfg.thinning, seed + 2)
     history, best, best_state, best_epoch, start, finished = [], float("inf"), None, 0, 1, False
     generators = {"order": order, "thinning": thinning_draws}
     if checkpoint_path is not None:
@@ -218,7 +248,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
                         "lr": optimiser.param_groups[0]["lr"], "seconds": seconds})
         log.info("%s epoch %d/%d: loss %.6g, validation loss %.6g, %.1f s", label, epoch, cfg.epochs,
                  total / seen, val, seconds)
-        if best_state is None or val < best - _BETTER * abs(best):  # abs: the NLL is negative at high counts
+        if best_state is None or val < best - _BETTER * (best - floor):
             best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             log.info("%s: early stop, no better validation loss for %d epochs (best: epoch %d)", label,
@@ -279,6 +309,24 @@ def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, gr
 
 
 # --------------------------------------------------------------------------------- a job
+def write_loss_table(path: Path, histories: dict[int, list[dict]]) -> None:
+    """One row per epoch: the first seed's train_loss, val_loss, learning_rate (what ``dvc plots``
+    draws), then each further seed's as ``<column>_seed<s>`` (empty after it stopped)."""
+    seeds = list(histories)
+    columns = [(seed, key) for seed in seeds for key in ("train_loss", "val_loss", "lr")]
+    header = ["epoch"] + [("learning_rate" if key == "lr" else key) + ("" if seed == seeds[0] else f"_seed{seed}")
+                          for seed, key in columns]
+    rows = []
+    for epoch in range(1, max(len(h) for h in histories.values()) + 1):
+        cells = [str(epoch)]
+        for seed, key in columns:
+            history = histories[seed]
+            cells.append(f"{history[epoch - 1][key]:.9g}" if epoch <= len(history) else "")
+        rows.append(",".join(cells) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(",".join(header) + "\n" + "".join(rows))
+
+
 def job_fingerprint(job: Job, params: Params, train_path: Path, seed: int) -> str:
     """What a checkpoint must match to be resumed: the training data's bytes and every setting used."""
     train = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(params.train)
@@ -303,10 +351,13 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     design, cfg = params.design, params.train
     train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)
     entries, histories, evaluations, timing = [], {}, {}, []
+    checkpoints = []
     for seed in cfg.seeds:
-        label = f"{job.name}, seed {seed}"
+        extra = None if seed == cfg.seeds[0] else seed
+        label = job.seed_name(extra)
         ckpt = Path(checkpoint_dir or Path(artifact_root) / ".checkpoints") / \
-            f"{job.dose}-{job.view}-gs{job.gridsize}-seed{seed}.h5"
+            f"{job.dose}-{job.view}-gs{job.gridsize}{'' if extra is None else f'-seed{seed}'}.h5"
+        checkpoints.append(ckpt)
         t0 = time.perf_counter()
         result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, seed=seed,
                              neighbor_count=design.neighbor_count, grouping_seed=design.seeds.grouping,
@@ -314,13 +365,13 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
                              fingerprint=job_fingerprint(job, params, train_path, seed),
                              stop_after_epoch=stop_after_epoch)
         train_seconds = time.perf_counter() - t0
-        bundle_rel = job.relative_dir(seed) / "wts.h5.zip"
+        bundle_rel = job.relative_dir(extra) / "wts.h5.zip"
         training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seed": seed,
                     **{k: getattr(cfg, k) for k in ("width", "depth", "stride", "skips", "batch_size",
-                                                  "learning_rate")}}
+                                                  "learning_rate", "epochs", "patience", "lr_patience",
+                                                  "thinning", "n_groups")}}
         sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
                            dose_label=job.dose, extra={"view": job.view, "training": training})
-        ckpt.unlink(missing_ok=True)  # the bundle holds the result now
         t1 = time.perf_counter()
         evaluation = evaluate(result.model.net, test_ds, neighbor_count=design.neighbor_count,
                               grouping_seed=design.seeds.grouping, device=device)
@@ -331,18 +382,19 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
         entries.append({
             "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
             "seed": seed, "train_data": str(train_path), "test_data": str(test_path),
-            "artifact_dir": str(job.relative_dir(seed)), "bundle_path": str(bundle_rel), "sha256": sha,
+            "artifact_dir": str(job.relative_dir(extra)), "bundle_path": str(bundle_rel), "sha256": sha,
             "size": (Path(artifact_root) / bundle_rel).stat().st_size,
             "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
-            "epochs": len(result.history), "best_epoch": result.best_epoch,
+            "epochs": len(result.history), "best_epoch": result.best_epoch, "settings": training,
             "evaluation": {**evaluation, "dose": job.dose, "view": job.view, "gridsize": job.gridsize},
             "status": "completed",
         })
+    # every seed's bundle is written: only now the checkpoints go (a later seed's interruption
+    # must not make the finished ones train again)
+    for ckpt in checkpoints:
+        ckpt.unlink(missing_ok=True)
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
-    with atomic_path(losses.with_suffix(".csv")) as tmp:
-        tmp.write_text("seed,epoch,train_loss,val_loss,learning_rate\n" + "".join(
-            f"{seed},{h['epoch']},{h['train_loss']:.9g},{h['val_loss']:.9g},{h['lr']:.9g}\n"
-            for seed, history in histories.items() for h in history))
+    write_loss_table(losses.with_suffix(".csv"), histories)
     plot_losses(losses.with_suffix(".png"), histories, title=f"{job.name}, gridsize {job.gridsize}")
     # the DVC metrics file: the errors alone, per seed (the manifest entries keep the job and the flags)
     write_metrics(Path(records) / f"eval_{job.dose}_{job.view}.json",

@@ -1,0 +1,44 @@
+"""Phase F, tuning: pty-chi LSQML's noise model, total-variation weight and step size for one dose.
+
+Runs the grid of reconstruct.tune on the training split of the view reconstruct.tune.view and
+keeps the point with the best phase MS-SSIM against that split's own ground truth. The test
+split is not an input of this stage. Writes lsqml_tuning.json (grid, scores, cost-curve
+flatness, the choice), which reconstruct@<dose>-<view> reads.
+"""
+import argparse
+from pathlib import Path
+
+from fly64study.cli import run
+from fly64study.contract import load_dataset
+from fly64study.design import ParamsError, load_params
+from fly64study.files import write_json
+from fly64study.numerics import pin_torch
+from fly64study.tuning import tune
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dose", required=True, help="dose label, a key of design.doses")
+    parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/train.npz")
+    parser.add_argument("--out", required=True, help="output folder, data/phase_f/tune/dose_<d>")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    if args.dose not in params.design.doses:
+        raise ParamsError(f"--dose {args.dose}: unknown; choose from {list(params.design.doses)}")
+    cfg = params.reconstruct
+    pin_torch(True, threads=1)  # as reconstruct runs LSQML: one thread, bitwise reproducible
+    train_path = Path(args.phase_d) / f"dose_{args.dose}" / cfg.tune.view / "train.npz"
+    result = tune(load_dataset(train_path), cfg, max_shift=params.design.metrics.max_shift_px)
+    write_json(Path(args.out) / "lsqml_tuning.json", {"dose": args.dose, "train_data": str(train_path), **result})
+    for row in result["grid"]:
+        ms = "—" if row["ms_ssim_phase"] is None else f"{row['ms_ssim_phase']:.4f}"
+        print(f"tune (dose={args.dose}) {row['noise_model']}, tv {row['tv_weight']:g}, step {row['step_size']:g}: "
+              f"phase MS-SSIM {ms} (training split), cost flat from epoch {row['flat_from_epoch']}")
+    chosen = result["chosen"]
+    print(f"tune (dose={args.dose}) → LSQML {chosen['noise_model']}, tv {chosen['tv_weight']:g}, "
+          f"step {chosen['step_size']:g}", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)
