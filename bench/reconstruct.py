@@ -6,7 +6,8 @@
 Reads the pipeline's outputs (run `dvc repro` first): the view's test split, its PtychoPINN
 bundle (verified against the training manifest) and the params' LSQML settings. Prints, per
 (dose, view), both wall times, their ratio and both methods' phase MS-SSIM against the truth
-(aligned as in phase G). PINN time is the best of 3 (the bundle loaded once); LSQML runs once.
+(aligned as in phase G). PINN time is the best of 3 (the bundle loaded once); LSQML runs once,
+with the settings tune@<dose> chose (data/phase_f/tune/dose_<d>/lsqml_tuning.json) where present.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from fly64study.bundle import load_inference_model
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
 from fly64study.inference import stitch, trained_bundles
-from fly64study.iterative import lsqml
+from fly64study.iterative import Choice, lsqml
+from fly64study.tuning import load_choice
 from fly64study.train import reconstruct_patches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,8 +73,10 @@ def main() -> None:
                     torch.cuda.synchronize()
 
             pinn_s = best_of(infer, 3)
+            tuning = Path("data/phase_f/tune") / f"dose_{dose}" / "lsqml_tuning.json"
+            choice = load_choice(tuning) if tuning.is_file() else Choice()  # the tuned LSQML, as phase F runs it
             t0 = time.perf_counter()
-            result = lsqml(test, params.reconstruct, device=device, deterministic=False)
+            result = lsqml(test, params.reconstruct, device=device, deterministic=False, choice=choice)
             lsqml_s = time.perf_counter() - t0
             if result.status != "completed":
                 sys.exit(f"pty-chi failed on {test_path}: {result.error}")

@@ -67,3 +67,21 @@ def test_physics_imports_nothing_of_ours_but_contract():
 def test_dvc_is_configured_offline():
     config = (REPO / ".dvc" / "config").read_text()
     assert "analytics = false" in config and "check_update = false" in config
+
+
+def test_every_uncached_output_is_kept_by_git():
+    """A `cache: false` output is in neither the DVC cache nor a remote: git must keep it, or a
+    fresh clone misses it and reruns its stage (the tune tables were ignored at first)."""
+    import subprocess
+
+    uncached = []
+    for stage in STAGES.values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                if isinstance(out, dict):
+                    (path, opts), = out.items()
+                    if opts and opts.get("cache") is False:
+                        uncached.append(re.sub(r"\$\{[^}]+\}", "x", path))
+    assert uncached
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout == "", f"git ignores these cache: false outputs: {proc.stdout}"
