@@ -19,23 +19,16 @@ from pathlib import Path
 
 import torch
 
-from fly64study import metrics
 from fly64study.bundle import load_inference_model
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
 from fly64study.inference import stitch, trained_bundles
 from fly64study.iterative import Choice, lsqml
-from fly64study.tuning import load_choice
+from fly64study.tuning import load_choice, score
 from fly64study.train import reconstruct_patches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import best_of  # noqa: E402
-
-
-def phase_ms_ssim(field, test, params_max_shift: float) -> float:
-    region = metrics.scanned_area(test.xcoords, test.ycoords, test.objectGuess.shape)
-    al = metrics.align(field, test.objectGuess, region, max_shift=params_max_shift)
-    return metrics.ms_ssim(al.phase, al.truth_phase)
 
 
 def main() -> None:
@@ -81,7 +74,7 @@ def main() -> None:
             if result.status != "completed":
                 sys.exit(f"pty-chi failed on {test_path}: {result.error}")
             print(f"| {dose} | {view} | {test.n} | {pinn_s:.2f} | {lsqml_s:.2f} | {lsqml_s / pinn_s:.1f}× | "
-                  f"{phase_ms_ssim(fields[-1], test, shift):.3f} | {phase_ms_ssim(result.object, test, shift):.3f} |", flush=True)
+                  f"{score(fields[-1], test, shift):.3f} | {score(result.object, test, shift):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ def test_stitching_the_true_patches_gives_back_the_object(test_split):
 
 def _comparison(ds, tiny, dose, view):
     flat = np.ones_like(ds.objectGuess)
-    noisy = ds.objectGuess * np.exp(1j * 0.1 * np.random.default_rng(0).standard_normal(ds.objectGuess.shape))
-    return compare(ds, [Candidate("PtychoPINN", noisy.astype(np.complex64), 1.5, "test"),
+    return compare(ds, [Candidate("PtychoPINN", _noisy(ds, 0.1, 0), 1.5, "test"),
                         Candidate("Baseline", flat, 0.5, "flat object"),
                         Candidate("PtyChi", None, 3.0, "pty-chi failed: test")],
                    dose=dose, view=view, cfg=tiny.design.metrics)
