@@ -34,6 +34,7 @@ repro: setup
 	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
 	@echo "                       data/phase_f/tune/dose_<d>/lsqml_tuning.json (LSQML's settings, chosen on training data)"
+	@echo "  refine (PINN+refine): data/refine/dose_<d>/<view>/gs2/wts.h5.zip, data/refine/runs/<d>-<view>/refine_manifest.json"
 	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{metrics.json,comparison.json,comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
 	@echo "  wall times (untracked run records): data/timing/"
 	@echo "  metrics:             make metrics-diff (against the last commit); or in a shell: source .venv/bin/activate; dvc metrics show"
@@ -70,6 +71,7 @@ bench: setup
 	$(PY) bench/train.py
 	dvc repro   # bench/reconstruct.py reads the pipeline's test splits and bundles (a no-op when up to date)
 	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
+	$(PY) bench/tune.py --dose 1e3
 	$(PY) bench/pipeline.py
 	$(PY) bench/pinning.py
 	$(PY) bench/startup.py

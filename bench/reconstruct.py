@@ -24,7 +24,7 @@ from fly64study.contract import load_dataset
 from fly64study.design import load_params
 from fly64study.inference import stitch, trained_bundles
 from fly64study.iterative import Choice, lsqml
-from fly64study.tuning import load_choice, score
+from fly64study.tuning import score
 from fly64study.train import reconstruct_patches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +67,7 @@ def main() -> None:
 
             pinn_s = best_of(infer, 3)
             tuning = Path("data/phase_f/tune") / f"dose_{dose}" / "lsqml_tuning.json"
-            choice = load_choice(tuning) if tuning.is_file() else Choice()  # the tuned LSQML, as phase F runs it
+            choice = Choice.load(tuning, dose) if tuning.is_file() else Choice()  # the tuned LSQML, as phase F runs it
             t0 = time.perf_counter()
             result = lsqml(test, params.reconstruct, device=device, deterministic=False, choice=choice)
             lsqml_s = time.perf_counter() - t0

@@ -3,7 +3,7 @@
     .venv/bin/python bench/rescore.py            # after `dvc repro`; prints a table, exits 1 on a gap > 0.01
 
 Written apart from ``fly64study.metrics``: the fields are rebuilt (PtyChi from phase F's file,
-PtychoPINN and Baseline from their verified bundles through the stitching of phase G), then
+PtychoPINN, PtychoPINN+refine and Baseline from their verified bundles through the stitching of phase G), then
 registered with one call of ``skimage.registration.phase_cross_correlation`` on the crop (no
 iteration, the shift refused beyond design.metrics.max_shift_px), shifted with
 ``scipy.ndimage.fourier_shift``, freed of a phase plane fitted by ``numpy.linalg.lstsq`` to the
@@ -25,7 +25,7 @@ from skimage.registration import phase_cross_correlation
 
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
-from fly64study.inference import pinn_field, trained_bundles
+from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
 
 TOLERANCE = 0.01
@@ -79,12 +79,15 @@ def main() -> None:
             test = load_dataset(f"data/phase_d/dose_{dose}/{view}/test.npz")
             report = json.loads(Path(f"data/phase_g/dose_{dose}/{view}/comparison.json").read_text())["models"]
             fields = {"PtyChi": [load_result(f"data/phase_f/dose_{dose}/{view}/ptychi_reconstruction.npz").object]}
-            for model, job in (("PtychoPINN", view), ("Baseline", params.compare.baseline)):
+            sources = (("PtychoPINN", view, "data/phase_e", TRAINING_MANIFEST),
+                       ("PtychoPINN+refine", view, "data/refine", REFINE_MANIFEST),
+                       ("Baseline", params.compare.baseline, "data/phase_e", TRAINING_MANIFEST))
+            for model, job, root, manifest in sources:
                 fields[model] = [pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
                                             expected_sha256=b.sha256).field
-                                 for b in trained_bundles(Path("data/phase_e/runs"), Path("data/phase_e"),
-                                                                     dose, job, params.train.jobs[job])]
-            for model in ("PtychoPINN", "Baseline", "PtyChi"):  # the report gives a model's mean over its seeds
+                                 for b in trained_bundles(Path(root) / "runs", Path(root), dose, job,
+                                                          params.train.jobs[job], manifest)]
+            for model in fields:  # the report gives a model's mean over its seeds
                 scores = [phase_scores(f, test.objectGuess, crop_box(test), d.metrics.max_shift_px) for f in fields[model]]
                 ms, ss = (sum(sc[i] for sc in scores) / len(scores) for i in (0, 1))
                 note = "; ".join(sorted({sc[2] for sc in scores}))

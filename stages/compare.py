@@ -1,11 +1,13 @@
-"""Phase G: PtychoPINN, Baseline and PtyChi on one view's test split, against the ground truth.
+"""Phase G: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi on one view's test split, against the truth.
 
-PtychoPINN = the view's own bundles, Baseline = the dose's compare.baseline (gridsize 1) bundles,
+PtychoPINN = the view's own bundles, PtychoPINN+refine = the same fitted further to the test split's
+counts (refine@<dose>-<view>), Baseline = the dose's compare.baseline (gridsize 1) bundles,
 one per training seed, each loaded through the verified loader against the SHA256 in its training
 manifest and scored on its own (comparison.json gives the mean and sd over seeds);
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
 dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
-comparison.png and frc_curves.png; the PINN's inference wall times go to an untracked run record,
+comparison.png and frc_curves.png; the PINN's inference wall times (PtychoPINN+refine: refining and
+inference, where the refine run's record is there) go to an untracked run record,
 <timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into DVC-tracked files.
 """
 import argparse
@@ -17,8 +19,18 @@ from fly64study.compare import Candidate, compare, write_comparison
 from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_timing
-from fly64study.inference import pinn_field, trained_bundles
+from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
+
+
+def _refine_seconds(record: Path) -> dict[str, float]:
+    """Refined bundle SHA256 -> its refining wall time, from refine@'s untracked run record. Keyed by
+    the bundle: a record of another run (DVC restored refine@ from its cache, or the params went
+    back) names other bundles, and that row's wall time is then unknown, not just its inference."""
+    try:
+        return {t["sha256"]: float(t["refine_seconds"]) for t in read_json(record)["seeds"]}
+    except (ContractError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def main(argv=None):
@@ -30,6 +42,8 @@ def main(argv=None):
     parser.add_argument("--phase-e", default="data/phase_e",
                         help="bundle root (dose_<d>/<job>/gs<g>/wts.h5.zip, further seeds in gs<g>/seed_<s>/)")
     parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
+    parser.add_argument("--refine", default="data/refine", help="refined bundles' root (phase E's layout)")
+    parser.add_argument("--refine-runs", default="data/refine/runs", help="<d>-<view>/refine_manifest.json")
     parser.add_argument("--phase-f", default="data/phase_f")
     parser.add_argument("--out", required=True, help="output folder, data/phase_g/dose_<d>/<view>")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times)")
@@ -44,14 +58,21 @@ def main(argv=None):
     test = load_dataset(view_dir / "test.npz")
     overlap = read_json(view_dir / "metrics.json")
     candidates = []
-    for model, job in (("PtychoPINN", args.view), ("Baseline", params.compare.baseline)):
-        for b in trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, job, jobs[job]):
+    refine_seconds = _refine_seconds(Path(args.timing_dir) / "refine" / f"{args.dose}-{args.view}.json")
+    sources = (("PtychoPINN", args.view, args.runs, args.phase_e, TRAINING_MANIFEST),
+               ("PtychoPINN+refine", args.view, args.refine_runs, args.refine, REFINE_MANIFEST),
+               ("Baseline", params.compare.baseline, args.runs, args.phase_e, TRAINING_MANIFEST))
+    for model, job, runs, root, manifest in sources:
+        for b in trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest):
             try:
                 pinn = pinn_field(b.path, test, neighbor_count=design.neighbor_count,
                                   grouping_seed=design.seeds.grouping, expected_sha256=b.sha256)
             except BundleError as err:
                 raise ContractError(str(err)) from None
-            candidates.append(Candidate(model, pinn.field, pinn.seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
+            seconds = pinn.seconds
+            if model == "PtychoPINN+refine":
+                seconds = seconds + refine_seconds[b.sha256] if b.sha256 in refine_seconds else None
+            candidates.append(Candidate(model, pinn.field, seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
                                         seed=b.seed, cost=b.training, settings=b.settings))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)

@@ -16,14 +16,13 @@ from fly64study.devices import select_device
 from fly64study.files import write_json
 from fly64study.numerics import pin_torch, record
 from fly64study.iterative import Choice, run_reconstruction
-from fly64study.tuning import load_choice
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dose", required=True, help="dose label, a key of design.doses")
-    parser.add_argument("--view", required=True, help="view, a key of design.views (baseline = the full test split)")
+    parser.add_argument("--view", required=True, help="view, a key of design.views (the pipeline runs compare.views)")
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
     parser.add_argument("--out", required=True, help="output folder, data/phase_f/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -45,7 +44,7 @@ def main(argv=None):
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     out = Path(args.out)
-    choice = load_choice(args.tuning) if args.tuning else Choice()
+    choice = Choice.load(args.tuning, args.dose) if args.tuning else Choice()
     entry = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
                                test_path=str(test_path), device=device, deterministic=args.deterministic,
                                timing_path=Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json",

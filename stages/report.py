@@ -26,7 +26,7 @@ def main(argv=None):
     doses = params.design.doses
     comparisons = [read_json(Path(args.phase_g) / f"dose_{d}" / v / "comparison.json")
                    for d in doses for v in params.compare.views]
-    runs = [job for d in doses for v in params.design.views
+    runs = [job for d in doses for v in params.compare.views
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
     summary = summarise(comparisons, runs)
     write_report(args.out, summary)

@@ -187,6 +187,12 @@ def test_train_jobs_must_name_a_view():
         params_from_dict(_set(_raw(), "train.jobs.dense", 3))
     with pytest.raises(ParamsError, match="train.thinning"):
         params_from_dict(_set(_raw(), "train.thinning", 1.0))
+    # no split: refine@ would score the counts it fits
+    with pytest.raises(ParamsError, match=r"train.thinning: must lie in \(0, 1\).*refine@ fit the noise"):
+        params_from_dict(_set(_raw(), "train.thinning", 0.0))
+    for key, value in (("refine.epochs", 0), ("refine.learning_rate", 0.0), ("refine.patience", 0)):
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            params_from_dict(_set(_raw(), key, value))
     with pytest.raises(ParamsError, match="train.depth"):
         params_from_dict(_set(_raw(), "train.depth", 6))
 

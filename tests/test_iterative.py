@@ -135,3 +135,51 @@ def test_tuning_reads_the_training_split_only(tiny, tmp_path):
     save_dataset(phase_d / "dose_1e5" / "dense" / "train.npz",
                  dataclasses.replace(train, objectGuess=poisoned.astype(np.complex64)))
     assert [row["ms_ssim_phase"] for row in tune_cli("c")["grid"]] != scores
+
+
+def test_a_tuning_record_is_checked_before_reconstruct_uses_it(tmp_path):
+    from fly64study.contract import ContractError
+    from fly64study.iterative import Choice
+
+    path = tmp_path / "lsqml_tuning.json"
+    good = {"dose": "1e3", "chosen": {"noise_model": "poisson", "tv_weight": 0.1, "step_size": 1.0}}
+    path.write_text(json.dumps(good))
+    assert Choice.load(path, "1e3") == Choice("poisson", 0.1, 1.0)
+    with pytest.raises(ContractError, match="the tuning of dose '1e3', not '1e5'.*tune@1e5"):
+        Choice.load(path, "1e5")
+    for key, value, message in (("noise_model", "laplace", "noise_model 'laplace'"),
+                                ("tv_weight", -0.1, "tv_weight -0.1"), ("step_size", float("nan"), "step_size nan")):
+        path.write_text(json.dumps({**good, "chosen": {**good["chosen"], key: value}}))
+        with pytest.raises(ContractError, match=message):
+            Choice.load(path, "1e3")
+    path.write_text("{")
+    with pytest.raises(ContractError, match="cannot read the LSQML tuning"):
+        Choice.load(path, "1e3")
+
+
+def test_tuning_side_by_side_equals_one_after_another_and_a_nan_score_never_wins(tiny, monkeypatch):
+    """The grid points in worker processes give the grid of a run in turn, byte for byte; a point
+    whose score is not finite is recorded as unscored, not chosen."""
+    from fly64study import tuning
+
+    train, _ = generate_dose(tiny.design, tiny.generate, "1e5")
+    cfg = dataclasses.replace(tiny.reconstruct, epochs=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as tune@ runs in turn: on one thread (the workers pin it themselves)
+    try:
+        serial = tuning.tune(train, cfg, max_shift=3.0, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert tuning.tune(train, cfg, max_shift=3.0, workers=2) == serial
+    real = tuning.score
+    calls = []
+
+    def nan_first(field, split, max_shift):
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else real(field, split, max_shift)
+
+    monkeypatch.setattr(tuning, "score", nan_first)  # in this process: workers=1
+    result = tuning.tune(train, cfg, max_shift=3.0, workers=1)
+    first, second = result["grid"]
+    assert first["ms_ssim_phase"] is None and first["error"] == "phase MS-SSIM is nan"
+    assert result["chosen"]["tv_weight"] == second["tv_weight"] != first["tv_weight"]

@@ -37,10 +37,10 @@ def _edit(root: Path, old: str, new: str) -> None:
 
 
 DOSES, VIEWS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("dense", "sparse")
-MODELS = ("PtychoPINN", "Baseline", "PtyChi")
+MODELS = ("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi")
 STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}" for d in DOSES),
-          *(f"{s}@{d}-{v}" for s in ("overlap", "train", "reconstruct") for d in DOSES for v in VIEWS),
-          *(f"compare@{d}-{v}" for d in DOSES for v in COMPARED), "report"}
+          *(f"{s}@{d}-{v}" for s in ("overlap", "train") for d in DOSES for v in VIEWS),
+          *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "compare") for d in DOSES for v in COMPARED), "report"}
 
 
 def check_report(root: Path) -> None:
@@ -56,7 +56,7 @@ def check_report(root: Path) -> None:
                         "frc_resolution_phase", "fixed_frame_ms_ssim_phase", "frc_low_frequency_phase"):
                 assert isinstance(s[key], float) and s[key] == s[key], (c["dose"], c["view"], m, key)
             assert -1 <= s["ms_ssim_phase"] <= 1
-    assert {(r["dose"], r["view"]) for r in summary["ptychi_runs"]} == {(d, v) for d in DOSES for v in VIEWS}
+    assert {(r["dose"], r["view"]) for r in summary["ptychi_runs"]} == {(d, v) for d in DOSES for v in COMPARED}
     assert not summary["failed"]
     per_job = (root / "data/report/metrics_summary.md").read_text().split("## Per model")[0]
     assert per_job.count("| PtyChi |") == len(DOSES) * len(COMPARED) and "—" not in per_job
@@ -64,10 +64,10 @@ def check_report(root: Path) -> None:
         assert (root / "data/report" / png).stat().st_size > 20_000
     for v in COMPARED:
         rows = (root / f"data/report/plots/ms_ssim_phase_{v}.csv").read_text().splitlines()
-        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,Baseline,PtyChi,"
-                           "PtychoPINN_sd,Baseline_sd,PtyChi_sd") and len(rows) == 1 + len(DOSES)
+        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,PtychoPINN+refine,Baseline,PtyChi,"
+                           "PtychoPINN_sd,PtychoPINN+refine_sd,Baseline_sd,PtyChi_sd") and len(rows) == 1 + len(DOSES)
         # a number for every model; no sd with one training seed (and never for LSQML's one run)
-        assert all(r.split(",")[:5].count("") == 0 and r.endswith(",,,") for r in rows[1:])
+        assert all(r.split(",")[:6].count("") == 0 and r.endswith(",,,,") for r in rows[1:])
         with open(root / f"data/phase_g/dose_1e3/{v}/comparison_metrics.csv") as fh:
             assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
@@ -125,20 +125,23 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     change = diff["params.yaml"]["design.doses.1e5"]
     assert (change["old"], change["new"]) == (100000.0, 120000.0)
     # design records the whole design, report and the 1e5 trainings read the dose value itself
-    assert stale(project) == {"design", "report", "generate@1e5", *(f"train@1e5-{v}" for v in VIEWS)}
+    # (refinements too: they write the dose into their bundles)
+    refines = {f"refine@1e5-{v}" for v in COMPARED}
+    assert stale(project) == {"design", "report", "generate@1e5", *(f"train@1e5-{v}" for v in VIEWS), *refines}
     sh(project, "dvc", "repro", "-s", "generate@1e5")
     assert load_dataset(project / "data/phase_c/dose_1e5/patched_test.npz").metadata["nphotons"] == 120000.0
-    assert stale(project) == {"design", "report", *(f"{s}@1e5-{v}" for s in ("overlap", "train") for v in VIEWS)}
+    assert stale(project) == {"design", "report", *(f"{s}@1e5-{v}" for s in ("overlap", "train") for v in VIEWS),
+                              *refines}
 
     sh(project, "git", "checkout", "-q", "--", "params.yaml", "dvc.lock")
     sh(project, "dvc", "checkout", "-q")  # back to the committed run
     assert stale(project) == set()
     _edit(project, "sparse: 0.2", "sparse: 0.3")
-    assert stale(project) == {"design", "report", *(f"overlap@{d}-sparse" for d in DOSES)}
+    assert stale(project) == {"design", *(f"overlap@{d}-sparse" for d in DOSES)}  # report: compare.views only
     one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-sparse")
     assert ran(one_view) == {"overlap@1e3-sparse"}
-    assert stale(project) == {"design", "report", "overlap@1e5-sparse",
-                              *(f"{s}@1e3-sparse" for s in ("train", "reconstruct", "compare"))}
+    assert stale(project) == {"design", "overlap@1e5-sparse",
+                              *(f"{s}@1e3-sparse" for s in ("train", "reconstruct", "refine", "compare"))}
     spacing = json.loads((project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.7 * json.loads(
         (project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["probe_diameter_px"])

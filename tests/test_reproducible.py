@@ -21,7 +21,7 @@ from fly64study.files import sha256_file
 pytestmark = pytest.mark.pipeline
 
 GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
-PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "phase_g", "report")
+PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
                 "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
@@ -77,9 +77,9 @@ def test_first_difference_names_the_earliest_file():
     assert "missing" in first_difference(golden, {"data/phase_c/a.npz": "1"})
 
 
-# one stage of each kind: a forced rerun of all 28 would double the suite's longest part
+# one stage of each kind: a forced rerun of all 30 would double the suite's longest part
 RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense",
-         "tune@1e3", "reconstruct@1e3-dense", "compare@1e3-dense", "report")
+         "tune@1e3", "reconstruct@1e3-dense", "refine@1e3-dense", "compare@1e3-dense", "report")
 
 
 def test_a_forced_rerun_on_a_foreign_host_setting_leaves_every_output_and_the_lock_unchanged(tiny_pipeline, tmp_path):

@@ -40,7 +40,8 @@ def train_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(host_env(), PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"), *args]
     # a scratch working directory: the run records (data/timing/) must not land in the checkout
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.mkdtemp(prefix="train-cli-"))
+    with tempfile.TemporaryDirectory(prefix="train-cli-") as scratch:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=scratch)
 
 
 def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_path):

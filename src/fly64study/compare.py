@@ -1,7 +1,9 @@
-"""Phase G, one comparison: PtychoPINN, Baseline and PtyChi on one view's test split, against the truth.
+"""Phase G, one comparison: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi on one view's test split,
+against the truth.
 
-PtychoPINN is the view's own gridsize-2 bundle, Baseline the dose's gridsize-1 bundle (trained on
-every position), PtyChi the view's LSQML reconstruction; all three reconstruct the same patterns.
+PtychoPINN is the view's own gridsize-2 bundle, PtychoPINN+refine the same fitted further to the
+test split's own counts (:mod:`fly64study.refine`), Baseline the dose's gridsize-1 bundle (trained on
+every position), PtyChi the view's LSQML reconstruction; all four reconstruct the same patterns.
 Each field is aligned to the ground truth on the scanned area (:func:`fly64study.metrics.align`)
 and scored per component. A model that failed upstream keeps its rows, empty, with the reason.
 """
@@ -20,7 +22,7 @@ from fly64study.design import MetricsDesign
 from fly64study.files import atomic_path, write_json, write_metrics
 from fly64study.plots import plot_comparison, plot_frc
 
-MODELS = ("PtychoPINN", "Baseline", "PtyChi")
+MODELS = ("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi")
 # the numbers `dvc metrics show/diff` lists per comparison (comparison.json and the CSV hold all of them)
 DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
             "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")

@@ -288,7 +288,7 @@ class Train(_Section):
     val_fraction: float  # positions held out for the validation loss
     patience: int  # stop after this many epochs without a better validation loss
     lr_patience: int  # halve the learning rate after this many epochs without a better one; 0 = constant
-    thinning: float  # fraction of each pattern's counts the network sees in training (binomial split); 0 = all
+    thinning: float  # fraction of each pattern's counts the network sees in training (binomial split), in (0, 1)
     seeds: tuple[int, ...]  # one model per seed (network initialisation, validation split, batch order)
 
     def check(self, design: Design) -> None:
@@ -322,8 +322,10 @@ class Train(_Section):
             raise ParamsError("train.patience: must be >= 1")
         if self.lr_patience < 0:
             raise ParamsError("train.lr_patience: must be >= 0 (0 = a constant learning rate)")
-        if not 0 <= self.thinning < 1:
-            raise ParamsError("train.thinning: must lie in [0, 1) (0 = no split, 0.5 = half the counts as input)")
+        if not 0 < self.thinning < 1:
+            # without the split, refine@ would score the very counts it sees, and so fit the test split's noise
+            raise ParamsError("train.thinning: must lie in (0, 1), e.g. 0.5 (half of each pattern's counts as input, "
+                              "the loss scores the rest); 0, no split, would let refine@ fit the noise it reconstructs")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ParamsError(f"train.seeds: expected distinct non-negative integers, e.g. [7] or [7, 8, 9]; "
                               f"got {list(self.seeds)}")
@@ -379,6 +381,25 @@ class Reconstruct(_Section):
             raise ParamsError("reconstruct.seed: must be a non-negative integer")
 
 
+# --------------------------------------------------------------------------- refine section
+@dataclass(frozen=True)
+class Refine(_Section):
+    """PtychoPINN+refine: each trained compared model, fitted further to its test split's own counts
+    (train.thinning's split, train.val_fraction held out for stopping; never the truth)."""
+
+    epochs: int  # at most this many epochs on the test split (stopping on the held-out share may end sooner)
+    learning_rate: float  # Adam, constant
+    patience: int  # stop after this many epochs without a better held-out loss
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise ParamsError("refine.epochs: must be >= 1")
+        if not self.learning_rate > 0:
+            raise ParamsError("refine.learning_rate: must be > 0 (a fine-tune: usually below train.learning_rate)")
+        if self.patience < 1:
+            raise ParamsError("refine.patience: must be >= 1")
+
+
 # -------------------------------------------------------------------------- compare section
 @dataclass(frozen=True)
 class Compare(_Section):
@@ -413,6 +434,7 @@ class Params(_Section):
     overlap: Overlap
     train: Train
     reconstruct: Reconstruct
+    refine: Refine
     compare: Compare
 
     def check(self) -> None:
@@ -421,6 +443,7 @@ class Params(_Section):
         self.overlap.check(self.design)
         self.train.check(self.design)
         self.reconstruct.check(self.design)
+        self.refine.check()
         self.compare.check(self.design, self.train)
 
 

@@ -18,6 +18,8 @@ from fly64study.bundle import load_inference_model
 from fly64study.contract import ContractError, Dataset
 from fly64study.train import reconstruct_patches
 
+TRAINING_MANIFEST = "training_manifest.json"  # phase E's, per job: <runs>/<dose>-<job>/
+REFINE_MANIFEST = "refine_manifest.json"  # refine@'s, the same entries: <refine runs>/<dose>-<view>/
 UNSEEN = 1e-3  # pixels whose total weight is below this share of the largest stay flat (1 + 0j)
 
 
@@ -59,14 +61,15 @@ class TrainedBundle:
     settings: dict  # the network and training settings it was made with (the manifest's record)
 
 
-def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int) -> list[TrainedBundle]:
-    """A phase E job's bundles, one per training seed, from its training manifest
-    ``<runs>/<dose>-<job>/training_manifest.json``, in the manifest's order."""
-    manifest = Path(runs) / f"{dose}-{job}" / "training_manifest.json"
+def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int,
+                    manifest_name: str = TRAINING_MANIFEST) -> list[TrainedBundle]:
+    """A job's bundles, one per training seed, in the order of its manifest
+    ``<runs>/<dose>-<job>/<manifest_name>`` (phase E's training manifest, or a refinement's)."""
+    manifest = Path(runs) / f"{dose}-{job}" / manifest_name
     try:
         entries = json.loads(manifest.read_text())["jobs"]
     except (OSError, ValueError, KeyError) as err:
-        raise ContractError(f"{manifest}: cannot read the training manifest ({err}); run `dvc repro` first") from None
+        raise ContractError(f"{manifest}: cannot read the {manifest_name} ({err}); run `dvc repro` first") from None
     found = [TrainedBundle(e["seed"], Path(artifact_root) / e["bundle_path"], e["sha256"],
                            {"epochs_run": e["epochs"], "best_epoch": e["best_epoch"],
                             "final_val_loss": e["final_val_loss"]},

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fly64study.contract import ContractError, Dataset, read_npz, write_npz
-from fly64study.design import Reconstruct
+from fly64study.design import NOISE_MODELS, Reconstruct
 from fly64study.files import atomic_path, sha256_file, write_timing
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,27 @@ class Choice:
     noise_model: str = "gaussian"
     tv_weight: float = 0.0
     step_size: float = 1.0
+
+    @classmethod
+    def load(cls, path: str | Path, dose: str) -> "Choice":
+        """The choice a ``lsqml_tuning.json`` of tune@``dose`` recorded, checked as the params are."""
+        fix = f"run `dvc repro tune@{dose}`"
+        try:
+            record = json.loads(Path(path).read_text())
+            chosen = record["chosen"]
+            choice = cls(noise_model=chosen["noise_model"], tv_weight=float(chosen["tv_weight"]),
+                         step_size=float(chosen["step_size"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ContractError(f"{path}: cannot read the LSQML tuning ({err}); {fix}") from None
+        if record.get("dose") != dose:
+            raise ContractError(f"{path}: the tuning of dose {record.get('dose')!r}, not {dose!r}; {fix}")
+        if choice.noise_model not in NOISE_MODELS:
+            raise ContractError(f"{path}: chosen.noise_model {choice.noise_model!r} is not one of {list(NOISE_MODELS)}; {fix}")
+        if not (math.isfinite(choice.tv_weight) and choice.tv_weight >= 0):
+            raise ContractError(f"{path}: chosen.tv_weight {choice.tv_weight} must be a number >= 0; {fix}")
+        if not (math.isfinite(choice.step_size) and choice.step_size > 0):
+            raise ContractError(f"{path}: chosen.step_size {choice.step_size} must be a number > 0; {fix}")
+        return choice
 
 
 def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice):

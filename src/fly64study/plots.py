@@ -81,7 +81,7 @@ def plot_comparison(path: str | Path, aligned: dict, *, title: str) -> None:
     ``aligned`` maps a model name to a :class:`fly64study.metrics.Aligned`; a model missing
     from it (failed upstream) gets an empty column.
     """
-    models = ["PtychoPINN", "Baseline", "PtyChi"]
+    models = list(_COLOURS)
     ref = next(iter(aligned.values()), None)
     aspect = ref.truth_phase.shape[0] / ref.truth_phase.shape[1] if ref is not None else 0.5
     fig, ax = plt.subplots(4, 1 + len(models), figsize=(3.6 * (1 + len(models)) + 1.2, 4 * (3.6 * aspect + 0.5) + 0.6),
@@ -148,7 +148,7 @@ def plot_frc(path: str | Path, rows: list[dict], *, threshold: float, title: str
     _save(fig, Path(path))
 
 
-_COLOURS = {"PtychoPINN": "tab:red", "Baseline": "tab:orange", "PtyChi": "tab:blue"}
+_COLOURS = {"PtychoPINN": "tab:red", "PtychoPINN+refine": "tab:purple", "Baseline": "tab:orange", "PtyChi": "tab:blue"}
 _MARKERS = ("o", "s", "^", "D", "v")
 
 

@@ -1,8 +1,8 @@
 """Phase G, the study's answer: every comparison gathered into one summary, tables and plots.
 
 Reads each ``compare@<dose>-<view>`` summary (``comparison.json``) and each phase F manifest,
-and writes ``metrics_summary.json`` / ``.md`` (per job, per model mean and best, deltas
-PtychoPINN − Baseline and PtychoPINN − PtyChi), one CSV per (plotted metric, view) for
+and writes ``metrics_summary.json`` / ``.md`` (per job, per model mean and best, the
+:data:`DELTAS`), one CSV per (plotted metric, view) for
 ``dvc plots``, and the same plots as PNG. The numbers ``dvc metrics`` lists are each comparison's
 own ``metrics.json`` (phase G), not repeated here.
 """
@@ -23,7 +23,8 @@ TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase",
          "ms_ssim_smoothed_amplitude", "mae_phase", "mae_amplitude", "frc_resolution_phase",
          "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
-DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"))
+DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"), ("PtychoPINN+refine", "PtychoPINN"),
+          ("PtychoPINN+refine", "PtyChi"))
 
 
 def _mean(values: list[float]) -> float | None:
@@ -43,7 +44,7 @@ def _significance(ma: dict, mb: dict, key: str, delta: float | None) -> tuple[fl
 
 def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
     """The report's content from the comparison summaries (one per dose and view) and the
-    phase F manifest entries (every dose and view, the full test split included)."""
+    phase F manifest entries (every dose and compared view)."""
     jobs = sorted(comparisons, key=lambda c: (c["view"], c["nphotons"]))
     failed = [{"dose": c["dose"], "view": c["view"], "model": m, "note": s.get("note", "")}
               for c in jobs for m, s in c["models"].items() if s["status"] != "completed"]
@@ -74,11 +75,14 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
     registration = [{"dose": c["dose"], "view": c["view"], "model": m, "registration": s["registration"]}
                     for c in jobs for m, s in c["models"].items()
                     if s["status"] == "completed" and s.get("registration", "ok") != "ok"]
-    settings = {}  # model -> what it ran with; a model whose settings differ between jobs lists each
+    settings = {}  # model -> each distinct setting it ran with, and the jobs (view@dose) that used it
     for c in jobs:
         for model, setting in c.get("settings", {}).items():
-            if setting not in settings.setdefault(model, []):
-                settings[model].append(setting)
+            variants = settings.setdefault(model, [])
+            match = next((v for v in variants if v["settings"] == setting), None)
+            if match is None:
+                variants.append(match := {"settings": setting, "jobs": []})
+            match["jobs"].append(f"{c['view']}@{c['dose']}")
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
             "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
 
@@ -105,7 +109,8 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-HEADER = """All numbers on each view's held-out test split, on the scanned area, at two alignment levels:
+HEADER = """All numbers on each view's held-out test split (which no model trained on; PtychoPINN+refine and
+PtyChi fit its measured counts, never its truth), on the scanned area, at two alignment levels:
 **aligned** (sub-pixel registration bounded by design.metrics.max_shift_px, phase offset and ramp
 removed, amplitude scaled to the truth's mean) and **fixed frame** (phase offset and amplitude scale
 only: probe and positions are known, so a shift or a phase ramp is an error of the reconstruction and
@@ -128,7 +133,8 @@ tracked report on every run): see data/timing/report_timing.md."""
 def markdown(summary: dict) -> str:
     cols = ("view", "f", "measured overlap", "dose", "detected/pattern", "incident/exposure", "photons/pixel",
             "phase bound (rad)", "model", *TABLE, "shift (dy, dx) px", "ramp (y, x) mrad/px", "registration")
-    lines = ["# Study report: PtychoPINN, Baseline and PtyChi against dose and overlap", "", HEADER, "",
+    lines = ["# Study report: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi against dose and overlap", "",
+             HEADER, "",
              "## Per job", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in summary["jobs"]:
         ov = c.get("overlap", {})
@@ -163,11 +169,16 @@ def markdown(summary: dict) -> str:
     lines += ["", "## Settings", ""]
     skip = ("seed", "device", "deterministic", "threads", "object_init", "probe_init", "positions")
     for model, variants in summary.get("settings", {}).items():
-        for setting in variants:
-            lines.append(f"- **{model}**: " + ", ".join(f"{k} {v}" for k, v in setting.items() if k not in skip))
+        for v in variants:
+            where = "" if len(variants) == 1 else f" ({', '.join(v['jobs'])})"
+            lines.append(f"- **{model}**{where}: " + ", ".join(
+                f"{k} ({', '.join(f'{a} {b}' for a, b in x.items())})" if isinstance(x, dict) else f"{k} {x}"
+                for k, x in v["settings"].items() if k not in skip))
     lines += ["", "## What each model cost", "",
               "Epochs of training (PtychoPINN, Baseline: at most train.epochs, fewer where the validation loss "
-              "stopped improving; means over seeds) or of LSQML (PtyChi).", "",
+              "stopped improving; means over seeds), of refining on the test split's counts (PtychoPINN+refine: "
+              "at most refine.epochs; best epoch 0 = the trained model kept, no epoch lowered the held-out loss; "
+              "its training epochs are PtychoPINN's) or of LSQML (PtyChi).", "",
               "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
         for model in MODELS:
@@ -176,13 +187,14 @@ def markdown(summary: dict) -> str:
                 lines.append(f"| {c['view']} | {c['dose']} | {model} | {', '.join(map(str, s.get('seeds', []))) or '—'} | "
                              f"{_fmt(s.get('epochs_run'), 1)} | {_fmt(s.get('best_epoch'), 1)} | "
                              f"{_fmt(s.get('final_val_loss'), 6)} |")
-    lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour PtychoPINN. Where a model ran several "
+    lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour the first model named. Where a model ran several "
               "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
               "spread sqrt(sd_a² + sd_b²), and * marks a delta larger than that spread; without a spread (one "
               "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "",
-              "Noise model, total-variation weight and step size as tune@<dose> chose them on the dense view's "
-              "training split (its own truth; never the test split): `data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
+              "Noise model, total-variation weight and step size as tune@<dose> chose them on one view's "
+              "training split (reconstruct.tune.view; its own truth, never the test split): "
+              "`data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
               "", "| view | dose | positions | status | epochs | noise model | TV weight | step | final cost |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:
@@ -223,13 +235,15 @@ def write_plot_tables(folder: Path, summary: dict) -> None:
 def timing_markdown(summary: dict, timing: dict) -> str:
     """Wall times per job from the untracked run records: ``timing`` maps (phase, dose, view) to a record."""
     lines = ["# Wall times (run records, not tracked by DVC)", "",
-             "| view | dose | PtychoPINN inference + stitching (s) | Baseline (s) | PtyChi LSQML (s) | host |",
-             "|---|---|---|---|---|---|"]
+             "| view | dose | PtychoPINN inference + stitching (s) | PtychoPINN+refine: refining + inference (s) | "
+             "Baseline (s) | PtyChi LSQML (s) | host |",
+             "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
         g = timing.get(("phase_g", c["dose"], c["view"]), {})
         f = timing.get(("phase_f", c["dose"], c["view"]), {})
         t = g.get("wall_time_s", {})
-        lines.append(f"| {c['view']} | {c['dose']} | {_fmt(t.get('PtychoPINN'), 2)} | {_fmt(t.get('Baseline'), 2)} | "
+        lines.append(f"| {c['view']} | {c['dose']} | {_fmt(t.get('PtychoPINN'), 2)} | "
+                     f"{_fmt(t.get('PtychoPINN+refine'), 1)} | {_fmt(t.get('Baseline'), 2)} | "
                      f"{_fmt(f.get('wall_seconds'), 1)} | {(g.get('host') or f.get('host') or {}).get('cpu', '—')} |")
     return "\n".join(lines) + "\n"
 

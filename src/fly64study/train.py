@@ -115,21 +115,24 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 class TrainResult:
     model: PtychoPINN
     history: list[dict]  # per epoch: epoch, train_loss, val_loss, seconds
-    best_epoch: int
+    best_epoch: int  # 0: the starting network (``init``) was never improved on
+    start_val_loss: float | None = None  # the validation loss of ``init`` before any step
 
 
 def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
-               thinning: float, generator: torch.Generator | None) -> torch.Tensor:
+               thinning: float, generator: torch.Generator | None,
+               split: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Poisson NLL of one batch of groups; amp, counts (B, C, N, N), offsets (B, C, 2).
 
     With ``thinning`` p > 0 each count is split binomially into an input share (fraction p) and
     an independent target share (the rest), so the network cannot fit the very noise it is
-    scored on: it learns a denoised object, not one that reproduces shot noise.
+    scored on: it learns a denoised object, not one that reproduces shot noise. ``split``: that
+    (input, target) pair drawn beforehand, instead of a new draw.
     """
     s = model.cfg.intensity_scale
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
-    seen, target = thin(counts, thinning, generator)
+    seen, target = split if split is not None else thin(counts, thinning, generator)
     _, predicted, _ = model(torch.sqrt(seen / thinning) / s, offsets)
     return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
 
@@ -171,21 +174,45 @@ def _saturated_over(counts: torch.Tensor, groups: Groups, thinning: float, seed:
     return total / n
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """What :func:`train_model` reads of its settings when it continues a trained network (``init``):
+    the network's shape comes from that network. (A :class:`~fly64study.design.Train` has these too.)"""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    n_groups: int
+    val_fraction: float
+    patience: int
+    lr_patience: int
+    thinning: float
+
+
 class TrainingPaused(Exception):
     """Training stopped after the epoch asked for (``stop_after_epoch``); its checkpoint resumes it."""
 
 
-def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_count: int, grouping_seed: int,
-                device: torch.device, num_workers: int = 0, label: str = "",
+def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int, neighbor_count: int,
+                grouping_seed: int, device: torch.device, num_workers: int = 0, label: str = "",
                 checkpoint_path: Path | None = None, fingerprint: str = "",
-                stop_after_epoch: int | None = None) -> TrainResult:
+                stop_after_epoch: int | None = None, init: DiffractionToObject | None = None,
+                fixed_split: bool = False) -> TrainResult:
     """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss;
     ``seed`` sets the initialisation, the validation split, the batch order and the thinning draws.
+
+    With ``init`` (a trained network) training continues from it, keeping its shape (``cfg``'s
+    network settings are not read), and the starting network is epoch 0: it is returned when no
+    epoch improves on its validation loss (such a run keeps no checkpoint). With ``fixed_split`` the thinning split of each pattern
+    is drawn once, not every epoch: over epochs, fresh splits of the same patterns would reveal
+    their full counts, so a network fitting the patterns it reconstructs could learn their noise.
 
     With ``checkpoint_path`` every epoch ends by rewriting the checkpoint (atomically), and a
     checkpoint with the same ``fingerprint`` found at the start is resumed from; with
     ``stop_after_epoch`` training pauses (:class:`TrainingPaused`) once that epoch is saved.
     """
+    if (init is not None or fixed_split) and checkpoint_path is not None:
+        raise ValueError("train_model: init and fixed_split runs keep no checkpoint (a resume would redraw the split)")
     torch.manual_seed(seed)
     n_min = gridsize * gridsize
     train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, seed)
@@ -205,9 +232,14 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
     # n_groups applies to gridsize > 1 (oversampling needs neighbours); gridsize 1 sees each position once
     train_groups = groups_of(train_pos, (cfg.n_groups or None) if gridsize > 1 else None)
     val_groups = groups_of(val_pos, None)
-    model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
-                            skips=cfg.skips, intensity_scale=float(ds.metadata["intensity_scale"]))
-    model = PtychoPINN(model_cfg, torch.from_numpy(ds.probeGuess)).to(device)
+    if init is None:
+        model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
+                                skips=cfg.skips, intensity_scale=float(ds.metadata["intensity_scale"]))
+        model = PtychoPINN(model_cfg, torch.from_numpy(ds.probeGuess))
+    else:
+        model = PtychoPINN(init.cfg, init.probe)
+        model.net.load_state_dict(init.state_dict())
+    model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     order = torch.Generator().manual_seed(seed)
     thinning_draws = torch.Generator(device=device).manual_seed(seed + 1)
@@ -218,6 +250,12 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
              sum(p.numel() for p in model.parameters()), device)
     floor = _saturated_over(counts, val_groups, cfg.thinning, seed + 2)
     history, best, best_state, best_epoch, start, finished = [], float("inf"), None, 0, 1, False
+    start_val_loss = None
+    if init is not None:  # epoch 0: what the trained network scores before any step
+        model.eval()
+        best = start_val_loss = _loss_over(model, amp, counts, val_groups, cfg.thinning, seed + 2)
+        best_state = copy.deepcopy(model.state_dict())
+        log.info("%s: validation loss %.6g before any step", label, best)
     generators = {"order": order, "thinning": thinning_draws}
     if checkpoint_path is not None:
         resumed = checkpoint.load(checkpoint_path, fingerprint=fingerprint, model=model, optimiser=optimiser,
@@ -226,6 +264,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
             history, best, best_epoch = resumed["history"], resumed["best"], resumed["best_epoch"]
             best_state, finished, start = resumed["best_state"], resumed["finished"], resumed["epoch"] + 1
             log.info("%s: resuming after epoch %d from %s", label, resumed["epoch"], checkpoint_path)
+    fixed = thin(counts, cfg.thinning, thinning_draws) if fixed_split and cfg.thinning > 0 else None
     for epoch in range(start, cfg.epochs + 1):
         if finished:
             break
@@ -233,7 +272,8 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
         model.train()
         total, seen = 0.0, 0
         for idx, off in tqdm(loader, desc=f"{label} epoch {epoch}", unit="batch", leave=False, disable=None):
-            loss = batch_loss(model, amp[idx], counts[idx], off.to(device), cfg.thinning, thinning_draws)
+            loss = batch_loss(model, amp[idx], counts[idx], off.to(device), cfg.thinning, thinning_draws,
+                              None if fixed is None else (fixed[0][idx], fixed[1][idx]))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             # the Poisson loss's gradient grows with the counts: clip, or a bright batch blows up the net
@@ -248,7 +288,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
                         "lr": optimiser.param_groups[0]["lr"], "seconds": seconds})
         log.info("%s epoch %d/%d: loss %.6g, validation loss %.6g, %.1f s", label, epoch, cfg.epochs,
                  total / seen, val, seconds)
-        if best_state is None or val < best - _BETTER * (best - floor):
+        if best_state is None or val < best - _BETTER * max(best - floor, 0.0):
             best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             log.info("%s: early stop, no better validation loss for %d epochs (best: epoch %d)", label,
@@ -269,7 +309,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train, seed: int, neighbor_c
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
             raise TrainingPaused(f"{label}: paused after epoch {epoch} of {cfg.epochs}; checkpoint {checkpoint_path}")
     model.load_state_dict(best_state)
-    return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch)
+    return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch, start_val_loss=start_val_loss)
 
 
 # --------------------------------------------------------------------------- inference
@@ -309,19 +349,21 @@ def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, gr
 
 
 # --------------------------------------------------------------------------------- a job
-def write_loss_table(path: Path, histories: dict[int, list[dict]]) -> None:
+def write_loss_table(path: Path, histories: dict[int, list[dict]], first_epoch: int = 1) -> None:
     """One row per epoch: the first seed's train_loss, val_loss, learning_rate (what ``dvc plots``
-    draws), then each further seed's as ``<column>_seed<s>`` (empty after it stopped)."""
+    draws), then each further seed's as ``<column>_seed<s>`` (empty after it stopped, or where a
+    value is None); every history's first row is epoch ``first_epoch``."""
     seeds = list(histories)
     columns = [(seed, key) for seed in seeds for key in ("train_loss", "val_loss", "lr")]
     header = ["epoch"] + [("learning_rate" if key == "lr" else key) + ("" if seed == seeds[0] else f"_seed{seed}")
                           for seed, key in columns]
     rows = []
-    for epoch in range(1, max(len(h) for h in histories.values()) + 1):
-        cells = [str(epoch)]
+    for i in range(max(len(h) for h in histories.values())):
+        cells = [str(first_epoch + i)]
         for seed, key in columns:
             history = histories[seed]
-            cells.append(f"{history[epoch - 1][key]:.9g}" if epoch <= len(history) else "")
+            value = history[i][key] if i < len(history) else None
+            cells.append("" if value is None else f"{value:.9g}")
         rows.append(",".join(cells) + "\n")
     with atomic_path(path) as tmp:
         tmp.write_text(",".join(header) + "\n" + "".join(rows))
@@ -341,12 +383,13 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
             device: torch.device, num_workers: int = 0, checkpoint_dir: Path | None = None,
             stop_after_epoch: int | None = None, timing_dir: Path | None = None) -> list[dict]:
     """Train one job, one model per seed of ``train.seeds``; write each model's bundle under
-    ``artifact_root`` (``<dose>/<view>/gs<g>/seed_<s>/wts.h5.zip``), and the per-epoch losses
+    ``artifact_root`` (:meth:`Job.relative_dir`: ``dose_<d>/<view>/gs<g>/wts.h5.zip`` for the first
+    seed, ``.../gs<g>/seed_<s>/wts.h5.zip`` for each further one), and the per-epoch losses
     (``losses_<dose>_<view>.csv`` and ``.png``, every seed) and the evaluation
     (``eval_<dose>_<view>.json``, per seed) under ``records``; wall times go to the untracked
     ``<timing_dir>/phase_e/<dose>-<view>.json`` only, so tracked files hold results alone. Each
     seed's checkpoint (``checkpoint_dir``, default ``<artifact_root>/.checkpoints``) is resumed
-    if present and removed once its bundle is written. Returns one manifest entry per seed."""
+    if present and removed once every seed's bundle is written. Returns one manifest entry per seed."""
     train_path, test_path = job.data_paths(phase_d)
     design, cfg = params.design, params.train
     train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)

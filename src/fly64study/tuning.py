@@ -11,10 +11,13 @@ reproducible. Each run's cost curve is kept too: its last epochs show whether
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import logging
-from pathlib import Path
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -22,10 +25,13 @@ from fly64study import metrics
 from fly64study.contract import ContractError, Dataset
 from fly64study.design import Reconstruct
 from fly64study.iterative import Choice, final_cost, lsqml
+from fly64study.numerics import pin_torch
 
 log = logging.getLogger(__name__)
 
 FLAT = 1e-3  # a cost curve is flat from the first epoch after which no epoch lowers it by more than this share
+# a worker process costs about 4 s of imports: grid points below this many pattern-epochs each run in turn
+POOL_FROM = 5000
 
 
 def flat_from(cost: np.ndarray) -> int | None:
@@ -45,25 +51,51 @@ def score(field: np.ndarray, split: Dataset, max_shift: float) -> float:
     return float(metrics.ms_ssim(al.phase, al.truth_phase))
 
 
+def _grid_point(job: tuple) -> dict:
+    """One LSQML run of the grid and its score."""
+    train, cfg, choice, max_shift, device, deterministic = job
+    result = lsqml(train, cfg, device=device, deterministic=deterministic, choice=choice)
+    row = {"noise_model": choice.noise_model, "tv_weight": choice.tv_weight, "step_size": choice.step_size,
+           "status": result.status, "error": result.error, "final_cost": final_cost(result),
+           "flat_from_epoch": flat_from(result.cost), "ms_ssim_phase": None}
+    if result.status == "completed":  # a refused registration is scored unshifted, as in phase G
+        ms = score(result.object, train, max_shift)
+        # a non-finite score (a NaN object) is no score: max() would let a NaN win
+        row["ms_ssim_phase"] = ms if math.isfinite(ms) else None
+        row["error"] = row["error"] or ("" if math.isfinite(ms) else f"phase MS-SSIM is {ms}")
+    return row
+
+
 def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "cpu",
-         deterministic: bool = True) -> dict:
+         deterministic: bool = True, workers: int | None = None) -> dict:
     """Every grid point of ``cfg.tune`` on ``train`` (a training split, with its ``objectGuess``);
-    returns the grid with scores, costs and the chosen point (``chosen``: a :class:`Choice`'s fields)."""
+    returns the grid with scores, costs and the chosen point (``chosen``: a :class:`Choice`'s fields).
+    ``workers``: processes running grid points side by side, each in a fresh process on one thread
+    (default: one per CPU core this process may use, where a point is worth a process, see
+    :data:`POOL_FROM`); 1 runs them in turn in this process. The result does not depend on it."""
     if train.objectGuess is None or not np.any(train.objectGuess):
         raise ContractError("tune: the training split has no ground truth (objectGuess) to score against")
-    grid = []
-    points = list(itertools.product(cfg.tune.noise_models, cfg.tune.tv_weights, cfg.tune.step_sizes))
-    for i, (noise, tv, step) in enumerate(points, 1):
-        choice = Choice(noise_model=noise, tv_weight=tv, step_size=step)
-        result = lsqml(train, cfg, device=device, deterministic=deterministic, choice=choice)
-        row = {"noise_model": noise, "tv_weight": tv, "step_size": step, "status": result.status,
-               "error": result.error, "final_cost": final_cost(result), "flat_from_epoch": flat_from(result.cost),
-               "ms_ssim_phase": None}
-        if result.status == "completed":  # a refused registration is scored unshifted, as in phase G
-            row["ms_ssim_phase"] = score(result.object, train, max_shift)
-        log.info("tune %d/%d: %s, tv %g, step %g: phase MS-SSIM %s, flat from epoch %s", i, len(points), noise, tv,
-                 step, row["ms_ssim_phase"], row["flat_from_epoch"])
-        grid.append(row)
+    points = [Choice(noise_model=noise, tv_weight=tv, step_size=step) for noise, tv, step in
+              itertools.product(cfg.tune.noise_models, cfg.tune.tv_weights, cfg.tune.step_sizes)]
+    # LSQML is reproducible on one thread only, so the grid points run side by side, each in a fresh
+    # process (no state carried from one run to the next: the same bytes as one after another).
+    # Spawned workers do not record params reads (FLY64STUDY_PARAMS_RECORD): every setting is read here.
+    for f in dataclasses.fields(cfg):
+        getattr(cfg, f.name)
+    jobs = [(train, cfg, choice, max_shift, device, deterministic) for choice in points]
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = cores if train.n * cfg.epochs >= POOL_FROM else 1
+    workers = min(len(points), workers)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
+                                 initializer=pin_torch, initargs=(deterministic, 1)) as pool:
+            grid = list(pool.map(_grid_point, jobs))
+    else:
+        grid = [_grid_point(job) for job in jobs]
+    for i, row in enumerate(grid, 1):
+        log.info("tune %d/%d: %s, tv %g, step %g: phase MS-SSIM %s, flat from epoch %s", i, len(points),
+                 row["noise_model"], row["tv_weight"], row["step_size"], row["ms_ssim_phase"], row["flat_from_epoch"])
     scored = [r for r in grid if r["ms_ssim_phase"] is not None]
     if not scored:
         raise ContractError("tune: no grid point gave a scored reconstruction: "
@@ -72,13 +104,3 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
     return {"criterion": "phase MS-SSIM against the training split's own truth (aligned as in phase G)",
             "n_positions": train.n, "epochs": cfg.epochs, "grid": grid,
             "chosen": {k: best[k] for k in ("noise_model", "tv_weight", "step_size")}}
-
-
-def load_choice(path: str | Path) -> Choice:
-    """The choice a ``lsqml_tuning.json`` recorded."""
-    try:
-        chosen = json.loads(Path(path).read_text())["chosen"]
-        return Choice(noise_model=str(chosen["noise_model"]), tv_weight=float(chosen["tv_weight"]),
-                      step_size=float(chosen["step_size"]))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ContractError(f"{path}: cannot read the LSQML tuning ({err}); run `dvc repro tune@<dose>`") from None
