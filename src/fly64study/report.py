@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 from fly64study.compare import MODELS
@@ -25,16 +26,25 @@ TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase",
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"), ("PtychoPINN+refine", "PtychoPINN"),
           ("PtychoPINN+refine", "PtyChi"))
+PAIRED = {("PtychoPINN+refine", "PtychoPINN")}  # the first is made from the second, seed by seed
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _significance(ma: dict, mb: dict, key: str, delta: float | None) -> tuple[float | None, bool | None]:
+def _significance(ma: dict, mb: dict, key: str, delta: float | None,
+                  paired: bool = False) -> tuple[float | None, bool | None]:
     """The combined spread sqrt(sd_a² + sd_b²) of a delta between two models' means, and whether the
     delta exceeds it. A model with one run adds no spread, and with no spread at all (no model ran
-    several seeds) nothing is called significant: None, None."""
+    several seeds) nothing is called significant: None, None. ``paired`` (a model made from the
+    other, seed by seed): the sd of the per-seed differences instead, where both have the same seeds."""
+    pa, pb = ma.get("per_seed", {}), mb.get("per_seed", {})
+    if paired and delta is not None and len(pa) > 1 and set(pa) == set(pb):
+        diffs = [pa[s][key] - pb[s][key] for s in pa if pa[s].get(key) is not None and pb[s].get(key) is not None]
+        if len(diffs) == len(pa):
+            spread = statistics.stdev(diffs)
+            return spread, abs(delta) > spread
     sds = [m.get("sd", {}).get(key) for m in (ma, mb)]
     if delta is None or all(sd is None for sd in sds):
         return None, None
@@ -59,6 +69,7 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
                                      "n": len(pairs)}
     deltas = {}
     for a, b in DELTAS:
+        paired = (a, b) in PAIRED
         rows = []
         for c in jobs:
             ma, mb = c["models"].get(a, {}), c["models"].get(b, {})
@@ -66,7 +77,7 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
             for key, _ in HEADLINE:
                 both = ma.get(key) is not None and mb.get(key) is not None
                 row[key] = (ma[key] - mb[key]) if both else None
-                row[f"{key}_spread"], row[f"{key}_significant"] = _significance(ma, mb, key, row[key])
+                row[f"{key}_spread"], row[f"{key}_significant"] = _significance(ma, mb, key, row[key], paired)
             rows.append(row)
         deltas[f"{a} - {b}"] = {"per_job": rows, "mean": {
             key: _mean([r[key] for r in rows if r[key] is not None]) for key, _ in HEADLINE}}
@@ -189,7 +200,8 @@ def markdown(summary: dict) -> str:
                              f"{_fmt(s.get('final_val_loss'), 6)} |")
     lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour the first model named. Where a model ran several "
               "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
-              "spread sqrt(sd_a² + sd_b²), and * marks a delta larger than that spread; without a spread (one "
+              "spread sqrt(sd_a² + sd_b²) (PtychoPINN+refine − PtychoPINN: the sd of the per-seed differences, "
+              "each refinement being made from its seed's PINN), and * marks a delta larger than that spread; without a spread (one "
               "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "",
               "Noise model, total-variation weight and step size as tune@<dose> chose them on one view's "
