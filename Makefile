@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "make setup: the study needs Python 3.11 (pyproject.toml); found $(or $(PYTHON),no python3.11 and python3 is $$(python3 --version 2>&1))$(if $(PYTHON), ($$($(PYTHON) --version 2>&1))); install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# Ptychodus's own product reader, for the test that our exported products open in it (tests/test_samples.py).
+	@# --no-deps: its package declares an AI-agent stack (pydantic-ai, openai, ...) that ptychodus.api.io does not
+	@# import; what it imports (numpy, h5py, scipy) is pinned above.
+	$(PY) -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@
 
 repro: setup
@@ -36,6 +40,7 @@ repro: setup
 	@echo "                       data/phase_f/tune/dose_<d>/lsqml_tuning.json (LSQML's settings, chosen on training data)"
 	@echo "  refine (PINN+refine): data/refine/dose_<d>/<view>/gs2/wts.h5.zip, data/refine/runs/<d>-<view>/refine_manifest.json"
 	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{metrics.json,comparison.json,comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
+	@echo "                       data/phase_g/dose_<d>/<view>/products/<model>.h5 (each reconstruction as a Ptychodus product)"
 	@echo "  wall times (untracked run records): data/timing/"
 	@echo "  metrics:             make metrics-diff (against the last commit); or in a shell: source .venv/bin/activate; dvc metrics show"
 	@echo

@@ -6,7 +6,8 @@ one per training seed, each loaded through the verified loader against the SHA25
 manifest and scored on its own (comparison.json gives the mean and sd over seeds);
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
 dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
-comparison.png and frc_curves.png; the PINN's inference wall times (PtychoPINN+refine: refining and
+comparison.png and frc_curves.png, and every reconstruction as a Ptychodus product in products/
+(fly64study.products: <model>[_seed<s>].h5, positions in metres from the phase C geometry); the PINN's inference wall times (PtychoPINN+refine: refining and
 inference, where the refine run's record is there) go to an untracked run record,
 <timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into DVC-tracked files.
 """
@@ -21,6 +22,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import write_timing
 from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
+from fly64study.products import write_products
+from fly64study.train import read_loss_column
 
 
 def _refine_seconds(record: Path) -> dict[str, float]:
@@ -62,8 +65,11 @@ def main(argv=None):
     sources = (("PtychoPINN", args.view, args.runs, args.phase_e, TRAINING_MANIFEST),
                ("PtychoPINN+refine", args.view, args.refine_runs, args.refine, REFINE_MANIFEST),
                ("Baseline", params.compare.baseline, args.runs, args.phase_e, TRAINING_MANIFEST))
+    firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
     for model, job, runs, root, manifest in sources:
+        losses = Path(runs) / f"{args.dose}-{job}" / f"losses_{args.dose}_{job}.csv"
         for b in trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest):
+            first = firsts.setdefault(model, b.seed)
             try:
                 pinn = pinn_field(b.path, test, neighbor_count=design.neighbor_count,
                                   grouping_seed=design.seeds.grouping, expected_sha256=b.sha256)
@@ -73,18 +79,26 @@ def main(argv=None):
             if model == "PtychoPINN+refine":
                 seconds = seconds + refine_seconds[b.sha256] if b.sha256 in refine_seconds else None
             candidates.append(Candidate(model, pinn.field, seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
-                                        seed=b.seed, cost=b.training, settings=b.settings))
+                                        seed=b.seed, cost=b.training, settings=b.settings,
+                                        losses=read_loss_column(losses, "val_loss" + ("" if b.seed == first
+                                                                                      else f"_seed{b.seed}")),
+                                        loss_name="held-out Poisson NLL per epoch (epoch 0: before refining)"
+                                        if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)
     candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,
                                 f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
                                 else f"pty-chi failed: {rec.error}",
-                                cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings))
+                                cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
+                                losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
+                                loss_name="LSQML cost per epoch"))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}
     result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics, overlap=measured)
     write_comparison(args.out, result)
+    write_products(Path(args.out) / "products", test, candidates, dose=args.dose, view=args.view,
+                   probe_photon_count=result.summary["incident_photons_per_exposure"], firsts=firsts)
     write_timing(Path(args.timing_dir) / "phase_g" / f"{args.dose}-{args.view}.json",
                  {"dose": args.dose, "view": args.view, "wall_time_s": result.timing})
     for model, m in result.summary["models"].items():

@@ -13,7 +13,6 @@ from fly64study.contract import (
     Dataset,
     from_legacy_layout,
     load_dataset,
-    load_probe_object,
     save_dataset,
     validate,
     write_npz,
@@ -163,14 +162,3 @@ def test_metadata_not_json(tmp_path):
         load_dataset(tmp_path / "x.npz")
 
 
-def test_base_npz_probe_object(tmp_path):
-    ds = small_dataset()
-    np.savez(tmp_path / "base.npz", probeGuess=ds.probeGuess.astype(np.complex128), objectGuess=ds.objectGuess)
-    probe, obj = load_probe_object(tmp_path / "base.npz")
-    assert probe.dtype == np.complex64 and obj.dtype == np.complex64
-    np.savez(tmp_path / "real.npz", probeGuess=np.abs(ds.probeGuess), objectGuess=ds.objectGuess)
-    with pytest.raises(ContractError, match="probeGuess: expected a complex array"):
-        load_probe_object(tmp_path / "real.npz")
-    np.savez(tmp_path / "noobj.npz", probeGuess=ds.probeGuess)
-    with pytest.raises(ContractError, match="objectGuess: missing"):
-        load_probe_object(tmp_path / "noobj.npz")

@@ -89,9 +89,11 @@ BAD = [
     ("design.N", "64", "design.N: expected an integer"),
     ("generate.object_size", 20, "generate.object_size: M=20 leaves no room"),
     ("generate.n_positions", 1, "generate.n_positions"),
-    ("generate.base_npz", "/etc/passwd.npz", "generate.base_npz"),
-    ("generate.base_npz", "inputs/../x.npz", "generate.base_npz"),
-    ("generate.base_npz", "inputs/absent.npz", "generate.base_npz: inputs/absent.npz: no such file"),
+    ("generate.base_sample", "/etc/passwd.npz", "generate.base_sample"),
+    ("generate.base_sample", "inputs/../x.npz", "generate.base_sample"),
+    ("generate.base_sample", "inputs/x.tif", "generate.base_sample: 'inputs/x.tif' must be a relative path inside inputs/ ending in .npz, .h5, .hdf5"),
+    ("generate.base_sample", "inputs/absent.h5", "generate.base_sample: inputs/absent.h5: no such file"),
+    ("generate.geometry.pixel_size_m", 0.0, "generate.geometry.pixel_size_m: must be > 0"),
     ("generate.probe.aperture", 0.0, "generate.probe.aperture"),
     ("generate.probe.central_stop", 1.0, "generate.probe.central_stop"),
     ("generate.probe.defocus", -1.0, "generate.probe.defocus"),
@@ -205,7 +207,7 @@ def _out_of_range(path: str, value):
         return -1
     if isinstance(value, list):
         return [-1] if value and isinstance(value[0], int) else ["no-such-entry"]
-    if path == "generate.base_npz":
+    if path == "generate.base_sample":
         return "../outside.npz"
     return "no-such-entry"
 

@@ -199,3 +199,34 @@ def test_profile_switch_is_one_command_and_params_diff_shows_it(project):
     assert (diff["generate.n_positions"]["old"], diff["generate.n_positions"]["new"]) == (300, 10000)
     wrong = sh(project, "make", "--no-print-directory", "profile", "PROFILE=huge", check=False)
     assert wrong.returncode != 0 and "no profile 'huge'" in wrong.stdout
+
+
+def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipeline):
+    """compare@ exports each model's stitched field as a Ptychodus product: read back with
+    Ptychodus's own reader, it is the field phase G scored (PtyChi: phase F's object), with the
+    test split's positions in metres and a loss history."""
+    import numpy as np
+    from ptychodus.api.io import load_product
+
+    from fly64study.iterative import load_result
+    from fly64study.products import positions_m
+
+    root = tiny_pipeline.root / "data"
+    for view_dir in sorted((root / "phase_g").glob("dose_*/*")):
+        dose, view = view_dir.parent.name[5:], view_dir.name
+        names = sorted(p.name for p in (view_dir / "products").iterdir())
+        assert {"baseline.h5", "ptychi_lsqml.h5", "ptychopinn.h5", "ptychopinn_refine.h5"} <= set(names), names
+        test = load_dataset(root / "phase_d" / f"dose_{dose}" / view / "test.npz")
+        dx = test.metadata["source"]["geometry"]["pixel_size_m"]
+        rec = load_result(root / "phase_f" / f"dose_{dose}" / view / "ptychi_reconstruction.npz")
+        for name in names:
+            product = load_product(view_dir / "products" / name)
+            obj = product.object_.get_array()[0]
+            assert obj.shape == test.objectGuess.shape and np.isfinite(obj).all()
+            np.testing.assert_allclose(product.probe_positions.get_coordinates_x_m(),
+                                       positions_m(test.xcoords, obj.shape[1], dx))
+            assert product.object_.get_pixel_geometry().width_m == dx
+            assert len(product.losses) >= 1
+            if name == "ptychi_lsqml.h5":
+                np.testing.assert_array_equal(obj, rec.object)
+                assert [loss.value for loss in product.losses] == pytest.approx(list(rec.cost))

@@ -41,6 +41,8 @@ class Candidate:
     seed: int | None = None  # the training seed of a PINN model (one candidate per seed); None: one run
     cost: dict | None = None  # what it took, in numbers: epochs_run (and a PINN's best_epoch, final_val_loss)
     settings: dict | None = None  # what it was run with (network and training, or LSQML's options)
+    losses: tuple[tuple[int, float], ...] = ()  # its loss history, (epoch, value), for the exported product
+    loss_name: str = ""  # what that loss is
 
 
 @dataclass(frozen=True)

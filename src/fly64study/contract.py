@@ -262,27 +262,6 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(metadata=meta, **arrays)
 
 
-def load_probe_object(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``probeGuess`` and ``objectGuess`` from a base NPZ (e.g. a reconstruction of real data).
-
-    Complex128 arrays are accepted and cast to complex64; other keys are ignored.
-    """
-    arrays, _ = read_npz(path)
-    out = []
-    for key in ("probeGuess", "objectGuess"):
-        if key not in arrays:
-            raise ContractError(f"{path}: {key}: missing; a base NPZ must hold probeGuess and objectGuess")
-        arr = arrays[key]
-        if not np.iscomplexobj(arr):
-            raise ContractError(f"{path}: {key}: expected a complex array, got dtype {arr.dtype.name}")
-        out.append(arr.astype(np.complex64))
-    try:
-        validate_probe_object(*out)
-    except ContractError as err:
-        raise ContractError(f"{path}: {err}") from None
-    return out[0], out[1]
-
-
 # ----------------------------------------------------------------------------- writing
 def save_dataset(path: str | Path, ds: Dataset) -> None:
     """Validate ``ds`` and write it as a deterministic NPZ, atomically."""

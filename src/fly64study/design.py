@@ -26,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 METRIC_COMPONENTS = ("phase", "amplitude")
 SPLIT_AXES = ("x", "y")
+SAMPLE_SUFFIXES = (".npz", ".h5", ".hdf5")  # generate.base_sample: NPZ (upstream layout) or Ptychodus product
 
 
 class ParamsError(ValueError):
@@ -228,10 +229,30 @@ class ObjectModel(_Section):
 
 
 @dataclass(frozen=True)
+class Geometry(_Section):
+    """Where the simulated experiment sits in metres and electronvolts: not used by the simulation
+    (it works in pixels) but carried in phase C's metadata so that exported reconstructions
+    (Ptychodus products) give positions in metres. A base sample from a Ptychodus product brings
+    its own object pixel size and energy, which take precedence."""
+
+    pixel_size_m: float  # object (and probe) pixel, metres
+    photon_energy_eV: float  # noqa: N815 - the unit in the name, as Ptychodus spells it
+    detector_distance_m: float  # object to detector
+
+    def check(self) -> None:
+        for name in ("pixel_size_m", "photon_energy_eV", "detector_distance_m"):
+            if not getattr(self, name) > 0:
+                raise ParamsError(f"generate.geometry.{name}: must be > 0")
+
+
+@dataclass(frozen=True)
 class Generate(_Section):
-    object_size: int  # M, side of the synthetic object (a base_npz brings its own size)
+    object_size: int  # M, side of the synthetic object (a base_sample brings its own size)
     n_positions: int  # scan positions per dose, before the train/test split
-    base_npz: str  # "" = synthetic probe and object; else an NPZ under inputs/ with probeGuess/objectGuess
+    # "" = synthetic probe and object; else a file under inputs/: an NPZ in the upstream PtychoPINN layout
+    # (probeGuess, objectGuess) or a Ptychodus product (.h5/.hdf5); read by fly64study.samples
+    base_sample: str
+    geometry: Geometry
     probe: ProbeOptics
     object: ObjectModel
 
@@ -243,18 +264,21 @@ class Generate(_Section):
             )
         if self.n_positions < 2:
             raise ParamsError("generate.n_positions: need at least 2 scan positions (one per split)")
-        if self.base_npz:
-            p = Path(self.base_npz)
-            if p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0] != "inputs" or p.suffix != ".npz":
+        if self.base_sample:
+            p = Path(self.base_sample)
+            if (p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0] != "inputs"
+                    or p.suffix not in SAMPLE_SUFFIXES):
                 raise ParamsError(
-                    f"generate.base_npz: {self.base_npz!r} must be a relative path inside inputs/ ending in .npz "
-                    "(inputs/ is a declared dependency of the generate stages), or \"\" for the synthetic sample"
+                    f"generate.base_sample: {self.base_sample!r} must be a relative path inside inputs/ ending in "
+                    f"{', '.join(SAMPLE_SUFFIXES)} (inputs/ is a declared dependency of the generate stages), or \"\" "
+                    "for the synthetic sample"
                 )
             if not p.is_file():  # relative to the repository root, where every stage runs
                 raise ParamsError(
-                    f"generate.base_npz: {self.base_npz}: no such file; put the NPZ (probeGuess, objectGuess) there "
-                    "and `git add` or `dvc add` it, or set \"\" for the synthetic sample"
+                    f"generate.base_sample: {self.base_sample}: no such file; put the NPZ (probeGuess, objectGuess) "
+                    "or Ptychodus product there and `git add` or `dvc add` it, or set \"\" for the synthetic sample"
                 )
+        self.geometry.check()
         self.probe.check()
         self.object.check()
 

@@ -14,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from fly64study import physics
-from fly64study.contract import Dataset, load_probe_object
-from fly64study.design import Design, Generate, ObjectModel, ParamsError
+from fly64study.contract import Dataset
+from fly64study.design import Design, Generate, ObjectModel
+from fly64study.samples import load_sample
 from fly64study.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -182,20 +183,25 @@ def split_on_axis(ds: Dataset, axis: str) -> tuple[Dataset, Dataset]:
 
 
 # ------------------------------------------------------------------------------ phase C
-def sample(design: Design, gen: Generate) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The probe and object of the study: synthetic, or read from ``gen.base_npz``.
+_HC_EV_M = 1.23984198e-6  # h c, eV m: wavelength = hc / E
 
-    Returns probe (N, N) complex64 normalised, object (H, W) complex64, and their provenance.
+
+def sample(design: Design, gen: Generate) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The probe and object of the study: synthetic, or read from ``gen.base_sample``
+    (:func:`fly64study.samples.load_sample`: probe fitted to N x N, object peaking at amplitude 1).
+
+    Returns probe (N, N) complex64 normalised, object (H, W) complex64, and their provenance with
+    the geometry in metres (the file's own where it has one, else ``generate.geometry``).
     """
     N = design.N
-    if gen.base_npz:
-        probe, obj = load_probe_object(gen.base_npz)
-        if probe.shape[0] != N:
-            raise ParamsError(
-                f"generate.base_npz: {gen.base_npz}: probeGuess is {probe.shape[0]}×{probe.shape[0]} but design.N "
-                f"is {N}; set design.N: {probe.shape[0]} or resample the probe to {N}×{N} in the file"
-            )
-        source = {"source": "base_npz", "path": gen.base_npz, "sha256": sha256_file(gen.base_npz)}
+    g = gen.geometry
+    geometry = {"pixel_size_m": g.pixel_size_m, "photon_energy_eV": g.photon_energy_eV,
+                "detector_distance_m": g.detector_distance_m}
+    if gen.base_sample:
+        base = load_sample(gen.base_sample, N)
+        probe, obj = base.probe, base.obj
+        source = {"source": "base_sample", "sha256": sha256_file(gen.base_sample), **base.record}
+        geometry.update(base.geometry)
     else:
         o = gen.probe
         probe = physics.make_probe(N, aperture=o.aperture, central_stop=o.central_stop, defocus=o.defocus)
@@ -208,6 +214,10 @@ def sample(design: Design, gen: Generate) -> tuple[np.ndarray, np.ndarray, dict]
                        **{k: getattr(gen.object, k) for k in gen.object.__dataclass_fields__}},
         }
     source["probe_normalisation"] = "sum |P|^2 = (N/2)^2"
+    # the far field of N pixels of dx: detector pixels of λ z / (N dx) (a probe fitted to N changes this)
+    wavelength_m = _HC_EV_M / geometry["photon_energy_eV"]
+    geometry["detector_pixel_m"] = wavelength_m * geometry["detector_distance_m"] / (N * geometry["pixel_size_m"])
+    source["geometry"] = geometry
     return physics.normalise_probe(probe), obj, source
 
 

@@ -8,6 +8,7 @@ afterwards, to evaluate the held-out test split against a flat object.
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
-from fly64study.contract import Dataset, load_dataset
+from fly64study.contract import ContractError, Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
@@ -367,6 +368,15 @@ def write_loss_table(path: Path, histories: dict[int, list[dict]], first_epoch: 
         rows.append(",".join(cells) + "\n")
     with atomic_path(path) as tmp:
         tmp.write_text(",".join(header) + "\n" + "".join(rows))
+
+
+def read_loss_column(path: str | Path, column: str) -> tuple[tuple[int, float], ...]:
+    """(epoch, value) of one column of a :func:`write_loss_table` file, empty cells skipped."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and column not in rows[0]:
+        raise ContractError(f"{path}: no column {column!r}; it has {list(rows[0])}")
+    return tuple((int(r["epoch"]), float(r[column])) for r in rows if r[column] != "")
 
 
 def job_fingerprint(job: Job, params: Params, train_path: Path, seed: int) -> str:
