@@ -16,13 +16,13 @@ PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys; sys.exit(s
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "make setup: the study needs Python 3.11 (pyproject.toml); found $(or $(PYTHON),no python3.11 and python3 is $$(python3 --version 2>&1))$(if $(PYTHON), ($$($(PYTHON) --version 2>&1))); install it (Debian/Ubuntu: apt install python3.11 python3.11-venv) or name it: make PYTHON=/path/to/python3.11 ..." >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	@# Ptychodus's own product reader, for the test that our exported products open in it (tests/test_samples.py).
-	@# --no-deps: its package declares an AI-agent stack (pydantic-ai, openai, ...) that ptychodus.api.io does not
-	@# import; what it imports (numpy, h5py, scipy) is pinned above.
+	@# --no-deps: its package declares an AI-agent stack (pydantic-ai, openai, mlflow, ...) that ptychodus.api.io
+	@# does not import; what it does import (numpy, h5py, scipy, scikit-image, pydantic) the study installs above.
 	$(PY) -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@
 

@@ -91,7 +91,7 @@ def main(argv=None):
                                 else f"pty-chi failed: {rec.error}",
                                 cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
                                 losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
-                                loss_name="LSQML cost per epoch"))
+                                loss_name="LSQML cost per epoch", probe=rec.probe if rec.status == "completed" else None))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}

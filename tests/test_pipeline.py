@@ -210,6 +210,7 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
 
     from fly64study.iterative import load_result
     from fly64study.products import positions_m
+    from fly64study.train import read_loss_column
 
     root = tiny_pipeline.root / "data"
     for view_dir in sorted((root / "phase_g").glob("dose_*/*")):
@@ -227,6 +228,10 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
                                        positions_m(test.xcoords, obj.shape[1], dx))
             assert product.object_.get_pixel_geometry().width_m == dx
             assert len(product.losses) >= 1
+            losses = [(loss.epoch, loss.value) for loss in product.losses]
             if name == "ptychi_lsqml.h5":
                 np.testing.assert_array_equal(obj, rec.object)
-                assert [loss.value for loss in product.losses] == pytest.approx(list(rec.cost))
+                assert [v for _, v in losses] == pytest.approx(list(rec.cost))
+            if name == "ptychopinn.h5":  # the training's validation loss, epoch by epoch
+                table = root / "phase_e" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
+                assert losses == list(read_loss_column(table, "val_loss"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import h5py
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 
 from fly64study import physics
 from fly64study.contract import ContractError
-from fly64study.products import positions_m, write_product
+from fly64study.products import write_product
 from fly64study.samples import MIN_KEPT, fit_probe, load_sample, normalise_object
+from fly64study.simulate import extract_patches
 
 N = 32
 
@@ -45,8 +47,11 @@ def test_an_upstream_npz_loads_by_the_stated_rules(tmp_path):
     i = np.abs(s.probe) ** 2
     centroid = [(i.sum(axis=1 - a) * np.arange(N)).sum() / i.sum() for a in (0, 1)]
     np.testing.assert_allclose(centroid, [N / 2, N / 2], atol=1.0)
-    np.testing.assert_allclose(np.sort(np.abs(s.probe.ravel()))[-50:], np.sort(np.abs(probe.ravel()))[-50:],
-                               rtol=1e-6)
+    r, c = s.record["probe_fit"]["centroid_px"]
+    np.testing.assert_array_equal(s.probe, probe[r - N // 2:r + N // 2, c - N // 2:c + N // 2].astype(np.complex64))
+    same, rec = fit_probe(s.probe, N)  # already N x N: kept as it is
+    np.testing.assert_array_equal(same, s.probe)
+    assert rec["rule"] == "N×N: kept as it is"
     assert s.geometry == {}  # an NPZ carries no metres: generate.geometry's declared values apply
 
 
@@ -74,6 +79,8 @@ def test_object_normalisation_keeps_contrast_and_phase():
     ("nan_object", r"object: 1 non-finite values \(NaN or inf\); replace them"),
     ("probe_1d", r"probe: expected a 2-D array, got shape \(64,\); a probe is an image"),
     ("small_object", r"object: 40×50 px is too small to scan an N=32 probe; each side needs at least 2·N = 64 px"),
+    ("object_below_N", r"object: 20×20 px is too small to scan an N=32 probe"),
+    ("zero_object", r"object: zero everywhere; an object must transmit"),
     ("probe_outside", r"probe: an N=32 window around its centroid keeps only"),
     ("real_probe", r"probe: expected a complex array, got dtype float64"),
     ("no_object", r"objectGuess: missing; an upstream-layout NPZ holds probeGuess and objectGuess"),
@@ -88,6 +95,10 @@ def test_bad_real_inputs_are_refused_naming_the_file_and_the_fix(tmp_path, case,
         arrays["probeGuess"] = probe[0, :64]
     elif case == "small_object":
         arrays["objectGuess"] = obj[:40, :50]
+    elif case == "object_below_N":
+        arrays["objectGuess"] = obj[:20, :20]
+    elif case == "zero_object":
+        arrays["objectGuess"] = np.zeros_like(obj)
     elif case == "probe_outside":
         ring = np.zeros((200, 200), np.complex128)
         ring[::3, ::3] = 1.0  # spread over the whole array
@@ -106,6 +117,7 @@ def _product(tmp_path, rng, **over):
     obj = (rng.random((70, 96)) * np.exp(1j * rng.random((70, 96)))).astype(np.complex64)
     probe = physics.make_probe(N, aperture=0.4, central_stop=0.3, defocus=3.0)
     x, y = rng.uniform(16, 80, 25), rng.uniform(16, 54, 25)
+    x[:5], y[:5] = rng.integers(16, 80, 5), rng.integers(16, 54, 5)  # whole pixels: an exact patch to compare
     kw = dict(name="PtyChi dense 1e3", comments="{}", probe=probe, obj=obj, xcoords=x, ycoords=y,
               geometry={"pixel_size_m": 2e-8, "photon_energy_eV": 8800.0, "detector_distance_m": 2.0},
               probe_photon_count=1234.5, losses=[(1, 0.5), (2, 0.25)])
@@ -124,8 +136,18 @@ def test_our_products_open_in_ptychodus_with_equal_arrays(tmp_path):
     np.testing.assert_array_equal(product.object_.get_array()[0], kw["obj"])
     np.testing.assert_array_equal(product.probes.get_array()[0, 0], kw["probe"])
     assert product.object_.get_pixel_geometry().width_m == 2e-8
-    np.testing.assert_allclose(product.probe_positions.get_coordinates_x_m(), positions_m(kw["xcoords"], 96, 2e-8))
-    np.testing.assert_allclose(product.probe_positions.get_coordinates_y_m(), positions_m(kw["ycoords"], 70, 2e-8))
+    # Ptychodus cuts the patch the study simulated at each position: the same corner, the same sub-pixel shift
+    geometry, probe_geometry = product.object_.get_geometry(), product.probes.get_geometry()
+    cx = geometry.map_probe_positions_to_object_x_px(product.probe_positions)
+    cy = geometry.map_probe_positions_to_object_y_px(product.probe_positions)
+    for x, y, px, py in zip(kw["xcoords"], kw["ycoords"], cx, cy):
+        bounds = probe_geometry.resolve_patch_bounds(float(px), float(py))
+        x0, y0 = x - N / 2, y - N / 2  # simulate.extract_patches: patch[a, b] = obj(y0 + a, x0 + b)
+        assert (bounds.x_slice.start, bounds.y_slice.start) == (np.floor(x0), np.floor(y0))
+        assert (bounds.dx, bounds.dy) == pytest.approx((x0 - np.floor(x0), y0 - np.floor(y0)), abs=1e-9)
+        if float(x).is_integer() and float(y).is_integer():
+            np.testing.assert_array_equal(kw["obj"][bounds.y_slice, bounds.x_slice],
+                                          extract_patches(kw["obj"], np.array([x]), np.array([y]), N)[0])
     assert product.metadata.photon_energy_eV == 8800.0 and product.metadata.detector_distance_m == 2.0
     assert product.metadata.probe_photon_count == 1234.5 and product.metadata.name == "PtyChi dense 1e3"
     assert [(loss.epoch, loss.value) for loss in product.losses] == [(1, 0.5), (2, 0.25)]
@@ -138,6 +160,7 @@ def test_our_products_open_in_ptychodus_with_equal_arrays(tmp_path):
 def test_products_are_byte_reproducible(tmp_path):
     digests = []
     for sub in ("a", "b"):
+        time.sleep(1.1)  # HDF5 timestamps have a resolution of one second
         (tmp_path / sub).mkdir()
         path, _ = _product(tmp_path / sub, np.random.default_rng(4))
         digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
@@ -147,13 +170,23 @@ def test_products_are_byte_reproducible(tmp_path):
 def test_a_product_with_several_probe_modes_gives_the_first(tmp_path):
     rng = np.random.default_rng(5)
     path, kw = _product(tmp_path, rng)
-    second = (0.1 * kw["probe"]).astype(np.complex64)
+    other = (0.1 * kw["probe"]).astype(np.complex64)
+    layer = (0.5 * kw["obj"]).astype(np.complex64)
     with h5py.File(path, "r+") as h5:
-        del h5["probe"]
-        h5.create_dataset("probe", data=np.stack([np.stack([kw["probe"], second])]))
-        h5.create_dataset("object_extra", data=np.zeros(3))
+        pixel = dict(h5["probe"].attrs)
+        del h5["probe"], h5["object"]
+        # 2 OPR modes x 2 incoherent modes; 2 object layers
+        probe = h5.create_dataset("probe", data=np.stack([np.stack([kw["probe"], other]), np.stack([other, other])]))
+        probe.attrs.update(pixel)
+        obj = h5.create_dataset("object", data=np.stack([kw["obj"], layer]))
+        obj.attrs.update({"center_x_m": 0.0, "center_y_m": 0.0, **pixel})
     s = load_sample(path, N)
-    np.testing.assert_allclose(np.abs(s.probe), np.abs(kw["probe"]), rtol=1e-6)
+    np.testing.assert_array_equal(s.probe, kw["probe"])
+    np.testing.assert_allclose(s.obj, kw["obj"] / np.abs(kw["obj"]).max(), rtol=1e-6)
+    with h5py.File(path, "r+") as h5:
+        h5["probe"].attrs["pixel_width_m"] = 1e-8
+    with pytest.raises(ContractError, match="probe: pixels of 1e-08 × 2e-08 m differ from the object's 2e-08 m"):
+        load_sample(path, N)
     with h5py.File(path, "r+") as h5:
         del h5["object"]
     with pytest.raises(ContractError, match="object: missing; a Ptychodus product holds"):

@@ -43,6 +43,7 @@ class Candidate:
     settings: dict | None = None  # what it was run with (network and training, or LSQML's options)
     losses: tuple[tuple[int, float], ...] = ()  # its loss history, (epoch, value), for the exported product
     loss_name: str = ""  # what that loss is
+    probe: np.ndarray | None = None  # the probe it reconstructed with, where not the known one (pty-chi's)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ The layout is the one ``ptychodus.api.io.save_product`` writes and ``load_produc
 rather than by Ptychodus, whose package pulls an AI-agent stack into every stage; the test suite
 reads our files back with Ptychodus's own ``load_product``.
 
-Positions: the object's centre is at (0, 0) m; a scan position is the object point under the
-probe's pixel N/2 (the study's probe centre), so ``x_m = pixel_size * (x - (W - 1) / 2)``.
-Files are byte-reproducible (no HDF5 timestamps) and written atomically.
+Positions: the object's centre is at (0, 0) m. The study puts the probe's pixel N/2 on a scan
+position (``simulate.extract_patches``); Ptychodus puts its pixel (N - 1)/2 there and reads
+object pixel ``x_m / dx + (W - 1)/2``, so ``x_m = dx * (x - W/2)`` makes Ptychodus cut the
+same patch, with no sub-pixel shift at integer positions (tested against Ptychodus's own
+``resolve_patch_bounds``). Files are byte-reproducible (no HDF5 timestamps), written atomically.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ STEMS = {"PtychoPINN": "ptychopinn", "PtychoPINN+refine": "ptychopinn_refine", "
 
 
 def positions_m(coords: np.ndarray, size: int, pixel_size_m: float) -> np.ndarray:
-    """Object-pixel coordinates (patch centres) -> metres from the object's centre."""
-    return pixel_size_m * (np.asarray(coords, dtype=np.float64) - (size - 1) / 2)
+    """Object-pixel coordinates (patch centres) -> Ptychodus's metres (module docstring: the half pixel)."""
+    return pixel_size_m * (np.asarray(coords, dtype=np.float64) - size / 2)
 
 
 def write_product(path: str | Path, *, name: str, comments: str, probe: np.ndarray, obj: np.ndarray,
@@ -74,12 +76,16 @@ def write_product(path: str | Path, *, name: str, comments: str, probe: np.ndarr
 def write_products(out_dir: str | Path, test, candidates, *, dose: str, view: str, probe_photon_count: float,
                    firsts: dict[str, int | None]) -> list[Path]:
     """Every completed candidate of a comparison (:class:`fly64study.compare.Candidate`) as
-    ``<out_dir>/<stem>[_seed<s>].h5``; ``firsts`` names each model's first seed, which keeps the
-    plain name. The probe is the test split's (every model here reconstructs with the known probe)."""
+    ``<out_dir>/<stem>[_seed<s>].h5`` (older ``.h5`` files there are removed first); ``firsts``
+    names each model's first seed, which keeps the plain name. The probe is the candidate's own
+    (pty-chi's, which differs where it refines the probe), else the test split's known one. Only
+    the test split is reconstructed: the object is flat outside its scanned area."""
     geometry = test.metadata.get("source", {}).get("geometry")
     if geometry is None:
         raise ContractError("test split: _metadata.source.geometry: missing (data generated before products "
                             "existed); rerun `dvc repro` from generate")
+    for stale in Path(out_dir).glob("*.h5"):
+        stale.unlink()
     written = []
     for cand in candidates:
         if cand.field is None:
@@ -90,7 +96,7 @@ def write_products(out_dir: str | Path, test, candidates, *, dose: str, view: st
                                "dose": dose, "view": view, "source": cand.note,
                                "losses": cand.loss_name or None}, sort_keys=True)
         write_product(path, name=f"{cand.model} {view} {dose}" + (f" seed {cand.seed}" if suffix else ""),
-                      comments=comments, probe=test.probeGuess, obj=cand.field, xcoords=test.xcoords,
+                      comments=comments, probe=test.probeGuess if cand.probe is None else cand.probe, obj=cand.field, xcoords=test.xcoords,
                       ycoords=test.ycoords, geometry=geometry, probe_photon_count=probe_photon_count,
                       losses=list(cand.losses or ()))
         written.append(path)

@@ -58,22 +58,22 @@ def load_sample(path: str | Path, N: int) -> Sample:
                                 f"replace them (e.g. by the {key}'s border value) or crop them away")
     record = {"path": str(path), "probe_shape": list(probe.shape), "object_shape": list(obj.shape),
               "dtype": {"probe": probe.dtype.name, "object": obj.dtype.name}}
-    try:
-        fitted, record["probe_fit"] = fit_probe(probe, N)
-    except ContractError as err:
-        raise ContractError(f"{path}: {err}") from None
     if min(obj.shape) < 2 * N:
         raise ContractError(
             f"{path}: object: {obj.shape[0]}×{obj.shape[1]} px is too small to scan an N={N} probe; each side "
-            f"needs at least 2·N = {2 * N} px (the y split gives each half a probe's width of scan range): "
-            f"use a larger object or a smaller design.N")
-    normalised, record["object_normalisation"] = normalise_object(obj)
+            f"needs at least 2·N = {2 * N} px (the train/test split gives each half a probe's width of scan "
+            f"range): use a larger object or a smaller design.N")
+    try:
+        fitted, record["probe_fit"] = fit_probe(probe, N)
+        normalised, record["object_normalisation"] = normalise_object(obj)
+    except ContractError as err:
+        raise ContractError(f"{path}: {err}") from None
     return Sample(probe=fitted, obj=normalised, record=record, geometry=geometry)
 
 
 def fit_probe(probe: np.ndarray, N: int) -> tuple[np.ndarray, dict]:
-    """The N x N window of ``probe`` centred (to the pixel) on its intensity centroid, zero-padded
-    where the window leaves the array.
+    """An N x N probe as it is; another size: the N x N window of ``probe`` centred (to the pixel,
+    halves rounded up) on its intensity centroid, zero-padded where the window leaves the array.
 
     A crop or pad in real space keeps the pixel size, so the object's sampling is unchanged; what
     changes is the detector's: the far field of N px of size dx has pixels of λz / (N dx). An
@@ -84,7 +84,9 @@ def fit_probe(probe: np.ndarray, N: int) -> tuple[np.ndarray, dict]:
     total = float(intensity.sum())
     if not total > 0:
         raise ContractError("probe: zero everywhere; a probe must carry intensity")
-    centre = [int(round(float((intensity.sum(axis=1 - a) * np.arange(probe.shape[a])).sum()) / total))
+    if probe.shape == (N, N):
+        return probe.astype(np.complex64), {"rule": "N×N: kept as it is", "from_shape": [N, N], "kept_intensity": 1.0}
+    centre = [int(np.floor(float((intensity.sum(axis=1 - a) * np.arange(probe.shape[a])).sum()) / total + 0.5))
               for a in (0, 1)]
     out = np.zeros((N, N), dtype=np.complex64)
     src, dst = [], []
@@ -148,11 +150,19 @@ def _from_product(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
                 arrays[key] = ds[(0,) * (ds.ndim - 2)]  # the first OPR / incoherent probe mode, object layer
                 attrs[key] = dict(ds.attrs)
             geometry = {}
-            width, height = attrs["object"].get("pixel_width_m"), attrs["object"].get("pixel_height_m")
-            if width is not None and height is not None:
-                if not np.isclose(float(width), float(height), rtol=1e-6):
+            pixels = {key: [attrs[key].get(f"pixel_{side}_m") for side in ("width", "height")]
+                      for key in ("object", "probe")}
+            width, height = pixels["object"]
+            if (width is None) != (height is None):
+                raise ContractError(f"{path}: object: has only one of pixel_width_m, pixel_height_m; give both")
+            if width is not None:
+                if not np.isclose(float(width), float(height), rtol=1e-6, atol=0):
                     raise ContractError(f"{path}: object: pixels of {width} × {height} m are not square; the study "
                                         "samples square pixels: resample the product first")
+                # Ptychodus lets the probe's pixels differ from the object's; the study samples both alike
+                if any(v is not None and not np.isclose(float(v), float(width), rtol=1e-6, atol=0) for v in pixels["probe"]):
+                    raise ContractError(f"{path}: probe: pixels of {pixels['probe'][0]} × {pixels['probe'][1]} m differ "
+                                        f"from the object's {width} m; resample the probe to the object's pixel first")
                 geometry["pixel_size_m"] = float(width)
             for attr, key in (("photon_energy_eV", "photon_energy_eV"), ("probe_energy_eV", "photon_energy_eV"),
                               ("detector_object_distance_m", "detector_distance_m")):
