@@ -9,9 +9,10 @@ reads our files back with Ptychodus's own ``load_product``.
 
 Positions: the object's centre is at (0, 0) m. The study puts the probe's pixel N/2 on a scan
 position (``simulate.extract_patches``); Ptychodus puts its pixel (N - 1)/2 there and reads
-object pixel ``x_m / dx + (W - 1)/2``, so ``x_m = dx * (x - W/2)`` makes Ptychodus cut the
-same patch, with no sub-pixel shift at integer positions (tested against Ptychodus's own
-``resolve_patch_bounds``). Files are byte-reproducible (no HDF5 timestamps), written atomically.
+object pixel ``x_m / dx + (W - 1)/2``, so ``x_m = dx * (x - W/2)`` gives Ptychodus the study's
+patch offset ``x - N/2`` (tested with Ptychodus's own ``resolve_patch_bounds``). Up to float
+round-off through metres: at a whole-pixel position Ptychodus may take the corner one pixel
+lower with a shift of 1 - 1e-14. Files are byte-reproducible (no HDF5 timestamps), atomic.
 """
 from __future__ import annotations
 
