@@ -7,9 +7,10 @@ manifest and scored on its own (comparison.json gives the mean and sd over seeds
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
 dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
 comparison.png and frc_curves.png, and every reconstruction as a Ptychodus product in products/
-(fly64study.products: <model>[_seed<s>].h5, positions in metres from the phase C geometry); the PINN's inference wall times (PtychoPINN+refine: refining and
-inference, where the refine run's record is there) go to an untracked run record,
-<timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into DVC-tracked files.
+(fly64study.products: <model>[_seed<s>].h5, positions in metres from the phase C geometry); the
+PINN's inference wall times (PtychoPINN+refine: refining and inference, where the refine run's
+record is there) go to an untracked run record, <timing-dir>/phase_g/<dose>-<view>.json
+(data/timing/ by default), not into DVC-tracked files.
 """
 import argparse
 from pathlib import Path
@@ -22,7 +23,7 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import write_timing
 from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
-from fly64study.products import write_products
+from fly64study.products import seed_suffix, write_products
 from fly64study.train import read_loss_column
 
 
@@ -80,8 +81,7 @@ def main(argv=None):
                 seconds = seconds + refine_seconds[b.sha256] if b.sha256 in refine_seconds else None
             candidates.append(Candidate(model, pinn.field, seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
                                         seed=b.seed, cost=b.training, settings=b.settings,
-                                        losses=read_loss_column(losses, "val_loss" + ("" if b.seed == first
-                                                                                      else f"_seed{b.seed}")),
+                                        losses=read_loss_column(losses, "val_loss" + seed_suffix(b.seed, first)),
                                         loss_name="held-out Poisson NLL per epoch (epoch 0: before refining)"
                                         if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -29,6 +30,11 @@ STEMS = {"PtychoPINN": "ptychopinn", "PtychoPINN+refine": "ptychopinn_refine", "
          "PtyChi": "ptychi_lsqml"}
 
 
+def seed_suffix(seed: int | None, first: int | None) -> str:
+    """How a further training seed is named beside the first (loss-table columns, product files)."""
+    return "" if seed == first else f"_seed{seed}"
+
+
 def positions_m(coords: np.ndarray, size: int, pixel_size_m: float) -> np.ndarray:
     """Object-pixel coordinates (patch centres) -> Ptychodus's metres (module docstring: the half pixel)."""
     return pixel_size_m * (np.asarray(coords, dtype=np.float64) - size / 2)
@@ -36,7 +42,7 @@ def positions_m(coords: np.ndarray, size: int, pixel_size_m: float) -> np.ndarra
 
 def write_product(path: str | Path, *, name: str, comments: str, probe: np.ndarray, obj: np.ndarray,
                   xcoords: np.ndarray, ycoords: np.ndarray, geometry: dict, probe_photon_count: float,
-                  losses: list[tuple[int, float]] = ()) -> None:
+                  losses: Sequence[tuple[int, float]] = ()) -> None:
     """One reconstruction as a Ptychodus product: ``probe`` (N, N), ``obj`` (H, W) in the scan's
     frame, positions in object pixels, ``geometry`` with pixel_size_m, photon_energy_eV and
     detector_distance_m, and the loss history as (epoch, value) pairs."""
@@ -75,7 +81,7 @@ def write_product(path: str | Path, *, name: str, comments: str, probe: np.ndarr
 
 
 def write_products(out_dir: str | Path, test, candidates, *, dose: str, view: str, probe_photon_count: float,
-                   firsts: dict[str, int | None]) -> list[Path]:
+                   firsts: dict[str, int | None]) -> None:
     """Every completed candidate of a comparison (:class:`fly64study.compare.Candidate`) as
     ``<out_dir>/<stem>[_seed<s>].h5`` (older ``.h5`` files there are removed first); ``firsts``
     names each model's first seed, which keeps the plain name. The probe is the candidate's own
@@ -87,18 +93,15 @@ def write_products(out_dir: str | Path, test, candidates, *, dose: str, view: st
                             "existed); rerun `dvc repro` from generate")
     for stale in Path(out_dir).glob("*.h5"):
         stale.unlink()
-    written = []
     for cand in candidates:
         if cand.field is None:
             continue
-        suffix = "" if cand.seed == firsts.get(cand.model) else f"_seed{cand.seed}"
+        suffix = seed_suffix(cand.seed, firsts.get(cand.model))
         path = Path(out_dir) / f"{STEMS[cand.model]}{suffix}.h5"
         comments = json.dumps({"study": "fly64 dose/overlap", "model": cand.model, "seed": cand.seed,
                                "dose": dose, "view": view, "source": cand.note,
                                "losses": cand.loss_name or None}, sort_keys=True)
         write_product(path, name=f"{cand.model} {view} {dose}" + (f" seed {cand.seed}" if suffix else ""),
-                      comments=comments, probe=test.probeGuess if cand.probe is None else cand.probe, obj=cand.field, xcoords=test.xcoords,
-                      ycoords=test.ycoords, geometry=geometry, probe_photon_count=probe_photon_count,
-                      losses=list(cand.losses or ()))
-        written.append(path)
-    return written
+                      comments=comments, probe=test.probeGuess if cand.probe is None else cand.probe,
+                      obj=cand.field, xcoords=test.xcoords, ycoords=test.ycoords, geometry=geometry,
+                      probe_photon_count=probe_photon_count, losses=cand.losses)
