@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test golden profile params-diff metrics-diff bench clean-venv red green collect train-evidence archive archive-check hub-new push pull
+.PHONY: setup repro test golden profile params-diff metrics-diff bench clean-venv red green collect train-evidence archive archive-check hub-new push pull share gather sweep
 
 # pyproject.toml pins Python 3.11 (the wheels the numbers were made with): the first of these that is 3.11
 PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
@@ -122,9 +122,28 @@ hub-new:
 
 # ------------------------------------------------------------------------------- remotes
 # The committed default remote is a local directory (.dvc_remote/, see .dvc/config); point it
-# elsewhere in .dvc/config.local (README: "DVC remotes").
+# elsewhere in .dvc/config.local (README: "DVC remotes"), or name one: REMOTE=<name>.
+# push: what dvc.lock and the .dvc files name, and the run-cache with every file it names
+# (fly64study.sharing: `dvc push --run-cache` alone leaves out the git-kept metrics tables).
 push: setup
-	dvc push
+	$(PY) -m fly64study.sharing push $(if $(REMOTE),--remote $(REMOTE))
 
 pull: setup
-	dvc pull
+	dvc pull --run-cache $(if $(REMOTE),-r $(REMOTE))
+
+# One study on several machines (README: "Running on several machines"): each runs
+# `make share DOSES="1e3"` (its doses' stages, then push); one then runs `make gather`
+# (fetch every share's run-cache, `dvc repro --pull`: shared stages are restored, not rerun).
+share: setup
+	$(if $(DOSES),,$(error make share: give DOSES="<dose labels of design.doses>"))
+	$(PY) -m fly64study.sharing share $(foreach d,$(DOSES),--dose $(d)) $(if $(REMOTE),--remote $(REMOTE))
+
+gather: setup
+	$(PY) -m fly64study.sharing gather $(if $(REMOTE),--remote $(REMOTE))
+
+# A queued sweep of one params key (README: "Queued sweeps"), JOBS experiments at a time:
+#   make sweep PARAM=design.views.sparse VALUES="0.1 0.2 0.3 0.4" JOBS=2 [TARGETS="overlap@1e3-sparse"]
+JOBS ?= 1
+sweep: setup
+	$(if $(and $(PARAM),$(VALUES)),,$(error make sweep: give PARAM=<params key> VALUES="<v1> <v2> ..."))
+	$(PY) -m fly64study.sweeps $(PARAM) $(VALUES) --jobs $(JOBS) $(foreach t,$(TARGETS),--target $(t))

@@ -7,6 +7,10 @@ After each job three lines name the job and its dose, for example
 for the first seed of train.seeds, and three more per further seed, naming it:
     dense (dose=1e3), seed 8 → Bundle: dose_1e3/dense/gs2/seed_8/wts.h5.zip
 with the same values as training_manifest.json (bundle paths relative to --artifact-root).
+
+Data-parallel on K processes, unchanged: `torchrun --nproc_per_node=K stages/train.py ...`
+(gloo on the CPU, nccl with --accelerator cuda; add --nnodes and a rendezvous for several
+machines). Rank 0 writes; every rank logs; the manifest records the world size.
 """
 import argparse
 from pathlib import Path
@@ -15,7 +19,8 @@ from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
 from fly64study.files import write_json
 from fly64study.devices import select_device
-from fly64study.numerics import pin_torch, record
+from fly64study.distributed import start, stop, world
+from fly64study.numerics import THREADS, pin_torch, record
 from fly64study.train import TrainingPaused, plan_jobs, run_job
 
 
@@ -46,6 +51,9 @@ def main(argv=None):
     jobs = plan_jobs(params, args.dose, args.view)
     phase_d, root = Path(args.phase_d), Path(args.artifact_root)
     manifest_dir = Path(args.manifest_dir) if args.manifest_dir else root
+    w = world()
+    if args.dry_run and not w.writes:
+        return
     if args.dry_run:
         for job in jobs:
             train_path, test_path = job.data_paths(phase_d)
@@ -58,8 +66,19 @@ def main(argv=None):
         raise ParamsError("--num-workers: must be >= 0")
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch: must be >= 1")
-    device = select_device(args.accelerator)
-    pin_torch(args.deterministic)
+    if w.distributed and args.stop_after_epoch is not None:
+        raise ParamsError("--stop-after-epoch: a torchrun (distributed) run keeps no checkpoint to resume; "
+                          "run it in one process")
+    device = start(w, select_device(args.accelerator))
+    # the node's processes share its cores: THREADS split between them (part of the result, with K)
+    pin_torch(args.deterministic, threads=max(1, THREADS // w.local_size))
+    try:
+        train_jobs(args, params, jobs, phase_d, root, manifest_dir, device, w)
+    finally:
+        stop(w)
+
+
+def train_jobs(args, params, jobs, phase_d, root, manifest_dir, device, w):
     entries, skipped = [], []
     for job in jobs:
         missing = [str(p) for p in job.data_paths(phase_d) if not p.is_file()]
@@ -72,8 +91,8 @@ def main(argv=None):
             continue
         try:
             job_entries = run_job(job, params, phase_d=phase_d, artifact_root=root, records=manifest_dir, device=device,
-                            num_workers=args.num_workers, checkpoint_dir=args.checkpoint_dir,
-                            stop_after_epoch=args.stop_after_epoch, timing_dir=Path(args.timing_dir))
+                                  num_workers=args.num_workers, checkpoint_dir=args.checkpoint_dir,
+                                  stop_after_epoch=args.stop_after_epoch, timing_dir=Path(args.timing_dir), world=w)
         except TrainingPaused as paused:
             skipped.append({"dose": job.dose, "view": job.view, "gridsize": job.gridsize, "reason": str(paused)})
             print(f"{job.name} → {paused}", flush=True)
@@ -84,12 +103,15 @@ def main(argv=None):
             print(f"{name} → Bundle: {entry['bundle_path']}")
             print(f"{name} → SHA256: {entry['sha256']}")
             print(f"{name} → Size: {entry['size']} bytes", flush=True)
+    if not w.writes:
+        return
     # no timestamp or host here: a tracked output changes only when results do (times: --timing-dir)
     write_json(manifest_dir / "training_manifest.json", {
         "artifact_root": str(root), "phase_d_root": str(phase_d),
         "filters": {"dose": args.dose or [], "view": args.view or []},
         "options": {"accelerator": args.accelerator, "device": str(device), "deterministic": args.deterministic,
-                    "num_workers": args.num_workers, "allow_missing": args.allow_missing},
+                    "num_workers": args.num_workers, "allow_missing": args.allow_missing,
+                    "world_size": w.size},  # torchrun's processes (bits are reproducible for a fixed one)
         # bit for bit on any x86-64 CPU only on the CPU with --deterministic and pinned numerics
         "bitwise_reproducible": device.type == "cpu" and args.deterministic and record()["pinned"],
         "numerics": record(),

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,20 +91,38 @@ def copy_project(root: Path, profile: str = "tiny") -> Path:
 
 @dataclass(frozen=True)
 class TinyRun:
-    """One `dvc repro` of the tiny profile, shared by every test that needs pipeline outputs."""
+    """The tiny study, fanned out as `make share` / `make gather` would over three machines and
+    shared by every test that needs pipeline outputs: one clone per dose runs that dose's stages
+    and pushes them with the run-cache to one remote; the collector (``root``) fetches the
+    run-cache and runs `dvc repro --pull`, which restores every shared stage and runs the report."""
 
-    root: Path  # the project, committed after the run (metrics and plot tables in git)
+    root: Path  # the collector, committed after the run (metrics and plot tables in git)
     reads: Path  # per stage process: the params keys its code read (FLY64STUDY_PARAMS_RECORD)
-    log: str  # dvc repro's output
-    seconds: float
+    shares: dict  # dose -> the output of its share (`python -m fly64study.sharing share --dose <d>`)
+    log: str  # the collector's output (`python -m fly64study.sharing gather`)
+    remote: Path  # the team remote (a local directory)
+
+
+def _sharing(root: Path, *args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fly64study.sharing", *args], cwd=root,
+                            env={**project_env(root), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> str:
+    out = proc.communicate()[0]
+    if proc.returncode:
+        raise AssertionError(f"{what} exited {proc.returncode}\n{out}")
+    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> TinyRun:
     """The whole tiny pipeline, run once per test session (stage processes import torch afresh,
     so every rerun costs minutes on 2 cores). Tests that change it work on :func:`clone_run`.
-    Under pytest-xdist the workers share one run: the first to ask builds it in the session's
-    common temporary folder, holding a file lock; the others wait for the lock and read it."""
+    The two shares run side by side, one per core. Under pytest-xdist the workers share one run:
+    the first to ask builds it in the session's common temporary folder, holding a file lock;
+    the others wait for the lock and read it."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the folder above every worker's own
@@ -115,14 +132,22 @@ def tiny_pipeline(tmp_path_factory) -> TinyRun:
             shutil.rmtree(base, ignore_errors=True)  # a run that failed half-way in another worker
             base.mkdir()
             root = copy_project(base / "study")
-            t0 = time.perf_counter()
-            proc = sh(root, "dvc", "repro", env={RECORD_ENV: str(base / "reads")})
-            seconds = time.perf_counter() - t0
+            remote, record = base / "remote", {RECORD_ENV: str(base / "reads")}
+            clones = {}
+            for dose in load_params(root / "params.yaml").design.doses:
+                clones[dose] = base / f"share_{dose}"
+                sh(base, "git", "clone", "-q", str(root), str(clones[dose]))
+            for project in (root, *clones.values()):
+                sh(project, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
+            running = {d: _sharing(c, "share", "--dose", d, env=record) for d, c in clones.items()}
+            shares = {d: _finish(p, f"share --dose {d}") for d, p in running.items()}
+            log = _finish(_sharing(root, "gather", env=record), "gather")
             sh(root, "git", "add", "-A")
             sh(root, "git", "commit", "-qm", "tiny run")
-            done.write_text(json.dumps({"log": proc.stdout + proc.stderr, "seconds": seconds}))
+            done.write_text(json.dumps({"shares": shares, "log": log}))
         run = json.loads(done.read_text())
-    return TinyRun(root=base / "study", reads=base / "reads", log=run["log"], seconds=run["seconds"])
+    return TinyRun(root=base / "study", reads=base / "reads", shares=run["shares"], log=run["log"],
+                   remote=base / "remote")
 
 
 def clone_run(run: TinyRun, dest: Path) -> Path:

@@ -5,6 +5,7 @@ import csv
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,41 @@ def check_report(root: Path) -> None:
             assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
 
+def _dose_of(stage: str) -> str | None:
+    return stage.split("@")[1].split("-")[0] if "@" in stage else None
+
+
+def test_a_study_fanned_out_over_three_clones_is_restored_not_rerun_and_equals_one_machines(tiny_pipeline, tmp_path):
+    """The shared run is a fan-out (tests/conftest.py): a clone per dose ran its share and pushed it
+    with the run-cache to one remote; the collector fetched the run-cache and ran `dvc repro --pull`.
+    Each share ran its dose's stages and nothing else; the collector ran none of them again and
+    ran only the two stages of no dose (design, report); and what it holds is what one machine's `dvc repro` made, byte for byte
+    (tests/golden/tiny_sha256.txt, written by `make golden` from a single-machine run)."""
+    from test_reproducible import first_difference, output_digests, read_golden
+
+    assert set(tiny_pipeline.shares) == set(DOSES)
+    for dose, out in tiny_pipeline.shares.items():
+        assert ran_log(out) == {s for s in STAGES if _dose_of(s) == dose}, out
+        assert re.search(r"run-cache: \d+ entries pushed", out)
+    log = tiny_pipeline.log
+    restored = set(re.findall(r"Stage '([^']+)' is cached - skipping run", log))
+    # design and report belong to no dose: the collector runs them (a few seconds each)
+    assert restored == STAGES - {"design", "report"}, log
+    assert ran_log(log) == {"design", "report"}
+    digests = output_digests(tiny_pipeline.root)
+    assert any(p.startswith("data/report/") for p in digests)
+    assert first_difference(read_golden(), digests) is None, first_difference(read_golden(), digests)
+    # a colleague's clone of the collector's commit gets every result from the remote (`make pull`)
+    colleague = tmp_path / "colleague"
+    sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(colleague))
+    sh(colleague, "dvc", "remote", "add", "--local", "-d", "team", str(tiny_pipeline.remote))
+    sh(colleague, "dvc", "pull", "--run-cache")
+    assert output_digests(colleague) == digests
+    assert stale(colleague) == set()
+
+
 def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
-    first, project = tiny_pipeline.log, tiny_pipeline.root
-    assert ran_log(first) == STAGES
+    project = tiny_pipeline.root
     for d in DOSES:
         for part in ("train", "test"):
             ds = load_dataset(project / f"data/phase_c/dose_{d}/patched_{part}.npz")
@@ -235,3 +268,32 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
             if name == "ptychopinn.h5":  # the training's validation loss, epoch by epoch
                 table = root / "phase_e" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
                 assert losses == list(read_loss_column(table, "val_loss"))
+
+
+def test_a_queued_sweep_runs_each_point_and_exp_show_lists_its_metrics(tiny_pipeline, tmp_path):
+    """`make sweep` (python -m fly64study.sweeps): one queued DVC experiment per value, run two at a
+    time by `dvc queue start -j 2`, limited here to one stage; `dvc exp show` lists each point's
+    params and metrics. A value the params rules reject stops the sweep before anything is queued."""
+    project = clone_run(tiny_pipeline, tmp_path / "study")
+    sweep = (sys.executable, "-m", "fly64study.sweeps", "design.views.sparse")
+    bad = sh(project, *sweep, "0.3", "1.5", check=False)
+    assert bad.returncode == 2 and "design.views.sparse=1.5" in bad.stderr and "outside [0, 1)" in bad.stderr
+    unknown = sh(project, sys.executable, "-m", "fly64study.sweeps", "design.views.spares", "0.3", check=False)
+    assert unknown.returncode == 2 and "design.views.spares: no such key" in unknown.stderr
+    assert "Queued" not in sh(project, "dvc", "queue", "status").stdout
+
+    out = sh(project, *sweep, "0.3", "0.4", "--jobs", "2", "--target", "overlap@1e3-sparse").stdout
+    assert "| design.views.sparse" in out.replace("  ", " ")  # the table printed at the end
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    points = {}
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            fraction = data["params"]["params.yaml"]["data"]["design"]["views"]["sparse"]
+            points[fraction] = data["metrics"]["data/phase_d/dose_1e3/sparse/metrics.json"]["data"]
+    assert set(points) == {0.3, 0.4}
+    base = json.loads((project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())
+    # more overlap, closer positions, more of them kept: each point ran with its own value
+    assert base["spacing_px"] > points[0.3]["spacing_px"] > points[0.4]["spacing_px"]
+    assert base["train"]["kept"] <= points[0.3]["train"]["kept"] <= points[0.4]["train"]["kept"]
+    assert sh(project, "git", "status", "--porcelain").stdout == ""  # the workspace is untouched

@@ -20,7 +20,10 @@ BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 # minutes of compute, an install, a network remote, or evidence runs with their own tests (test_evidence.py)
 NOT_RUN = ("make repro", "make test", "dvc repro", "make bench", "make golden", "pip install", "make red",
            "make green", "make collect", "make train-evidence", "make archive", "make push", "make pull",
-           "dvc remote add", "dvc remote modify")
+           "dvc remote add", "dvc remote modify",
+           # the fan-out's three clones and the queued sweep: minutes, and run by tests of their own
+           # (tests/conftest.py's shared run is that fan-out; test_pipeline.py runs a sweep)
+           "study-", "make sweep")
 # a plain shell: the system's PATH without the project's environment
 PLAIN_PATH = os.pathsep.join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
 

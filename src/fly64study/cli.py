@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -16,7 +17,9 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     A stage that computes with torch (it is imported by then) runs with pinned torch settings."""
     if "torch" in sys.modules:
         numerics.pin_torch(True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # under torchrun every process logs: each line says which
+    rank = f" [rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']}]" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         main(argv)
     except (ParamsError, ContractError) as err:

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import ContractError, Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
+from fly64study.distributed import World, all_sum, from_rank0
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
 from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
 from fly64study.overlap import cover_positions, group_positions
@@ -130,7 +131,7 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     scored on: it learns a denoised object, not one that reproduces shot noise. ``split``: that
     (input, target) pair drawn beforehand, instead of a new draw.
     """
-    s = model.cfg.intensity_scale
+    s = getattr(model, "module", model).cfg.intensity_scale  # ``model`` may be its DistributedDataParallel
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
     seen, target = split if split is not None else thin(counts, thinning, generator)
@@ -198,7 +199,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
                 grouping_seed: int, device: torch.device, num_workers: int = 0, label: str = "",
                 checkpoint_path: Path | None = None, fingerprint: str = "",
                 stop_after_epoch: int | None = None, init: DiffractionToObject | None = None,
-                fixed_split: bool = False) -> TrainResult:
+                fixed_split: bool = False, world: World = World()) -> TrainResult:
     """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss;
     ``seed`` sets the initialisation, the validation split, the batch order and the thinning draws.
 
@@ -211,9 +212,20 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
     With ``checkpoint_path`` every epoch ends by rewriting the checkpoint (atomically), and a
     checkpoint with the same ``fingerprint`` found at the start is resumed from; with
     ``stop_after_epoch`` training pauses (:class:`TrainingPaused`) once that epoch is saved.
+
+    In a ``world`` of K processes (torchrun, :mod:`fly64study.distributed`) each process takes a
+    DistributedSampler's share of the groups, in batches of ``batch_size / K`` (the step still sees
+    ``batch_size`` groups), with its own thinning draws; DistributedDataParallel averages the
+    gradients, so every process holds the same weights, and early stopping follows rank 0's
+    validation loss. Deterministic for a fixed K, not equal to another K's bits; keeps no checkpoint.
     """
     if (init is not None or fixed_split) and checkpoint_path is not None:
         raise ValueError("train_model: init and fixed_split runs keep no checkpoint (a resume would redraw the split)")
+    if world.distributed and (init is not None or fixed_split or checkpoint_path is not None):
+        raise ValueError("train_model: a distributed run trains from scratch and keeps no checkpoint")
+    if cfg.batch_size % world.size:
+        raise ParamsError(f"train.batch_size: {cfg.batch_size} groups do not split over {world.size} processes; "
+                          f"make it a multiple of torchrun's world size {world.size}")
     torch.manual_seed(seed)
     n_min = gridsize * gridsize
     train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, seed)
@@ -243,9 +255,16 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
     model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     order = torch.Generator().manual_seed(seed)
-    thinning_draws = torch.Generator(device=device).manual_seed(seed + 1)
-    loader = DataLoader(TensorDataset(train_groups.indices, train_groups.offsets), batch_size=cfg.batch_size,
-                        shuffle=True, generator=order, num_workers=num_workers)
+    # each process its own thinning draws (rank 0's are a single process's)
+    thinning_draws = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * world.rank)
+    groups = TensorDataset(train_groups.indices, train_groups.offsets)
+    sampler, step_model = None, model
+    if world.distributed:
+        sampler = DistributedSampler(groups, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
+        loader = DataLoader(groups, batch_size=cfg.batch_size // world.size, sampler=sampler, num_workers=num_workers)
+        step_model = torch.nn.parallel.DistributedDataParallel(model)  # starts from rank 0's weights
+    else:
+        loader = DataLoader(groups, batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=num_workers)
     log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
              len(train_groups.indices), gridsize**2, len(val_groups.indices),
              sum(p.numel() for p in model.parameters()), device)
@@ -271,9 +290,11 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
             break
         t0 = time.perf_counter()
         model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         total, seen = 0.0, 0
         for idx, off in tqdm(loader, desc=f"{label} epoch {epoch}", unit="batch", leave=False, disable=None):
-            loss = batch_loss(model, amp[idx], counts[idx], off.to(device), cfg.thinning, thinning_draws,
+            loss = batch_loss(step_model, amp[idx], counts[idx], off.to(device), cfg.thinning, thinning_draws,
                               None if fixed is None else (fixed[0][idx], fixed[1][idx]))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,8 +303,9 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
             optimiser.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
+        total, seen = all_sum([total, seen], world)
         model.eval()
-        val = _loss_over(model, amp, counts, val_groups, cfg.thinning, seed + 2)
+        val = from_rank0(_loss_over(model, amp, counts, val_groups, cfg.thinning, seed + 2), world)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val,
                         "lr": optimiser.param_groups[0]["lr"], "seconds": seconds})
@@ -391,7 +413,8 @@ def job_fingerprint(job: Job, params: Params, train_path: Path, seed: int) -> st
 
 def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
             device: torch.device, num_workers: int = 0, checkpoint_dir: Path | None = None,
-            stop_after_epoch: int | None = None, timing_dir: Path | None = None) -> list[dict]:
+            stop_after_epoch: int | None = None, timing_dir: Path | None = None,
+            world: World = World()) -> list[dict]:
     """Train one job, one model per seed of ``train.seeds``; write each model's bundle under
     ``artifact_root`` (:meth:`Job.relative_dir`: ``dose_<d>/<view>/gs<g>/wts.h5.zip`` for the first
     seed, ``.../gs<g>/seed_<s>/wts.h5.zip`` for each further one), and the per-epoch losses
@@ -399,7 +422,10 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     (``eval_<dose>_<view>.json``, per seed) under ``records``; wall times go to the untracked
     ``<timing_dir>/phase_e/<dose>-<view>.json`` only, so tracked files hold results alone. Each
     seed's checkpoint (``checkpoint_dir``, default ``<artifact_root>/.checkpoints``) is resumed
-    if present and removed once every seed's bundle is written. Returns one manifest entry per seed."""
+    if present and removed once every seed's bundle is written. Returns one manifest entry per seed.
+
+    In a distributed ``world`` every process trains (keeping no checkpoint) and rank 0 alone
+    evaluates and writes; the others return no entries."""
     train_path, test_path = job.data_paths(phase_d)
     design, cfg = params.design, params.train
     train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)
@@ -414,10 +440,13 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
         t0 = time.perf_counter()
         result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, seed=seed,
                              neighbor_count=design.neighbor_count, grouping_seed=design.seeds.grouping,
-                             device=device, num_workers=num_workers, label=label, checkpoint_path=ckpt,
+                             device=device, num_workers=num_workers, label=label,
+                             checkpoint_path=None if world.distributed else ckpt,
                              fingerprint=job_fingerprint(job, params, train_path, seed),
-                             stop_after_epoch=stop_after_epoch)
+                             stop_after_epoch=stop_after_epoch, world=world)
         train_seconds = time.perf_counter() - t0
+        if not world.writes:
+            continue
         bundle_rel = job.relative_dir(extra) / "wts.h5.zip"
         training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seed": seed,
                     **{k: getattr(cfg, k) for k in ("width", "depth", "stride", "skips", "batch_size",
@@ -430,7 +459,7 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
                               grouping_seed=design.seeds.grouping, device=device)
         histories[seed], evaluations[seed] = result.history, evaluation
         timing.append({"seed": seed, "train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - t1,
-                       "epoch_seconds": [h["seconds"] for h in result.history]})
+                       "epoch_seconds": [h["seconds"] for h in result.history], "world_size": world.size})
         best = result.history[result.best_epoch - 1]
         entries.append({
             "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
@@ -446,6 +475,8 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     # must not make the finished ones train again)
     for ckpt in checkpoints:
         ckpt.unlink(missing_ok=True)
+    if not world.writes:
+        return []
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
     write_loss_table(losses.with_suffix(".csv"), histories)
     plot_losses(losses.with_suffix(".png"), histories, title=f"{job.name}, gridsize {job.gridsize}")
