@@ -51,7 +51,8 @@ repro: setup
 test: setup
 	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-# Rewrite tests/golden/tiny_sha256.txt from a fresh tiny run: only for a deliberate change of results
+# Rewrite tests/golden/tiny_sha256.txt from a fresh single-machine tiny `dvc repro` (then the shared
+# fan-out run is checked against it): only for a deliberate change of results
 # (review `git diff tests/golden` before committing; a digest that changed on another CPU is a bug).
 golden: setup
 	FLY64STUDY_WRITE_GOLDEN=1 $(PY) -m pytest -q tests/test_reproducible.py::test_the_tiny_run_reproduces_the_golden_digests
