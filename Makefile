@@ -135,16 +135,22 @@ pull: setup
 # One study on several machines (README: "Running on several machines"): each runs
 # `make share DOSES="1e3"` (its doses' stages, then push); one then runs `make gather`
 # (fetch every share's run-cache, `dvc repro --pull`: shared stages are restored, not rerun).
+# (the checks run when make reads this file: before a setup that may take minutes)
+ifneq ($(filter share,$(MAKECMDGOALS)),)
+  $(if $(DOSES),,$(error make share: give DOSES="<dose labels of design.doses>"))
+endif
+ifneq ($(filter sweep,$(MAKECMDGOALS)),)
+  $(if $(and $(PARAM),$(VALUES)),,$(error make sweep: give PARAM=<params key> VALUES="<v1> <v2> ..."))
+endif
+
 share: setup
-	$(if $(DOSES),,$(error make share: give DOSES="<dose labels of design.doses>"))
 	$(PY) -m fly64study.sharing share $(foreach d,$(DOSES),--dose $(d)) $(if $(REMOTE),--remote $(REMOTE))
 
-gather: setup
-	$(PY) -m fly64study.sharing gather $(if $(REMOTE),--remote $(REMOTE))
+gather: setup   # the default remote (core.remote): `dvc repro --pull` takes no other
+	$(PY) -m fly64study.sharing gather
 
 # A queued sweep of one params key (README: "Queued sweeps"), JOBS experiments at a time:
 #   make sweep PARAM=design.views.sparse VALUES="0.1 0.2 0.3 0.4" JOBS=2 [TARGETS="overlap@1e3-sparse"]
 JOBS ?= 1
 sweep: setup
-	$(if $(and $(PARAM),$(VALUES)),,$(error make sweep: give PARAM=<params key> VALUES="<v1> <v2> ..."))
-	$(PY) -m fly64study.sweeps $(PARAM) $(VALUES) --jobs $(JOBS) $(foreach t,$(TARGETS),--target $(t))
+	$(PY) -m fly64study.sweeps '$(PARAM)' $(foreach v,$(VALUES),'$(v)') --jobs $(JOBS) $(foreach t,$(TARGETS),--target '$(t)')

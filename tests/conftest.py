@@ -103,14 +103,20 @@ class TinyRun:
     remote: Path  # the team remote (a local directory)
 
 
-def _sharing(root: Path, *args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fly64study.sharing", *args], cwd=root,
-                            env={**project_env(root), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def _sharing(root: Path, *args: str, env: dict) -> tuple[subprocess.Popen, Path]:
+    """``python -m fly64study.sharing <args>`` started in ``root``, its output going to a file (two
+    side by side must not wait on each other's pipe)."""
+    log = root.parent / f"{root.name}.{args[0]}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "fly64study.sharing", *args], cwd=root,
+                                env={**project_env(root), **env}, stdout=fh, stderr=subprocess.STDOUT)
+    return proc, log
 
 
-def _finish(proc: subprocess.Popen, what: str) -> str:
-    out = proc.communicate()[0]
+def _finish(started: tuple[subprocess.Popen, Path], what: str) -> str:
+    proc, log = started
+    proc.wait()
+    out = log.read_text()
     if proc.returncode:
         raise AssertionError(f"{what} exited {proc.returncode}\n{out}")
     return out

@@ -71,16 +71,19 @@ def test_dvc_is_configured_offline():
 
 def test_every_uncached_output_is_kept_by_git():
     """A `cache: false` output is in neither the DVC cache nor a remote: git must keep it, or a
-    fresh clone misses it and reruns its stage (the tune tables were ignored at first)."""
+    fresh clone misses it and reruns its stage. And only metrics and plots may be `cache: false`:
+    DVC keeps no run-cache entry for a stage with any other uncached output, so a fan-out
+    collector or a queued experiment would run that stage again (tune@ and compare@ did)."""
     import subprocess
 
     uncached = []
-    for stage in STAGES.values():
+    for name, stage in STAGES.items():
         for kind in ("outs", "metrics", "plots"):
             for out in stage.get(kind, []):
                 if isinstance(out, dict):
                     (path, opts), = out.items()
                     if opts and opts.get("cache") is False:
+                        assert kind != "outs", f"{name}: {path} is a cache: false output outside metrics/plots"
                         uncached.append(re.sub(r"\$\{[^}]+\}", "x", path))
     assert uncached
     proc = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True, text=True)

@@ -209,3 +209,14 @@ def test_placement_equals_shifting_each_patch_onto_a_canvas_and_back():
             den = shift(weights, -off[b, c])[m:m + N, m:m + N].real + 0.01
             expected[b, c] = num / den
     np.testing.assert_allclose(p.average(patches).numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_batch_that_does_not_split_over_the_world_is_refused_before_training(tiny_split, tiny):
+    """Under torchrun each of K processes takes batch_size / K groups a step: a batch size K does
+    not divide is a params error naming the field and the fix (checked before any collective)."""
+    from fly64study.design import ParamsError
+    from fly64study.distributed import World
+
+    with pytest.raises(ParamsError, match=r"train.batch_size: 8 groups do not split over 3 processes"):
+        train_model(tiny_split, gridsize=1, cfg=tiny.train, seed=7, neighbor_count=7, grouping_seed=123,
+                    device=torch.device("cpu"), world=World(size=3, rank=1))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clone_run, copy_project, sh
+from conftest import REPO, clone_run, copy_project, sh
 from fly64study.contract import load_dataset
 from fly64study.files import sha256_file
 
@@ -297,3 +297,21 @@ def test_a_queued_sweep_runs_each_point_and_exp_show_lists_its_metrics(tiny_pipe
     assert base["spacing_px"] > points[0.3]["spacing_px"] > points[0.4]["spacing_px"]
     assert base["train"]["kept"] <= points[0.3]["train"]["kept"] <= points[0.4]["train"]["kept"]
     assert sh(project, "git", "status", "--porcelain").stdout == ""  # the workspace is untouched
+
+
+def test_sharing_and_its_make_targets_refuse_what_they_cannot_do(project):
+    """Bad requests stop before any stage runs, naming the fix: a dose not in design.doses, a dose
+    for push, a remote for gather (`dvc repro --pull` has no remote option); `make share` without
+    DOSES stops before the setup it would start."""
+    sharing = (sys.executable, "-m", "fly64study.sharing")
+    bad = sh(project, *sharing, "share", "--dose", "1e4", check=False)
+    assert bad.returncode == 2 and "--dose 1e4: not a dose of design.doses; choose from ['1e3', '1e5']" in bad.stderr
+    assert sh(project, *sharing, "push", "--dose", "1e3", check=False).returncode == 2
+    gather = sh(project, *sharing, "gather", "--remote", "team", check=False)
+    assert gather.returncode == 2 and "dvc remote default --local" in gather.stderr
+    assert not (project / "data").exists()
+    make = sh(project, "make", "--no-print-directory", "share", check=False)
+    assert make.returncode != 0 and "give DOSES=" in make.stderr and not (project / ".venv").exists()
+    (project / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())  # what setup needs
+    dry = sh(project, "make", "--no-print-directory", "-n", "share", "DOSES=1e3 1e5", "REMOTE=team")
+    assert "-m fly64study.sharing share --dose 1e3 --dose 1e5 --remote team" in dry.stdout

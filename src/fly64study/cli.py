@@ -18,7 +18,8 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     if "torch" in sys.modules:
         numerics.pin_torch(True)
     # under torchrun every process logs: each line says which
-    rank = f" [rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']}]" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = f" [rank {os.environ.get('RANK', '?')}/{size}]" if size > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         main(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -51,7 +52,9 @@ def start(w: World, device: torch.device) -> torch.device:
                               "CUDA devices here; start at most one process per GPU")
         device = torch.device("cuda", w.local_rank)
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # ranks other than 0 wait in the next collective while rank 0 evaluates and writes a bundle:
+    # minutes at the full profile, beyond NCCL's default 10-minute timeout
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return device
 
 

@@ -15,7 +15,7 @@ collector could not restore the stage and would run it again.
 Command line (the Makefile's push, share and gather targets):
     python -m fly64study.sharing push [--remote R]
     python -m fly64study.sharing share --dose 1e3 [--dose ...] [--remote R]
-    python -m fly64study.sharing gather [--remote R]
+    python -m fly64study.sharing gather            (the default remote)
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
     with Repo(str(root)) as repo:
         entries = repo.stage_cache.push(remote)
         objs = set()
-        for found in repo.stage_cache.get_used_objs(entries).values():
+        # force: an entry naming a directory this cache lacks is skipped, not asked about
+        for found in repo.stage_cache.get_used_objs(entries, force=True).values():
             objs |= found
         # an entry of a run whose files `dvc gc` removed: skipped (that stage reruns elsewhere)
         held = {h for h in objs if (repo.cache.local if h.name == "md5" else repo.cache.legacy).exists(h.value)}
@@ -74,9 +75,9 @@ def push(root: Path, remote: str | None = None) -> None:
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
 
-def share(root: Path, doses: list[str], remote: str | None = None, params: str = "params.yaml") -> None:
+def share(root: Path, doses: list[str], remote: str | None = None) -> None:
     """Run this machine's share of the study (every stage of ``doses``) and push it."""
-    known = list(dict.keys(load_params(Path(root) / params).design.doses))
+    known = list(dict.keys(load_params(Path(root) / "params.yaml").design.doses))
     for d in doses:
         if d not in known:
             raise ParamsError(f"--dose {d}: not a dose of design.doses; choose from {known}")
@@ -86,12 +87,13 @@ def share(root: Path, doses: list[str], remote: str | None = None, params: str =
     push(root, remote)
 
 
-def gather(root: Path, remote: str | None = None) -> None:
+def gather(root: Path) -> None:
     """Fetch every share's run-cache, then `dvc repro --pull`: shared stages are restored (their
-    files pulled as needed), the rest run; then push, so the next colleague restores those too."""
-    _dvc("fetch", "--run-cache", *_remote(remote), cwd=root)
+    files pulled as needed), the rest run; then push, so the next colleague restores those too.
+    The default remote only: `dvc repro --pull` has no remote option."""
+    _dvc("fetch", "--run-cache", cwd=root)
     _dvc("repro", "--pull", cwd=root)
-    push(root, remote)
+    push(root)
 
 
 def main(argv=None):
@@ -99,18 +101,21 @@ def main(argv=None):
     parser.add_argument("action", choices=("push", "share", "gather"))
     parser.add_argument("--dose", action="append", default=[], help="share: a dose label of design.doses "
                         "(repeatable)")
-    parser.add_argument("--remote", help="a DVC remote's name (default: core.remote, e.g. set in .dvc/config.local)")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--remote", help="push, share: a DVC remote's name (default: core.remote, e.g. set in "
+                        ".dvc/config.local)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.action == "share":
-        share(root, args.dose, args.remote, args.params)
+        share(root, args.dose, args.remote)
     elif args.dose:
         raise ParamsError(f"--dose: only for share, not {args.action}")
     elif args.action == "push":
         push(root, args.remote)
+    elif args.remote:
+        raise ParamsError("--remote: gather uses the default remote (`dvc repro --pull` has no remote option); "
+                          "make it the default with `dvc remote default --local <name>`")
     else:
-        gather(root, args.remote)
+        gather(root)
 
 
 if __name__ == "__main__":

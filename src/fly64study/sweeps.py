@@ -49,33 +49,41 @@ def check_values(params_file: Path, key: str, values: list[str]) -> None:
         target = trial
         for part in parents:
             target = target[part]
-        target[leaf] = _yaml().load(value)  # as `-S key=value` will write it: YAML, so 0.3 is a number
+        try:  # as `-S key=value` will write it: YAML, so 0.3 is a number and [7, 8] a list
+            target[leaf] = _yaml().load(value)
+        except Exception as err:  # ruamel's parse errors have no common public base
+            raise ParamsError(f"sweep value {key}={value}: not YAML ({str(err).splitlines()[0]})") from None
         try:
             params_from_dict(trial)
         except ParamsError as err:
             raise ParamsError(f"sweep value {key}={value}: {err}") from None
 
 
-def queue_status(root: Path) -> dict[str, str]:
-    """experiment name -> its queue state (Queued, Running, Success, Failed, ...)."""
+_WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
+
+
+def queue_status(root: Path) -> tuple[dict[str, str], int]:
+    """(experiment name -> its queue state: Queued, Running, Success, Failed, ...; live workers)."""
     out = _dvc("queue", "status", cwd=root, capture=True)
-    rows = {}
+    rows, workers = {}, 0
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 4 and parts[0] != "Task" and not line.startswith("Worker"):
+        if (found := _WORKERS.search(line)) is not None:
+            workers = int(found.group(1)) + int(found.group(2))
+        elif len(parts) >= 4 and parts[0] != "Task":
             rows[parts[1]] = parts[-1]
-    return rows
+    return rows, workers
 
 
-def sweep(root: Path, key: str, values: list[str], *, jobs: int = 1, targets: list[str] | None = None,
-          params_file: str = "params.yaml") -> dict[str, str]:
+def sweep(root: Path, key: str, values: list[str], *, jobs: int = 1,
+          targets: list[str] | None = None) -> dict[str, str]:
     """Queue one experiment per value, run the queue ``jobs`` at a time and wait for it.
     Returns value -> experiment name; an experiment that did not succeed is an error naming it."""
     if not values:
         raise ParamsError(f"sweep {key}: give at least one value")
     if jobs < 1:
         raise ParamsError("--jobs: must be >= 1")
-    check_values(Path(root) / params_file, key, values)
+    check_values(Path(root) / "params.yaml", key, values)
     names = {}
     for value in values:
         out = _dvc("exp", "run", "--queue", "-S", f"{key}={value}", *(targets or []), cwd=root, capture=True)
@@ -85,9 +93,9 @@ def sweep(root: Path, key: str, values: list[str], *, jobs: int = 1, targets: li
         names[value] = found.group(1)
         print(f"queued {key}={value} as experiment '{names[value]}'", flush=True)
     _dvc("queue", "start", "-j", str(jobs), cwd=root)
-    last = None
+    last, idle_polls = None, 0
     while True:
-        status = queue_status(root)
+        status, workers = queue_status(root)
         states = {n: status.get(n, "missing") for n in names.values()}
         summary = ", ".join(f"{n} {s}" for n, s in states.items())
         if summary != last:
@@ -95,6 +103,11 @@ def sweep(root: Path, key: str, values: list[str], *, jobs: int = 1, targets: li
             last = summary
         if all(s not in ("Queued", "Running") for s in states.values()):
             break
+        # workers start a few seconds after `dvc queue start`: only a lasting absence is an error
+        idle_polls = idle_polls + 1 if workers == 0 else 0
+        if idle_polls * _POLL_S > 60:
+            raise SystemExit(f"sweep: no queue worker is alive and {summary}; restart them with "
+                             "`dvc queue start -j N` (or see `dvc queue logs <name>`)")
         time.sleep(_POLL_S)
     failed = [f"{key}={v} ({n}: {states[n]})" for v, n in names.items() if states[n] != "Success"]
     if failed:
@@ -109,10 +122,9 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (dvc queue start -j)")
     parser.add_argument("--target", action="append", help="only these stages and what they need (repeatable; "
                         "default: the whole pipeline)")
-    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     root = Path.cwd()
-    sweep(root, args.key, args.values, jobs=args.jobs, targets=args.target, params_file=args.params)
+    sweep(root, args.key, args.values, jobs=args.jobs, targets=args.target)
     # the sweep's table: every point's changed params and metrics
     _dvc("exp", "show", "--no-pager", "--only-changed", "--md", "--drop", "Created|State|Executor", cwd=root)
 

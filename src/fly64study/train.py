@@ -262,7 +262,9 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
     if world.distributed:
         sampler = DistributedSampler(groups, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
         loader = DataLoader(groups, batch_size=cfg.batch_size // world.size, sampler=sampler, num_workers=num_workers)
-        step_model = torch.nn.parallel.DistributedDataParallel(model)  # starts from rank 0's weights
+        # starts from rank 0's weights; one GPU per process on CUDA
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         loader = DataLoader(groups, batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=num_workers)
     log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
