@@ -29,6 +29,7 @@ from fly64study.design import ParamsError, load_params
 
 log = logging.getLogger(__name__)
 
+
 def _dvc(*args: str, cwd: Path) -> None:
     cmd = ["dvc", *args]
     print("+ " + " ".join(cmd), flush=True)
@@ -68,9 +69,10 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
     return len(entries), len(result.transferred)
 
 
-def push(root: Path, remote: str | None = None) -> None:
-    """`dvc push` (what dvc.lock and the .dvc files name) and the run-cache with all its files."""
-    _dvc("push", *_remote(remote), cwd=root)
+def push(root: Path, remote: str | None = None, targets: list[str] | None = None) -> None:
+    """`dvc push` (what dvc.lock and the .dvc files name; with ``targets``, those stages' outputs
+    alone) and the run-cache with all its files."""
+    _dvc("push", *_remote(remote), *(["--glob", *targets] if targets else []), cwd=root)
     entries, sent = push_run_cache(root, remote)
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
@@ -83,8 +85,10 @@ def share(root: Path, doses: list[str], remote: str | None = None) -> None:
             raise ParamsError(f"--dose {d}: not a dose of design.doses; choose from {known}")
     if not doses:
         raise ParamsError(f"share: name at least one dose (--dose), of {known}")
-    _dvc("repro", "--glob", *share_targets(doses), cwd=root)
-    push(root, remote)
+    targets = share_targets(doses)
+    _dvc("repro", "--glob", *targets, cwd=root)
+    # this share's outputs (the lock's other entries are other shares': not here to push)
+    push(root, remote, targets)
 
 
 def gather(root: Path) -> None:
