@@ -22,10 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from fly64study.contract import save_dataset
-from fly64study.design import load_params
+from fly64study.design import _yaml, load_params, read_params
 from fly64study.numerics import THREADS
 from fly64study.overlap import build_view
 from fly64study.simulate import generate_dose
@@ -67,13 +65,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     params = load_params(args.params)
-    raw = yaml.safe_load(Path(args.params).read_text())
+    raw = read_params(args.params)
     # a fixed number of epochs: no early stop, no learning-rate cut, one seed
     raw["train"].update(epochs=args.epochs, patience=args.epochs + 1, lr_patience=0, seeds=[raw["train"]["seeds"][0]])
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         tmp = Path(tmp)
         params_file = tmp / "params.yaml"
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        with open(params_file, "w") as fh:
+            _yaml().dump(raw, fh)  # YAML 1.2, as DVC reads it: dose labels stay quoted text
         write_view(params, args.dose, args.view, tmp / "phase_d")
         best = {1: 0.0, 2: 0.0}
         for r in range(args.rounds):
