@@ -81,6 +81,7 @@ bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/pinning.py
 	$(PY) bench/startup.py
+	$(PY) bench/ddp.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,6 +20,7 @@ Command line (the Makefile's push, share and gather targets):
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import subprocess
 from pathlib import Path
@@ -69,10 +70,10 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
     return len(entries), len(result.transferred)
 
 
-def push(root: Path, remote: str | None = None, targets: list[str] | None = None) -> None:
-    """`dvc push` (what dvc.lock and the .dvc files name; with ``targets``, those stages' outputs
+def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
+    """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, those stages' outputs
     alone) and the run-cache with all its files."""
-    _dvc("push", *_remote(remote), *(["--glob", *targets] if targets else []), cwd=root)
+    _dvc("push", *_remote(remote), *(stages or []), cwd=root)
     entries, sent = push_run_cache(root, remote)
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
@@ -87,8 +88,11 @@ def share(root: Path, doses: list[str], remote: str | None = None) -> None:
         raise ParamsError(f"share: name at least one dose (--dose), of {known}")
     targets = share_targets(doses)
     _dvc("repro", "--glob", *targets, cwd=root)
-    # this share's outputs (the lock's other entries are other shares': not here to push)
-    push(root, remote, targets)
+    # this share's outputs (the lock's other entries are other shares': not here to push);
+    # `dvc push --glob` matches file paths, not stage names, so the names are matched here
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.split()
+    push(root, remote, [name for name in listed if any(fnmatch.fnmatchcase(name, t) for t in targets)])
 
 
 def gather(root: Path) -> None:
