@@ -31,11 +31,16 @@ from fly64study.design import ParamsError, load_params
 log = logging.getLogger(__name__)
 
 
-def _dvc(*args: str, cwd: Path) -> None:
+def dvc(*args: str, cwd: Path, capture: bool = False) -> str:
+    """Run a dvc command in ``cwd``: echoed with its output shown, or quietly with its stdout
+    returned (``capture``); a failure ends the program with DVC's message."""
     cmd = ["dvc", *args]
-    print("+ " + " ".join(cmd), flush=True)
-    if subprocess.run(cmd, cwd=cwd).returncode:
-        raise SystemExit(f"`{' '.join(cmd)}` failed (its message is above)")
+    if not capture:
+        print("+ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=capture, text=True)
+    if proc.returncode:
+        raise SystemExit(f"`{' '.join(cmd)}` failed" + (f": {proc.stderr.strip()}" if capture else " (above)"))
+    return proc.stdout if capture else ""
 
 
 def _remote(remote: str | None) -> list[str]:
@@ -73,7 +78,7 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
 def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
     """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, those stages' outputs
     alone) and the run-cache with all its files."""
-    _dvc("push", *_remote(remote), *(stages or []), cwd=root)
+    dvc("push", *_remote(remote), *(stages or []), cwd=root)
     entries, sent = push_run_cache(root, remote)
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
@@ -87,11 +92,10 @@ def share(root: Path, doses: list[str], remote: str | None = None) -> None:
     if not doses:
         raise ParamsError(f"share: name at least one dose (--dose), of {known}")
     targets = share_targets(doses)
-    _dvc("repro", "--glob", *targets, cwd=root)
+    dvc("repro", "--glob", *targets, cwd=root)
     # this share's outputs (the lock's other entries are other shares': not here to push);
     # `dvc push --glob` matches file paths, not stage names, so the names are matched here
-    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
-                            check=True).stdout.split()
+    listed = dvc("stage", "list", "--name-only", cwd=root, capture=True).split()
     push(root, remote, [name for name in listed if any(fnmatch.fnmatchcase(name, t) for t in targets)])
 
 
@@ -99,8 +103,8 @@ def gather(root: Path) -> None:
     """Fetch every share's run-cache, then `dvc repro --pull`: shared stages are restored (their
     files pulled as needed), the rest run; then push, so the next colleague restores those too.
     The default remote only: `dvc repro --pull` has no remote option."""
-    _dvc("fetch", "--run-cache", cwd=root)
-    _dvc("repro", "--pull", cwd=root)
+    dvc("fetch", "--run-cache", cwd=root)
+    dvc("repro", "--pull", cwd=root)
     push(root)
 
 

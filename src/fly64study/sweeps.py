@@ -14,36 +14,27 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import subprocess
 import time
 from pathlib import Path
 
 from fly64study.cli import run
 from fly64study.design import ParamsError, _yaml, params_from_dict, read_params
+from fly64study.sharing import dvc
 
 _QUEUED = re.compile(r"Queued experiment '([^']+)'")
 _POLL_S = 2.0
 
 
-def _dvc(*args: str, cwd: Path, capture: bool = False) -> str:
-    cmd = ["dvc", *args]
-    if not capture:
-        print("+ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=capture, text=True)
-    if proc.returncode:
-        raise SystemExit(f"`{' '.join(cmd)}` failed{': ' + proc.stderr.strip() if capture else ''}")
-    return proc.stdout if capture else ""
-
-
 def check_values(params_file: Path, key: str, values: list[str]) -> None:
     """Refuse, before anything is queued, a key the params file lacks or a value its rules reject."""
     raw = read_params(params_file)
-    *parents, leaf = key.split(".")
+    parts = key.split(".")
     node = raw
-    for i, part in enumerate(key.split(".")):
+    for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"{key}: no such key in {params_file} ('{'.'.join(key.split('.')[:i + 1])}' is missing)")
+            raise ParamsError(f"{key}: no such key in {params_file} ('{'.'.join(parts[:i + 1])}' is missing)")
         node = node[part]
+    *parents, leaf = parts
     for value in values:
         trial = copy.deepcopy(raw)
         target = trial
@@ -64,7 +55,7 @@ _WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
 
 def queue_status(root: Path) -> tuple[dict[str, str], int]:
     """(experiment name -> its queue state: Queued, Running, Success, Failed, ...; live workers)."""
-    out = _dvc("queue", "status", cwd=root, capture=True)
+    out = dvc("queue", "status", cwd=root, capture=True)
     rows, workers = {}, 0
     for line in out.splitlines():
         parts = line.split()
@@ -86,13 +77,13 @@ def sweep(root: Path, key: str, values: list[str], *, jobs: int = 1,
     check_values(Path(root) / "params.yaml", key, values)
     names = {}
     for value in values:
-        out = _dvc("exp", "run", "--queue", "-S", f"{key}={value}", *(targets or []), cwd=root, capture=True)
+        out = dvc("exp", "run", "--queue", "-S", f"{key}={value}", *(targets or []), cwd=root, capture=True)
         found = _QUEUED.search(out)
         if not found:
             raise SystemExit(f"dvc exp run --queue printed no experiment name:\n{out}")
         names[value] = found.group(1)
         print(f"queued {key}={value} as experiment '{names[value]}'", flush=True)
-    _dvc("queue", "start", "-j", str(jobs), cwd=root)
+    dvc("queue", "start", "-j", str(jobs), cwd=root)
     last, idle_polls = None, 0
     while True:
         status, workers = queue_status(root)
@@ -126,7 +117,7 @@ def main(argv=None):
     root = Path.cwd()
     sweep(root, args.key, args.values, jobs=args.jobs, targets=args.target)
     # the sweep's table: every point's changed params and metrics
-    _dvc("exp", "show", "--no-pager", "--only-changed", "--md", "--drop", "Created|State|Executor", cwd=root)
+    dvc("exp", "show", "--no-pager", "--only-changed", "--md", "--drop", "Created|State|Executor", cwd=root)
 
 
 if __name__ == "__main__":
