@@ -29,14 +29,27 @@ COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcigno
         ".dvc/.gitignore"]
 
 
+# the longest test files, longest first (`pytest --durations`, 2 cores): a worker takes the next
+# file when it is free, so the long ones start early and the short ones fill the end
+LONGEST = ("test_evidence.py", "test_train_cli.py", "test_pipeline.py", "test_iterative.py", "test_faults.py",
+           "test_reproducible.py", "test_design.py", "test_readme.py", "test_refine.py", "test_fuzz.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers, a test file each at a time (``--dist loadfile``).
     The first file that reads the shared tiny run goes first (its worker builds the run while the
-    other works through files that do not need it); the other such files go last, when the run is
-    there to read. A plain `pytest` run keeps the same order."""
+    other works through long files that do not need it); the rest go longest first, so both
+    workers end together. A plain `pytest` run keeps the same order."""
     tiny_files = list(dict.fromkeys(item.path for item in items if "tiny_pipeline" in item.fixturenames))
-    rank = {path: (0 if i == 0 else 2) for i, path in enumerate(tiny_files)}
-    items.sort(key=lambda item: rank.get(item.path, 1))  # stable: each file's tests keep their order
+
+    def rank(item) -> tuple[int, int]:
+        if tiny_files and item.path == tiny_files[0]:
+            return 0, 0
+        if item.path.name in LONGEST:
+            return 1, LONGEST.index(item.path.name)
+        return 2, 0
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 def host_env() -> dict:

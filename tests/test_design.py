@@ -21,7 +21,7 @@ def _raw(profile: str = "tiny") -> dict:
 def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
     keys = set()
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("doses", "views"):
+        if isinstance(v, dict) and k not in ("doses", "views", "jobs"):  # entries are the profile's choice
             keys |= _leaf_keys(v, f"{prefix}{k}.")
         else:
             keys.add(f"{prefix}{k}")

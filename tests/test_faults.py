@@ -40,12 +40,15 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, str], float]:
     return root, {p: sha256_file(root / p) for p in GENERATE + TRAIN}, seconds
 
 
-def kill_during(root: Path, stage: str, delay: float) -> bool:
-    """Start a forced rerun of one stage and SIGKILL its whole process group after ``delay`` s.
-    Returns whether it was still running (so the kill landed mid-stage)."""
+def kill_during(root: Path, stage: str, delay: float, after=lambda: True) -> bool:
+    """Start a forced rerun of one stage and SIGKILL its whole process group ``delay`` s after
+    ``after()`` first holds (polled; at once by default). Returns whether it was still running
+    (so the kill landed mid-stage)."""
     drop_corrupt_rwlock(root)
     proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=root, env=project_env(root),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while not after() and proc.poll() is None:
+        time.sleep(0.02)
     time.sleep(delay)
     running = proc.poll() is None
     try:
@@ -102,12 +105,22 @@ def test_killed_generate_leaves_no_partial_file_and_repro_restores_identical_out
 
 
 def test_killed_training_resumes_and_ends_with_the_same_bundle(reference):
+    """Killed at its start, then by the epoch: each kill falls at a set delay (0, 0.05, 0.2 s:
+    before, during and after the next writes) after a new epoch's checkpoint appears, so they land
+    mid-stage however loaded the machine is."""
     root, digests, seconds = reference
-    landed = 0
-    for fraction in (0.5, 0.7, 0.9):
-        landed += kill_during(root, "train@1e3-dense", fraction * seconds)
+    checkpoint = root / "data/phase_e/.checkpoints/1e3-dense-gs2.h5"
+    landed = kill_during(root, "train@1e3-dense", 0.3 * seconds)  # before the first epoch ends, or during it
+    assert_whole_or_absent(root, digests, TRAIN)
+    for delay in (0.0, 0.05, 0.2):
+        seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+
+        def next_epoch_saved() -> bool:
+            return checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen
+
+        landed += kill_during(root, "train@1e3-dense", delay, after=next_epoch_saved)
         assert_whole_or_absent(root, digests, TRAIN)
-    assert landed >= 2, "the stage ended before most kills: raise the fractions"
+    assert landed >= 3, "the stage ended before most kills"
     proc = repro_after_kill(root, "train@1e3-dense")
     assert sha256_file(root / BUNDLE) == digests[BUNDLE]
     if "Running stage 'train@1e3-dense'" in proc.stdout:

@@ -37,10 +37,11 @@ def _edit(root: Path, old: str, new: str) -> None:
     params.write_text(text.replace(old, new))
 
 
-DOSES, VIEWS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("dense", "sparse")
+# the tiny profile: every view is built, the sparse one is not trained (the full study trains and compares it)
+DOSES, VIEWS, JOBS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("baseline", "dense"), ("dense",)
 MODELS = ("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi")
 STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}" for d in DOSES),
-          *(f"{s}@{d}-{v}" for s in ("overlap", "train") for d in DOSES for v in VIEWS),
+          *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS), *(f"train@{d}-{j}" for d in DOSES for j in JOBS),
           *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "compare") for d in DOSES for v in COMPARED), "report"}
 
 
@@ -118,7 +119,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
             # the baseline view keeps every position: phase C's split, byte for byte
             assert (project / f"data/phase_d/dose_{d}/baseline/{part}.npz").read_bytes() == \
                 (project / f"data/phase_c/dose_{d}/patched_{part}.npz").read_bytes()
-        for v, g in (("baseline", 1), ("dense", 2), ("sparse", 2)):
+        for v, g in (("baseline", 1), ("dense", 2)):
             manifest = json.loads((project / f"data/phase_e/runs/{d}-{v}/training_manifest.json").read_text())
             (job,) = manifest["jobs"]
             assert job["bundle_path"] == f"dose_{d}/{v}/gs{g}/wts.h5.zip" and job["seed"] == 7
@@ -160,24 +161,24 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     # design records the whole design, report and the 1e5 trainings read the dose value itself
     # (refinements too: they write the dose into their bundles)
     refines = {f"refine@1e5-{v}" for v in COMPARED}
-    assert stale(project) == {"design", "report", "generate@1e5", *(f"train@1e5-{v}" for v in VIEWS), *refines}
+    assert stale(project) == {"design", "report", "generate@1e5", *(f"train@1e5-{j}" for j in JOBS), *refines}
     sh(project, "dvc", "repro", "-s", "generate@1e5")
     assert load_dataset(project / "data/phase_c/dose_1e5/patched_test.npz").metadata["nphotons"] == 120000.0
-    assert stale(project) == {"design", "report", *(f"{s}@1e5-{v}" for s in ("overlap", "train") for v in VIEWS),
-                              *refines}
+    assert stale(project) == {"design", "report", *(f"overlap@1e5-{v}" for v in VIEWS),
+                              *(f"train@1e5-{j}" for j in JOBS), *refines}
 
     sh(project, "git", "checkout", "-q", "--", "params.yaml", "dvc.lock")
     sh(project, "dvc", "checkout", "-q")  # back to the committed run
     assert stale(project) == set()
-    _edit(project, "sparse: 0.2", "sparse: 0.3")
-    assert stale(project) == {"design", *(f"overlap@{d}-sparse" for d in DOSES)}  # report: compare.views only
-    one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-sparse")
-    assert ran(one_view) == {"overlap@1e3-sparse"}
-    assert stale(project) == {"design", "overlap@1e5-sparse",
-                              *(f"{s}@1e3-sparse" for s in ("train", "reconstruct", "refine", "compare"))}
-    spacing = json.loads((project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["spacing_px"]
-    assert spacing == pytest.approx(0.7 * json.loads(
-        (project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["probe_diameter_px"])
+    _edit(project, "dense: 0.7", "dense: 0.6")
+    assert stale(project) == {"design", *(f"overlap@{d}-dense" for d in DOSES)}  # report: compare.views only
+    one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-dense")
+    assert ran(one_view) == {"overlap@1e3-dense"}
+    assert stale(project) == {"design", "overlap@1e5-dense", "tune@1e3",  # tune@ reads the dense training split
+                              *(f"{s}@1e3-dense" for s in ("train", "reconstruct", "refine", "compare"))}
+    spacing = json.loads((project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["spacing_px"]
+    assert spacing == pytest.approx(0.4 * json.loads(
+        (project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["probe_diameter_px"])
 
 
 def _leaves(node: dict) -> list:

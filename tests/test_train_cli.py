@@ -57,7 +57,7 @@ def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_
             lines[(m["view"], m["dose"], m["seed"], m["key"])] = m["value"]
     manifest = json.loads((root / "training_manifest.json").read_text())
     assert [(j["view"], j["gridsize"], j["seed"]) for j in manifest["jobs"]] == [
-        ("baseline", 1, 7), ("dense", 2, 7), ("sparse", 2, 7)]
+        ("baseline", 1, 7), ("dense", 2, 7)]
     assert len(lines) == 3 * len(manifest["jobs"])
     for job in manifest["jobs"]:
         key = (job["view"], job["dose"], None)  # one seed: the study's line, no seed named
@@ -117,19 +117,19 @@ def test_each_training_seed_is_its_own_bundle_manifest_line_and_metrics(phase_d,
 def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
     partial = tmp_path / "phase_d"
     shutil.copytree(phase_d, partial)
-    shutil.rmtree(partial / "dose_1e3" / "sparse")
+    shutil.rmtree(partial / "dose_1e3" / "dense")
     strict = train_cli("--phase-d", str(partial), "--artifact-root", str(tmp_path / "strict"), "--dose", "1e3",
-                       "--view", "sparse")
+                       "--view", "dense")
     assert strict.returncode == 2
-    assert "sparse (dose=1e3): phase D view missing" in strict.stderr and "--allow-missing" in strict.stderr
+    assert "dense (dose=1e3): phase D view missing" in strict.stderr and "--allow-missing" in strict.stderr
     assert "Traceback" not in strict.stderr
     root = tmp_path / "lenient"
     lenient = train_cli("--phase-d", str(partial), "--artifact-root", str(root), "--dose", "1e3",
-                        "--view", "sparse", "--view", "baseline", "--allow-missing")
+                        "--view", "dense", "--view", "baseline", "--allow-missing")
     assert lenient.returncode == 0, lenient.stderr
     skipped = json.loads((root / "skip_summary.json").read_text())
     assert skipped["count"] == 1
-    assert skipped["skipped"][0]["view"] == "sparse" and "sparse/train.npz" in skipped["skipped"][0]["reason"]
+    assert skipped["skipped"][0]["view"] == "dense" and "dense/train.npz" in skipped["skipped"][0]["reason"]
     jobs = json.loads((root / "training_manifest.json").read_text())["jobs"]
     assert [j["view"] for j in jobs] == ["baseline"]
 
@@ -137,14 +137,14 @@ def test_missing_view_is_an_error_unless_allowed(phase_d, tmp_path):
 def test_dry_run_lists_jobs_and_writes_nothing(phase_d, tmp_path):
     proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path / "dry"), "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 6  # 2 doses x 3 jobs
+    assert len(proc.stdout.strip().splitlines()) == 4  # 2 doses x 2 jobs
     assert "dense (dose=1e5) gs2" in proc.stdout
     assert not (tmp_path / "dry").exists()
 
 
 def test_unknown_filter_names_the_choices(phase_d, tmp_path):
     proc = train_cli("--phase-d", str(phase_d), "--artifact-root", str(tmp_path), "--view", "medium")
-    assert proc.returncode == 2 and "--view medium: unknown; choose from ['baseline', 'dense', 'sparse']" in proc.stderr
+    assert proc.returncode == 2 and "--view medium: unknown; choose from ['baseline', 'dense']" in proc.stderr
 
 
 def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase_d, tmp_path):
