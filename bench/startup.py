@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/startup.py [--rounds 5]
 
-A `dvc repro` starts one process per stage (26 in the tiny profile, 38 in the default), so a
+A `dvc repro` starts one process per stage (22 in the tiny profile, 38 in the default), so a
 second of start-up is a minute of a tiny run. Each variant is a fresh interpreter; the variants
 alternate round by round and each figure is the median of its rounds, with the machine.
 

@@ -152,7 +152,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     assert "Data and pipelines are up to date" in again.stdout
 
     # A change reruns only what it touches. `dvc status` names the stages whose own inputs changed;
-    # running those alone (a few seconds each, not the ~25 stages downstream) moves the change one
+    # running those alone (a few seconds each, not the many stages downstream) moves the change one
     # step on, and `dvc status` shows exactly which stages it reaches next.
     _edit(project, '"1e5": 100000.0', '"1e5": 120000.0')
     diff = json.loads(sh(project, "dvc", "params", "diff", "--json").stdout)
