@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import sys
@@ -188,28 +189,41 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
     assert "other data or settings; starting afresh" in proc.stderr and "resuming" not in proc.stderr
 
 
-def _torchrun(phase_d: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(phase_d: Path, out: Path, *layout: str) -> subprocess.Popen:
     env = dict(host_env(), PYTHONPATH=str(REPO / "src"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", *layout,
            str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"),
            "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "timing"),
-           "--dose", "1e3", "--view", "dense", "--deterministic", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent)
+           "--dose", "1e3", "--view", "dense", "--deterministic"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
+
+
+def _finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d, tmp_path):
     """`torchrun --nproc_per_node=2 stages/train.py` (gloo, DistributedDataParallel): both ranks
     train and log, rank 0 writes one bundle and a manifest with the world size; the bundle loads
-    and evaluates to finite errors; a second run at world size 2 gives the same SHA256."""
-    runs = [_torchrun(phase_d, tmp_path / name) for name in ("a", "b")]
-    for proc in runs:
+    and evaluates to finite errors. A second run at world size 2, as two nodes of one process
+    each (`--nnodes=2 --node_rank=0|1`, a rendezvous on 127.0.0.1), gives the same SHA256."""
+    standalone = _finished(_torchrun(phase_d, tmp_path / "a", "--standalone", "--nproc_per_node=2"))
+    with socket.socket() as s:  # a free port for the two nodes' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [_finished(p) for p in [
+        _torchrun(phase_d, tmp_path / "b", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={r}",
+                  "--master_addr=127.0.0.1", f"--master_port={port}") for r in (0, 1)]]
+    for proc, ranks, lines in ((standalone, (0, 1), 3), (nodes[0], (0,), 3), (nodes[1], (1,), 0)):
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "[rank 0/2]" in proc.stderr and "[rank 1/2]" in proc.stderr  # every rank logs
-        assert sum(1 for line in proc.stdout.splitlines() if LINE.match(line)) == 3  # rank 0 alone prints
+        assert all(f"[rank {r}/2]" in proc.stderr for r in ranks)  # every rank logs
+        assert sum(1 for line in proc.stdout.splitlines() if LINE.match(line)) == lines  # rank 0 alone prints
     manifests = [json.loads((tmp_path / n / "training_manifest.json").read_text()) for n in ("a", "b")]
     (job,) = manifests[0]["jobs"]
     assert manifests[0]["options"]["world_size"] == 2
     assert manifests[0]["numerics"]["torch_threads"] == 1  # the node's two cores split between the ranks
+    assert manifests[1]["options"]["world_size"] == 2 and manifests[1]["numerics"]["torch_threads"] == 2
     assert job["sha256"] == manifests[1]["jobs"][0]["sha256"] == sha256_file(tmp_path / "a" / job["bundle_path"])
     assert [p.name for p in (tmp_path / "a").rglob("*.zip")] == ["wts.h5.zip"]
     model = load_inference_model(tmp_path / "a" / job["bundle_path"])

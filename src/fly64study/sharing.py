@@ -76,8 +76,8 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
 
 
 def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
-    """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, those stages' outputs
-    alone) and the run-cache with all its files."""
+    """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, stage names or
+    dvc.yaml, their outputs alone) and the run-cache with all its files."""
     dvc("push", *_remote(remote), *(stages or []), cwd=root)
     entries, sent = push_run_cache(root, remote)
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
@@ -101,11 +101,12 @@ def share(root: Path, doses: list[str], remote: str | None = None) -> None:
 
 def gather(root: Path) -> None:
     """Fetch every share's run-cache, then `dvc repro --pull`: shared stages are restored (their
-    files pulled as needed), the rest run; then push, so the next colleague restores those too.
+    files pulled as needed), the rest run; then push the pipeline's outputs (not the archived
+    hubs' bundles, which a collector need not hold), so the next colleague restores those too.
     The default remote only: `dvc repro --pull` has no remote option."""
     dvc("fetch", "--run-cache", cwd=root)
     dvc("repro", "--pull", cwd=root)
-    push(root)
+    push(root, stages=["dvc.yaml"])
 
 
 def main(argv=None):
