@@ -4,6 +4,7 @@ training job resumes from its per-epoch checkpoint), and the results are byte-id
 uninterrupted run."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -40,13 +41,14 @@ def reference(tmp_path_factory) -> tuple[Path, dict[str, str], float]:
     return root, {p: sha256_file(root / p) for p in GENERATE + TRAIN}, seconds
 
 
-def kill_during(root: Path, stage: str, delay: float, after=lambda: True) -> bool:
+def kill_during(root: Path, stage: str, delay: float, after=lambda: True, log: Path | None = None) -> bool:
     """Start a forced rerun of one stage and SIGKILL its whole process group ``delay`` s after
-    ``after()`` first holds (polled; at once by default). Returns whether it was still running
-    (so the kill landed mid-stage)."""
+    ``after()`` first holds (polled; at once by default); its output goes to ``log``. Returns
+    whether it was still running (so the kill landed mid-stage)."""
     drop_corrupt_rwlock(root)
-    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=root, env=project_env(root),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=root, env=project_env(root),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     while not after() and proc.poll() is None:
         time.sleep(0.02)
     time.sleep(delay)
@@ -104,15 +106,15 @@ def test_killed_generate_leaves_no_partial_file_and_repro_restores_identical_out
     assert "up to date" in sh(root, "dvc", "status", "train@1e3-dense").stdout
 
 
-def test_killed_training_resumes_and_ends_with_the_same_bundle(reference):
-    """Killed as it starts, just after each of two epochs' checkpoints, then while a resumed run
-    writes its bundle (kills on polled events, so they land mid-stage however loaded the machine
-    is): no output is ever half-written, and the resumed run's bundle is the reference's, byte
-    for byte."""
+def test_killed_training_resumes_and_ends_with_the_same_bundle(reference, tmp_path):
+    """Killed as it starts, just after two epochs' checkpoints, then while a resumed run writes
+    its bundle (kills on polled events, so they land mid-stage however loaded the machine is): no
+    output is ever half-written, each later run resumes from the checkpoint the kill before it
+    left, and the bundle a resumed run writes is the reference's, byte for byte."""
     root, digests, seconds = reference
     stage = "train@1e3-dense"
     checkpoint = root / "data/phase_e/.checkpoints/1e3-dense-gs2.h5"
-    bundle_dir = (root / BUNDLE).parent
+    bundle_tmp = str((root / BUNDLE).parent / ".wts.h5.zip.*.tmp")
 
     def saved() -> int | None:
         try:
@@ -122,16 +124,20 @@ def test_killed_training_resumes_and_ends_with_the_same_bundle(reference):
 
     landed = kill_during(root, stage, 0.3 * seconds)  # most likely still starting
     assert_whole_or_absent(root, digests, TRAIN)
-    for delay in (0.0, 0.05):  # four epochs: two more checkpoints always come
-        landed += kill_during(root, stage, delay, after=lambda seen=saved(): saved() not in (None, seen))
+    checkpoint.unlink(missing_ok=True)  # that kill is the start's: four checkpoints are to come
+    logs = [tmp_path / f"run{i}.log" for i in range(3)]
+    for delay, log in zip((0.0, 0.05), logs):
+        landed += kill_during(root, stage, delay, after=lambda seen=saved(): saved() not in (None, seen), log=log)
         assert_whole_or_absent(root, digests, TRAIN)
-    assert landed >= 2 and checkpoint.exists()
+    assert landed >= 2 and checkpoint.exists(), "a kill after epoch 1 or 2 leaves its checkpoint"
     # the next run resumes; killed as its bundle's temporary file appears (if the poll catches it)
-    landed += kill_during(root, stage, 0.0, after=lambda: any(bundle_dir.glob(".wts.h5.zip.*.tmp")))
+    landed += kill_during(root, stage, 0.0, after=lambda: bool(glob.glob(bundle_tmp)), log=logs[2])
     assert_whole_or_absent(root, digests, TRAIN)
+    for i, log in enumerate(logs[1:], start=1):  # epoch i's checkpoint, left by the kill before
+        assert f"resuming after epoch {i} " in log.read_text(), log.read_text()
     if checkpoint.exists():  # the kill came before the job ended: a forced rerun resumes it
         proc = repro_after_kill(root, "-f", "-s", stage)
-        assert "resuming after epoch" in proc.stdout + proc.stderr
+        assert "resuming after epoch 4 " in proc.stdout + proc.stderr
     assert sha256_file(root / BUNDLE) == digests[BUNDLE]  # a resumed run's bundle, either way
     assert not checkpoint.exists(), "a finished job keeps no checkpoint"
     repro_after_kill(root, stage)  # DVC records it (a kill may have come after the bundle, before the lock)

@@ -189,18 +189,35 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
     assert "other data or settings; starting afresh" in proc.stderr and "resuming" not in proc.stderr
 
 
-def _torchrun(phase_d: Path, out: Path, *layout: str) -> subprocess.Popen:
+def _torchrun(phase_d: Path, out: Path, *layout: str, name: str = "run") -> tuple[subprocess.Popen, Path]:
+    """torchrun started with ``layout``, its stdout and stderr going to files (two side by side
+    must not wait on each other's pipe: a rank blocked on a full one would stall the other)."""
     env = dict(host_env(), PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, "-m", "torch.distributed.run", *layout,
            str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"),
            "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "timing"),
            "--dose", "1e3", "--view", "dense", "--deterministic"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
+    log = out.parent / f"{out.name}.{name}"
+    with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
+        return subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=out.parent), log
 
 
-def _finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    out, err = proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def _finished(*started: tuple[subprocess.Popen, Path]) -> list[subprocess.CompletedProcess]:
+    """Wait for every started torchrun; on a timeout or failure stop them all (SIGTERM: torchrun
+    stops its ranks, which run in sessions of their own), then report each one's output."""
+    try:
+        for proc, _ in started:
+            proc.wait(timeout=600)
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, Path(f"{log}.out").read_text(),
+                                        Path(f"{log}.err").read_text()) for proc, log in started]
 
 
 def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d, tmp_path):
@@ -208,13 +225,13 @@ def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d,
     train and log, rank 0 writes one bundle and a manifest with the world size; the bundle loads
     and evaluates to finite errors. A second run at world size 2, as two nodes of one process
     each (`--nnodes=2 --node_rank=0|1`, a rendezvous on 127.0.0.1), gives the same SHA256."""
-    standalone = _finished(_torchrun(phase_d, tmp_path / "a", "--standalone", "--nproc_per_node=2"))
+    (standalone,) = _finished(_torchrun(phase_d, tmp_path / "a", "--standalone", "--nproc_per_node=2"))
     with socket.socket() as s:  # a free port for the two nodes' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    nodes = [_finished(p) for p in [
-        _torchrun(phase_d, tmp_path / "b", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={r}",
-                  "--master_addr=127.0.0.1", f"--master_port={port}") for r in (0, 1)]]
+    nodes = _finished(*[_torchrun(phase_d, tmp_path / "b", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={r}",
+                                  "--master_addr=127.0.0.1", f"--master_port={port}", name=f"node{r}")
+                        for r in (0, 1)])
     for proc, ranks, lines in ((standalone, (0, 1), 3), (nodes[0], (0,), 3), (nodes[1], (1,), 0)):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert all(f"[rank {r}/2]" in proc.stderr for r in ranks)  # every rank logs
@@ -225,7 +242,8 @@ def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d,
     assert manifests[0]["numerics"]["torch_threads"] == 1  # the node's two cores split between the ranks
     assert manifests[1]["options"]["world_size"] == 2 and manifests[1]["numerics"]["torch_threads"] == 2
     assert job["sha256"] == manifests[1]["jobs"][0]["sha256"] == sha256_file(tmp_path / "a" / job["bundle_path"])
-    assert [p.name for p in (tmp_path / "a").rglob("*.zip")] == ["wts.h5.zip"]
+    assert [p.name for p in (tmp_path / "a").rglob("*.zip")] == ["wts.h5.zip"] == \
+        [p.name for p in (tmp_path / "b").rglob("*.zip")]
     model = load_inference_model(tmp_path / "a" / job["bundle_path"])
     assert model.cfg.gridsize == 2
     ev = job["evaluation"]
