@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from fly64study.contract import save_dataset
-from fly64study.design import _yaml, load_params, read_params
+from fly64study.design import load_params, read_params, write_params
 from fly64study.numerics import THREADS
 from fly64study.overlap import build_view
 from fly64study.simulate import generate_dose
@@ -71,8 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         tmp = Path(tmp)
         params_file = tmp / "params.yaml"
-        with open(params_file, "w") as fh:
-            _yaml().dump(raw, fh)  # YAML 1.2, as DVC reads it: dose labels stay quoted text
+        write_params(raw, params_file)  # as DVC reads it: dose labels stay quoted text
         write_view(params, args.dose, args.view, tmp / "phase_d")
         best = {1: 0.0, 2: 0.0}
         for r in range(args.rounds):
