@@ -116,20 +116,42 @@ class TinyRun:
     remote: Path  # the team remote (a local directory)
 
 
+def start_logged(cmd: list[str], log: Path, *, cwd: Path, env: dict) -> tuple[subprocess.Popen, Path]:
+    """``cmd`` started in ``cwd``, its stdout and stderr going to ``<log>.out`` and ``<log>.err``:
+    processes side by side must not wait on each other's pipe (a torchrun rank blocked on a full
+    one would stall the other's collective)."""
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err), log
+
+
+def finish_logged(*started: tuple[subprocess.Popen, Path],
+                  timeout: float = 1800) -> list[subprocess.CompletedProcess]:
+    """Wait for every process :func:`start_logged` started; on a timeout or an error stop those
+    still running (SIGTERM first: torchrun then stops its ranks, which run in sessions of their
+    own), then give each one's output."""
+    try:
+        for proc, _ in started:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, Path(f"{log}.out").read_text(),
+                                        Path(f"{log}.err").read_text()) for proc, log in started]
+
+
 def _sharing(root: Path, *args: str, env: dict) -> tuple[subprocess.Popen, Path]:
-    """``python -m fly64study.sharing <args>`` started in ``root``, its output going to a file (two
-    side by side must not wait on each other's pipe)."""
-    log = root.parent / f"{root.name}.{args[0]}.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "fly64study.sharing", *args], cwd=root,
-                                env={**project_env(root), **env}, stdout=fh, stderr=subprocess.STDOUT)
-    return proc, log
+    """``python -m fly64study.sharing <args>`` started in ``root``, its output going to files."""
+    return start_logged([sys.executable, "-m", "fly64study.sharing", *args],
+                        root.parent / f"{root.name}.{args[0]}", cwd=root, env={**project_env(root), **env})
 
 
-def _finish(started: tuple[subprocess.Popen, Path], what: str) -> str:
-    proc, log = started
-    proc.wait()
-    out = log.read_text()
+def _output(proc: subprocess.CompletedProcess, what: str) -> str:
+    out = proc.stdout + proc.stderr
     if proc.returncode:
         raise AssertionError(f"{what} exited {proc.returncode}\n{out}")
     return out
@@ -159,8 +181,9 @@ def tiny_pipeline(tmp_path_factory) -> TinyRun:
             for project in (root, *clones.values()):
                 sh(project, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
             running = {d: _sharing(c, "share", "--dose", d, env=record) for d, c in clones.items()}
-            shares = {d: _finish(p, f"share --dose {d}") for d, p in running.items()}
-            log = _finish(_sharing(root, "gather", env=record), "gather")
+            shares = {d: _output(proc, f"share --dose {d}")
+                      for d, proc in zip(running, finish_logged(*running.values()))}
+            log = _output(*finish_logged(_sharing(root, "gather", env=record)), "gather")
             sh(root, "git", "add", "-A")
             sh(root, "git", "commit", "-qm", "tiny run")
             done.write_text(json.dumps({"shares": shares, "log": log}))

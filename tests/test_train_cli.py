@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, host_env
+from conftest import REPO, finish_logged, host_env, start_logged
 from fly64study.bundle import load_inference_model
 from fly64study.contract import save_dataset
 from fly64study.files import sha256_file
@@ -190,34 +190,13 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
 
 
 def _torchrun(phase_d: Path, out: Path, *layout: str, name: str = "run") -> tuple[subprocess.Popen, Path]:
-    """torchrun started with ``layout``, its stdout and stderr going to files (two side by side
-    must not wait on each other's pipe: a rank blocked on a full one would stall the other)."""
-    env = dict(host_env(), PYTHONPATH=str(REPO / "src"))
+    """torchrun with ``layout`` started, its output going to files (see start_logged)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", *layout,
            str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"),
            "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "timing"),
            "--dose", "1e3", "--view", "dense", "--deterministic"]
-    log = out.parent / f"{out.name}.{name}"
-    with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
-        return subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=out.parent), log
-
-
-def _finished(*started: tuple[subprocess.Popen, Path]) -> list[subprocess.CompletedProcess]:
-    """Wait for every started torchrun; on a timeout or failure stop them all (SIGTERM: torchrun
-    stops its ranks, which run in sessions of their own), then report each one's output."""
-    try:
-        for proc, _ in started:
-            proc.wait(timeout=600)
-    finally:
-        for proc, _ in started:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    return [subprocess.CompletedProcess(proc.args, proc.returncode, Path(f"{log}.out").read_text(),
-                                        Path(f"{log}.err").read_text()) for proc, log in started]
+    return start_logged(cmd, out.parent / f"{out.name}.{name}", cwd=out.parent,
+                        env=dict(host_env(), PYTHONPATH=str(REPO / "src")))
 
 
 def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d, tmp_path):
@@ -225,13 +204,13 @@ def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d,
     train and log, rank 0 writes one bundle and a manifest with the world size; the bundle loads
     and evaluates to finite errors. A second run at world size 2, as two nodes of one process
     each (`--nnodes=2 --node_rank=0|1`, a rendezvous on 127.0.0.1), gives the same SHA256."""
-    (standalone,) = _finished(_torchrun(phase_d, tmp_path / "a", "--standalone", "--nproc_per_node=2"))
+    (standalone,) = finish_logged(_torchrun(phase_d, tmp_path / "a", "--standalone", "--nproc_per_node=2"))
     with socket.socket() as s:  # a free port for the two nodes' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    nodes = _finished(*[_torchrun(phase_d, tmp_path / "b", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={r}",
-                                  "--master_addr=127.0.0.1", f"--master_port={port}", name=f"node{r}")
-                        for r in (0, 1)])
+    nodes = finish_logged(*[_torchrun(phase_d, tmp_path / "b", "--nnodes=2", "--nproc_per_node=1",
+                                      f"--node_rank={r}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                                      name=f"node{r}") for r in (0, 1)])
     for proc, ranks, lines in ((standalone, (0, 1), 3), (nodes[0], (0,), 3), (nodes[1], (1,), 0)):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert all(f"[rank {r}/2]" in proc.stderr for r in ranks)  # every rank logs
