@@ -8,7 +8,9 @@ against the profile's, side by side, gridsize 1 and 2, N = 64 (and 128).
 A "pattern" is one diffraction pattern through network, overlap constraint, forward model,
 Poisson loss, backward pass and Adam step (a gridsize-2 group counts as 4). "old" is the
 full-resolution U-Net with concatenated skips (width 16, depth 3: train.stride 1, train.skips
-concat), "new" the params file's train.width / depth / stride / skips. The two alternate over
+concat) on torch's own CPU convolutions (im2col + GEMM, what pinned training ran on until
+2026-11-30), "new" the params file's train.width / depth / stride / skips on oneDNN's (what
+fly64study.numerics pins now). The two alternate over
 ``--rounds`` rounds in one process and the best round of each is kept (the least disturbed on a
 shared machine). Peak memory is the process's resident set on CPU (over the process so far),
 the allocator's peak over the row's two networks on CUDA. "old" is the old network on today's
@@ -33,7 +35,7 @@ OLD = {"width": 16, "depth": 3, "stride": 1, "skips": "concat"}
 
 
 def make_step(N: int, gridsize: int, net: dict, device: torch.device, *, batch: int, bf16: bool,
-              compile_model: bool):
+              compile_model: bool, onednn: bool = True):
     torch.manual_seed(0)
     C = gridsize * gridsize
     probe = torch.from_numpy(make_probe(N, aperture=0.4, central_stop=0.3, defocus=6.0 * N / 64))
@@ -47,11 +49,12 @@ def make_step(N: int, gridsize: int, net: dict, device: torch.device, *, batch: 
     generator = torch.Generator(device=device).manual_seed(1)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_loss(model, amp, counts, offsets, 0.5, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with torch.backends.mkldnn.flags(enabled=onednn):  # CPU convolutions: oneDNN or torch's own
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = batch_loss(model, amp, counts, offsets, 0.5, generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
     for _ in range(2):  # warm-up (and compilation)
         step()
@@ -102,7 +105,8 @@ def main() -> None:
             nets = {"old": OLD, "new": new}
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()  # this row's peak, of both networks
-            runs = {k: make_step(N, gridsize, net, device, batch=batch, bf16=args.bf16, compile_model=args.compile)
+            runs = {k: make_step(N, gridsize, net, device, batch=batch, bf16=args.bf16, compile_model=args.compile,
+                                 onednn=k == "new")
                     for k, net in nets.items()}
             best = {k: float("inf") for k in runs}
             for _ in range(args.rounds):

@@ -20,7 +20,7 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import write_json
 from fly64study.devices import select_device
 from fly64study.distributed import start, stop, world
-from fly64study.numerics import THREADS, pin_torch, record
+from fly64study.numerics import pin_torch, record
 from fly64study.train import TrainingPaused, plan_jobs, run_job
 
 
@@ -70,8 +70,9 @@ def main(argv=None):
         raise ParamsError("--stop-after-epoch: a torchrun (distributed) run keeps no checkpoint to resume; "
                           "run it in one process")
     device = start(w, select_device(args.accelerator))
-    # the node's processes share its cores: THREADS split between them (part of the result, with K)
-    pin_torch(args.deterministic, threads=max(1, THREADS // w.local_size))
+    # every rank runs numerics.THREADS threads, as one process does: oneDNN splits its sums by the
+    # thread count, so a node's ranks share its cores rather than split the threads
+    pin_torch(args.deterministic)
     try:
         train_jobs(args, params, jobs, phase_d, root, manifest_dir, device, w)
     finally:

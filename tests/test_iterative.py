@@ -158,19 +158,21 @@ def test_a_tuning_record_is_checked_before_reconstruct_uses_it(tmp_path):
 
 
 def test_tuning_side_by_side_equals_one_after_another_and_a_nan_score_never_wins(tiny, monkeypatch):
-    """The grid points in worker processes give the grid of a run in turn, byte for byte; a point
-    whose score is not finite is recorded as unscored, not chosen."""
+    """The grid points in worker processes (two, each running points in turn) give the grid of a
+    run in turn in this process, byte for byte; a point whose score is not finite is recorded as
+    unscored, not chosen."""
     from fly64study import tuning
 
     train, _ = generate_dose(tiny.design, tiny.generate, "1e5")
     cfg = dataclasses.replace(tiny.reconstruct, epochs=3)
+    grid4 = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, step_sizes=(1.0, 0.5)))  # 4 points
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as tune@ runs in turn: on one thread (the workers pin it themselves)
     try:
-        serial = tuning.tune(train, cfg, max_shift=3.0, workers=1)
+        serial = tuning.tune(train, grid4, max_shift=3.0, workers=1)
     finally:
         torch.set_num_threads(threads)
-    assert tuning.tune(train, cfg, max_shift=3.0, workers=2) == serial
+    assert tuning.tune(train, grid4, max_shift=3.0, workers=2) == serial
     real = tuning.score
     calls = []
 

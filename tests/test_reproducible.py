@@ -24,7 +24,7 @@ GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
 PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
-                "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
+                "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
                 "NPY_DISABLE_CPU_FEATURES": "X86_V3"}
 
 
@@ -127,10 +127,43 @@ def test_unpinned_training_depends_on_the_cpu_capability(tiny_pipeline, tmp_path
 
 def test_pinning_torch_is_deterministic_without_loading_the_compiler():
     """pin_torch sets what torch.use_deterministic_algorithms sets for uncompiled code, without
-    importing torch._inductor (about 2.5 s in each of a run's stage processes)."""
+    importing torch._inductor (about 2.5 s in each of a run's stage processes); oneDNN stays on."""
     code = ("import sys, torch; from fly64study.numerics import pin_torch; pin_torch(True); "
             "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules, "
             "torch.backends.mkldnn.enabled, torch.get_num_threads())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=host_env())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "False", "False", "2"]
+    assert proc.stdout.split() == ["True", "False", "True", "2"]
+
+
+# A PINN training step: every convolution it runs, forward and backward, as oneDNN logs it
+_STEP = """
+import fly64study, torch
+from fly64study.numerics import pin_torch
+from fly64study.model import ModelConfig, PtychoPINN
+from fly64study.train import batch_loss
+pin_torch(True)
+for stride, skips in ((2, "concat"), (1, "add")):
+    cfg = ModelConfig(N=32, gridsize=2, width=8, depth=2, intensity_scale=3.0, stride=stride, skips=skips)
+    model = PtychoPINN(cfg, torch.ones(32, 32, dtype=torch.complex64))
+    amp = torch.rand(2, 4, 32, 32)
+    batch_loss(model, amp, torch.poisson(9 * amp ** 2), torch.zeros(2, 4, 2), 0.5, torch.Generator()).backward()
+"""
+
+
+def test_training_convolutions_run_on_the_pinned_onednn_kernels():
+    """Under pinning, with a host that asks for SSE4.1 and one thread, every convolution of a
+    training step (3×3 and 1×1, forward, backward data, backward weights) runs on oneDNN's AVX2
+    JIT kernels on 2 threads: the kernels whose sums follow only the shapes, the ISA and the
+    thread count (fly64study.numerics). A torch upgrade that sends them elsewhere (say to the
+    brgemm kernels, whose blocking reads the cache sizes) fails here."""
+    env = {**host_env(), "ONEDNN_VERBOSE": "1", "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _STEP], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(",") for line in proc.stdout.splitlines() if line.startswith("onednn_verbose")]
+    info = {field for f in lines if f[2] == "info" for field in f[3:]}
+    assert {"isa:Intel AVX2", "runtime:OpenMP", "nthr:2"} <= info, info
+    convs = [f for f in lines if f[2] == "primitive" and f[3] == "exec" and f[5] == "convolution"]
+    kinds = {(f[6], f[7]) for f in convs}
+    assert {k for _, k in kinds} == {"forward_training", "backward_data", "backward_weights"}
+    assert {impl for impl, _ in kinds} == {"jit:avx2", "jit_1x1:avx2"}, kinds

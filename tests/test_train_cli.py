@@ -218,7 +218,7 @@ def test_torchrun_trains_on_two_processes_reproducibly_and_rank0_writes(phase_d,
     manifests = [json.loads((tmp_path / n / "training_manifest.json").read_text()) for n in ("a", "b")]
     (job,) = manifests[0]["jobs"]
     assert manifests[0]["options"]["world_size"] == 2
-    assert manifests[0]["numerics"]["torch_threads"] == 1  # the node's two cores split between the ranks
+    assert manifests[0]["numerics"]["torch_threads"] == 2  # every rank its own pinned threads (oneDNN's sums)
     assert manifests[1]["options"]["world_size"] == 2 and manifests[1]["numerics"]["torch_threads"] == 2
     assert job["sha256"] == manifests[1]["jobs"][0]["sha256"] == sha256_file(tmp_path / "a" / job["bundle_path"])
     assert [p.name for p in (tmp_path / "a").rglob("*.zip")] == ["wts.h5.zip"] == \

@@ -12,10 +12,15 @@ package calls :func:`pin` from ``fly64study/__init__.py``, before numpy or torch
 :func:`record` says in each manifest what was in force. ``FLY64STUDY_NUMERICS=native`` turns the
 pinning off (benchmarks measure its cost that way); a GPU run is not covered by the pinning.
 
-oneDNN's convolutions are also switched off under ``--deterministic`` (:func:`pin_torch`): their
-work split follows the thread count and the ISA (measured: 1 vs 2 threads, SSE4.1 vs AVX2 gave
-other weights), and their blocking heuristics read the CPU's cache sizes, which no setting pins.
-torch's own convolution (im2col + MKL GEMM) gave the same bits for 1 and 2 threads.
+Convolutions run on oneDNN (torch's default on CPU), 2.4-2.9× faster in training than torch's
+own im2col + GEMM (bench/RESULTS.md). Their bits follow the ISA and the thread count (measured: 1 vs
+2 threads, SSE4.1 vs AVX2 gave other weights), both pinned here, and the shapes; nothing else. For
+f32 training torch asks oneDNN for ``forward_training`` with layout ``any``, which its brgemm
+kernels (the ones whose blocking reads the cache sizes) refuse, so the ``jit:avx2`` and
+``jit_1x1:avx2`` kernels run. Their register blocking is fixed by the shapes; the cache sizes only
+cap tiny problems at 4 threads and choose how bwd_data splits rows between threads, neither of
+which changes a sum's order. tests/test_reproducible.py checks which kernels run, so a torch
+upgrade that changes the dispatch fails there; bench/RESULTS.md has the cross-CPU check.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised kernels: the AVX2 build, also on AVX-512 CPUs
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (where still used): no AVX-512 / AMX kernels
     "DNNL_MAX_CPU_ISA": "AVX2",  # the same, for older oneDNN builds
-    "MKL_CBWR": "AVX2,STRICT",  # MKL's conditional numerical reproducibility: one code path, fixed reductions
+    # MKL's conditional numerical reproducibility, the branch that gives the same bits on Intel and
+    # AMD CPUs: with AVX2,STRICT an Intel CPU took other FFT and exp/log code (bench/cross_cpu.py)
+    "MKL_CBWR": "COMPATIBLE",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "OPENBLAS_CORETYPE": "Haswell",  # numpy's / scipy's OpenBLAS: the AVX2 kernels on every CPU
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's SIMD loops: AVX2 level at most
@@ -67,7 +74,7 @@ def host_settings() -> dict[str, str]:
 
 def pin_torch(deterministic: bool, threads: int = THREADS) -> None:
     """torch's run-time settings: deterministic algorithms, and under pinning ``threads`` threads
-    and torch's own convolutions instead of oneDNN's. Every stage command line gets
+    (part of the result: oneDNN splits its sums by them). Every stage command line gets
     ``pin_torch(True)`` (:func:`fly64study.cli.run`); train and reconstruct set it again from
     their ``--deterministic`` flag."""
     import torch
@@ -80,7 +87,6 @@ def pin_torch(deterministic: bool, threads: int = THREADS) -> None:
     if (inductor := sys.modules.get("torch._inductor.config")) is not None:
         inductor.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.mkldnn.enabled = not strict
     if strict:
         torch.set_num_threads(threads)
 

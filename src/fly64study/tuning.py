@@ -70,15 +70,16 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
          deterministic: bool = True, workers: int | None = None) -> dict:
     """Every grid point of ``cfg.tune`` on ``train`` (a training split, with its ``objectGuess``);
     returns the grid with scores, costs and the chosen point (``chosen``: a :class:`Choice`'s fields).
-    ``workers``: processes running grid points side by side, each in a fresh process on one thread
+    ``workers``: processes running grid points side by side, each on one thread
     (default: one per CPU core this process may use, where a point is worth a process, see
     :data:`POOL_FROM`); 1 runs them in turn in this process. The result does not depend on it."""
     if train.objectGuess is None or not np.any(train.objectGuess):
         raise ContractError("tune: the training split has no ground truth (objectGuess) to score against")
     points = [Choice(noise_model=noise, tv_weight=tv, step_size=step) for noise, tv, step in
               itertools.product(cfg.tune.noise_models, cfg.tune.tv_weights, cfg.tune.step_sizes)]
-    # LSQML is reproducible on one thread only, so the grid points run side by side, each in a fresh
-    # process (no state carried from one run to the next: the same bytes as one after another).
+    # LSQML is reproducible on one thread only, so the grid points run side by side, in worker
+    # processes of one thread (no state carries from one point to the next: the same bytes as one
+    # after another in this process, which a test checks).
     # Spawned workers do not record params reads (FLY64STUDY_PARAMS_RECORD): every setting is read here.
     for f in dataclasses.fields(cfg):
         getattr(cfg, f.name)
@@ -88,7 +89,7 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
         workers = cores if train.n * cfg.epochs >= POOL_FROM else 1
     workers = min(len(points), workers)
     if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=pin_torch, initargs=(deterministic, 1)) as pool:
             grid = list(pool.map(_grid_point, jobs))
     else:
