@@ -60,7 +60,7 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
     model = PtychoPINN(ModelConfig(N=d.N, gridsize=2, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
                                    skips=cfg.skips, intensity_scale=float(view_train.metadata["intensity_scale"])),
                        torch.from_numpy(view_train.probeGuess))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)  # as fly64study.train
     groups = make_groups(view_train.xcoords, view_train.ycoords, gridsize=2, neighbor_count=d.neighbor_count, seed=1)
     s = float(view_train.metadata["intensity_scale"])
     amp = torch.from_numpy(view_train.diffraction)

@@ -42,19 +42,23 @@ def make_step(N: int, gridsize: int, net: dict, device: torch.device, *, batch: 
     model = PtychoPINN(ModelConfig(N=N, gridsize=gridsize, intensity_scale=3.0, **net), probe).to(device)
     if compile_model:
         model = torch.compile(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as fly64study.train
     amp = torch.rand(batch, C, N, N, device=device)
     counts = torch.poisson(9.0 * amp**2)
     offsets = (torch.rand(batch, C, 2, device=device) - 0.5) * 8
     generator = torch.Generator(device=device).manual_seed(1)
 
     def step():
-        with torch.backends.mkldnn.flags(enabled=onednn):  # CPU convolutions: oneDNN or torch's own
+        pipeline = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = onednn  # CPU convolutions: oneDNN or torch's own (nothing else)
+        try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = batch_loss(model, amp, counts, offsets, 0.5, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        finally:
+            torch.backends.mkldnn.enabled = pipeline
 
     for _ in range(2):  # warm-up (and compilation)
         step()
@@ -94,7 +98,7 @@ def main() -> None:
     new = {"width": t.width, "depth": t.depth, "stride": t.stride, "skips": t.skips}
     steps = args.steps or (4 if device.type == "cpu" else 50)
     name = torch.cuda.get_device_name() if device.type == "cuda" else \
-        f"{platform.machine()}, {torch.get_num_threads()} threads, mkldnn {torch.backends.mkldnn.enabled}"
+        f"{platform.machine()}, {torch.get_num_threads()} threads, old on torch's convolutions, new on oneDNN's"
     print(f"# train: {name}, torch {torch.__version__}, bf16={args.bf16}, compile={args.compile}")
     print(f"# old: {OLD}; new ({args.params}): {new}")
     print("| N | gridsize | batch (groups) | old patterns/s | new patterns/s | new / old | peak memory (MiB) |")

@@ -116,13 +116,13 @@ def test_unpinned_training_depends_on_the_cpu_capability(tiny_pipeline, tmp_path
     """The negative control of the test above: without the pinning (FLY64STUDY_NUMERICS=native),
     torch's kernel level alone changes the bundle's bits, as a different CPU would."""
     phase_d = tiny_pipeline.root / "data/phase_d"
-    golden = sha256_file(tiny_pipeline.root / "data/phase_e/dose_1e3/dense/gs2/wts.h5.zip")
     native = {cap: _train_digest(phase_d, tmp_path / f"native-{cap}",
                                  {"FLY64STUDY_NUMERICS": "native", "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "2"})
               for cap in ("default", "avx2")}
-    assert native["default"] != native["avx2"] and golden not in native.values()
-    # pinned, the same host settings change nothing: train@1e3-dense ran under FOREIGN_HOST in the
-    # forced rerun above and reproduced this bundle
+    assert native["default"] != native["avx2"]
+    # (no comparison with the golden bundle: on an AVX2 host with 2 threads the native avx2 run
+    # has the pinned settings.) Pinned, the same host settings change nothing: train@1e3-dense
+    # ran under FOREIGN_HOST in the forced rerun above and reproduced this bundle
 
 
 def test_pinning_torch_is_deterministic_without_loading_the_compiler():
@@ -148,6 +148,8 @@ for stride, skips in ((2, "concat"), (1, "add")):
     model = PtychoPINN(cfg, torch.ones(32, 32, dtype=torch.complex64))
     amp = torch.rand(2, 4, 32, 32)
     batch_loss(model, amp, torch.poisson(9 * amp ** 2), torch.zeros(2, 4, 2), 0.5, torch.Generator()).backward()
+    with torch.no_grad():  # validation and inference
+        model.net(amp, torch.zeros(2, 4, 2))
 """
 
 

@@ -12,15 +12,17 @@ package calls :func:`pin` from ``fly64study/__init__.py``, before numpy or torch
 :func:`record` says in each manifest what was in force. ``FLY64STUDY_NUMERICS=native`` turns the
 pinning off (benchmarks measure its cost that way); a GPU run is not covered by the pinning.
 
-Convolutions run on oneDNN (torch's default on CPU), 2.4-2.9× faster in training than torch's
-own im2col + GEMM (bench/RESULTS.md). Their bits follow the ISA and the thread count (measured: 1 vs
-2 threads, SSE4.1 vs AVX2 gave other weights), both pinned here, and the shapes; nothing else. For
-f32 training torch asks oneDNN for ``forward_training`` with layout ``any``, which its brgemm
-kernels (the ones whose blocking reads the cache sizes) refuse, so the ``jit:avx2`` and
-``jit_1x1:avx2`` kernels run. Their register blocking is fixed by the shapes; the cache sizes only
-cap tiny problems at 4 threads and choose how bwd_data splits rows between threads, neither of
-which changes a sum's order. tests/test_reproducible.py checks which kernels run, so a torch
-upgrade that changes the dispatch fails there; bench/RESULTS.md has the cross-CPU check.
+Convolutions run on oneDNN (torch's default on CPU): the default profile's training epochs took
+half the time they took on torch's own (NNPACK forward, im2col + GEMM backward; bench/RESULTS.md,
+"Default profile, fresh clone, training on oneDNN"). Their bits follow the ISA
+and the thread count (measured: 1 vs 2 threads, SSE4.1 vs AVX2 gave other weights), both pinned
+here, and the shapes. For f32 training torch asks oneDNN for ``forward_training`` with layout
+``any``, which its brgemm kernels (whose blocking is chosen from the cache sizes) refuse, so the
+``jit:avx2`` and ``jit_1x1:avx2`` kernels run. Their register blocking follows the shapes; they
+read the cache sizes only to cap tiny problems at 4 threads and to choose how backward-data
+splits rows between threads, neither of which changes the order of any sum.
+tests/test_reproducible.py checks which kernels run, so a torch upgrade that changes the
+dispatch fails there; bench/cross_cpu.py compares the bits with emulated Intel and AMD CPUs.
 """
 from __future__ import annotations
 
@@ -34,11 +36,14 @@ ISA = "AVX2"
 # since a host's own setting (say OMP_NUM_THREADS=16) would change the bits.
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised kernels: the AVX2 build, also on AVX-512 CPUs
-    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (where still used): no AVX-512 / AMX kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (convolutions): no AVX-512 / AMX kernels
     "DNNL_MAX_CPU_ISA": "AVX2",  # the same, for older oneDNN builds
-    # MKL's conditional numerical reproducibility, the branch that gives the same bits on Intel and
-    # AMD CPUs: with AVX2,STRICT an Intel CPU took other FFT and exp/log code (bench/cross_cpu.py)
+    # MKL's conditional numerical reproducibility, the branch with the same bits on Intel and AMD
+    # CPUs (SSE2 code: slower on Intel); with AVX2,STRICT an emulated Intel CPU computed other FFT
+    # and exp/log bits than an AMD one (bench/RESULTS.md, "Bits on other CPUs")
     "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",  # MKL uses the threads it is given, never fewer (a condition of CNR)
+    "OMP_DYNAMIC": "FALSE",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "OPENBLAS_CORETYPE": "Haswell",  # numpy's / scipy's OpenBLAS: the AVX2 kernels on every CPU
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's SIMD loops: AVX2 level at most

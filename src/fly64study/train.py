@@ -135,7 +135,9 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
     seen, target = split if split is not None else thin(counts, thinning, generator)
-    _, predicted, _ = model(torch.sqrt(seen / thinning) / s, offsets)
+    # the square root in float64: float32 torch.sqrt is MKL's vector maths, whose bits differed
+    # between CPUs (bench/cross_cpu.py); a float64 root rounded to float32 is the correctly rounded one
+    _, predicted, _ = model(torch.sqrt((seen / thinning).double()).float() / s, offsets)
     return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
 
 
@@ -253,7 +255,8 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
         model = PtychoPINN(init.cfg, init.probe)
         model.net.load_state_dict(init.state_dict())
     model = model.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    # fused: the for-loop Adam takes its square roots with float32 torch.sqrt (see batch_loss)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)
     order = torch.Generator().manual_seed(seed)
     # each process its own thinning draws (rank 0's are a single process's)
     thinning_draws = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * world.rank)
