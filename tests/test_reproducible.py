@@ -24,7 +24,7 @@ GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
 PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
-                "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
+                "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE", "OMP_DYNAMIC": "TRUE", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
                 "NPY_DISABLE_CPU_FEATURES": "X86_V3"}
 
 
@@ -143,13 +143,17 @@ from fly64study.numerics import pin_torch
 from fly64study.model import ModelConfig, PtychoPINN
 from fly64study.train import batch_loss
 pin_torch(True)
-for stride, skips in ((2, "concat"), (1, "add")):
-    cfg = ModelConfig(N=32, gridsize=2, width=8, depth=2, intensity_scale=3.0, stride=stride, skips=skips)
-    model = PtychoPINN(cfg, torch.ones(32, 32, dtype=torch.complex64))
-    amp = torch.rand(2, 4, 32, 32)
-    batch_loss(model, amp, torch.poisson(9 * amp ** 2), torch.zeros(2, 4, 2), 0.5, torch.Generator()).backward()
-    with torch.no_grad():  # validation and inference
-        model.net(amp, torch.zeros(2, 4, 2))
+# the default profile's network at its batch (8 groups), a small summed-skip one, gridsize 1
+for N, g, width, depth, stride, skips, batch in ((64, 2, 16, 3, 2, "concat", 8), (32, 2, 8, 2, 1, "add", 2),
+                                                 (64, 1, 16, 3, 2, "concat", 8)):
+    cfg = ModelConfig(N=N, gridsize=g, width=width, depth=depth, intensity_scale=3.0, stride=stride, skips=skips)
+    model = PtychoPINN(cfg, torch.ones(N, N, dtype=torch.complex64))
+    amp = torch.rand(batch, g * g, N, N)
+    offsets = torch.zeros(batch, g * g, 2)
+    batch_loss(model, amp, torch.poisson(9 * amp ** 2), offsets, 0.5, torch.Generator()).backward()
+    with torch.no_grad():  # validation and inference, also a last batch of one group
+        model.net(amp, offsets)
+        model.net(amp[:1], offsets[:1])
 """
 
 

@@ -21,7 +21,7 @@ from fly64study.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: fused Adam and the float64 input root (a format-1 run resumed would mix numerics)
 
 
 def _put(group: h5py.Group, state: dict[str, torch.Tensor]) -> None:

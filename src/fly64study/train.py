@@ -135,8 +135,9 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
     seen, target = split if split is not None else thin(counts, thinning, generator)
-    # the square root in float64: float32 torch.sqrt is MKL's vector maths, whose bits differed
-    # between CPUs (bench/cross_cpu.py); a float64 root rounded to float32 is the correctly rounded one
+    # the square root in float64: float32 torch.sqrt's bits differed between CPUs (MKL's vector
+    # maths; bench/cross_cpu.py); any faithfully rounded float64 root rounds to the correctly
+    # rounded float32 one, the same on every CPU
     _, predicted, _ = model(torch.sqrt((seen / thinning).double()).float() / s, offsets)
     return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
 

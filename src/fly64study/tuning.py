@@ -91,7 +91,7 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=pin_torch, initargs=(deterministic, 1)) as pool:
-            grid = list(pool.map(_grid_point, jobs, chunksize=math.ceil(len(jobs) / workers)))
+            grid = list(pool.map(_grid_point, jobs))
     else:
         grid = [_grid_point(job) for job in jobs]
     for i, row in enumerate(grid, 1):
