@@ -61,7 +61,8 @@ def emit() -> None:
     z = torch.complex(x, torch.randn(x.shape, generator=g))
     a = torch.rand(4, 4, 64, 64, generator=g) + 0.1
     ops = {"fft2 (MKL)": lambda: torch.fft.fft2(z), "ifft2 (MKL)": lambda: torch.fft.ifft2(z, norm="ortho"),
-           "exp": lambda: torch.exp(x), "log": lambda: torch.log(a), "sqrt": lambda: torch.sqrt(a), "sqrt in float64": lambda: torch.sqrt(a.double()).float(),
+           "exp": lambda: torch.exp(x), "log": lambda: torch.log(a), "sqrt": lambda: torch.sqrt(a),
+           "sqrt in float64": lambda: torch.sqrt(a.double()).float(),
            "sigmoid": lambda: torch.sigmoid(x), "tanh": lambda: torch.tanh(x), "silu": lambda: F.silu(x),
            "abs (complex)": lambda: z.abs(), "angle": lambda: torch.angle(z), "polar": lambda: torch.polar(a, x),
            "sum": lambda: x.sum(dim=(-2, -1)), "matmul (MKL)": lambda: x.reshape(-1, 64) @ x.reshape(-1, 64)[:64].T,

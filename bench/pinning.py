@@ -3,8 +3,8 @@
     .venv/bin/python bench/pinning.py                 # default profile, dose 1e3, dense view
 
 Pinned (the default, :mod:`fly64study.numerics`): AVX2 kernels everywhere (oneDNN's too), 2
-threads. Native (``FLY64STUDY_NUMERICS=native``): whatever each library picks for this CPU. The dispatchers read their settings when
-they load, so each mode runs in its own worker process; the workers alternate (pinned, native,
+threads. Native (``FLY64STUDY_NUMERICS=native``): whatever each library picks for this CPU. The
+dispatchers read their settings when they load, so each mode runs in its own worker process; the workers alternate (pinned, native,
 pinned, native) and each figure is the faster of the two rounds. Times are the stage's compute
 inside one process (imports excluded): phase C simulation of one dose, phase D view building,
 phase E training steps at the profile's size, phase F LSQML epochs, phase G one comparison's

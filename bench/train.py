@@ -8,9 +8,9 @@ against the profile's, side by side, gridsize 1 and 2, N = 64 (and 128).
 A "pattern" is one diffraction pattern through network, overlap constraint, forward model,
 Poisson loss, backward pass and Adam step (a gridsize-2 group counts as 4). "old" is the
 full-resolution U-Net with concatenated skips (width 16, depth 3: train.stride 1, train.skips
-concat) on torch's own CPU convolutions (NNPACK forward, im2col + GEMM backward: what pinned training ran on until
-2026-11-30), "new" the params file's train.width / depth / stride / skips on oneDNN's (what
-fly64study.numerics pins now). The two alternate over
+concat) on torch's own CPU convolutions (NNPACK forward, im2col + GEMM backward: what pinned
+training ran on until 2026-11-30), "new" the params file's train.width / depth / stride / skips
+on oneDNN's (what fly64study.numerics pins now). The two alternate over
 ``--rounds`` rounds in one process and the best round of each is kept (the least disturbed on a
 shared machine). Peak memory is the process's resident set on CPU (over the process so far),
 the allocator's peak over the row's two networks on CUDA. "old" is the old network on today's

@@ -24,8 +24,8 @@ GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
 PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
-                "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE", "OMP_DYNAMIC": "TRUE", "ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Prescott",
-                "NPY_DISABLE_CPU_FEATURES": "X86_V3"}
+                "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE", "OMP_DYNAMIC": "TRUE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                "OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": "X86_V3"}
 
 
 def output_digests(root: Path) -> dict[str, str]:
