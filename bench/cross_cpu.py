@@ -44,7 +44,7 @@ def emit() -> None:
     from fly64study.model import ModelConfig, PtychoPINN
     from fly64study.numerics import pin_torch
     from fly64study.physics import make_probe
-    from fly64study.train import batch_loss
+    from fly64study.train import batch_loss, make_optimiser
 
     pin_torch(True)
     g = torch.Generator().manual_seed(0)
@@ -77,7 +77,7 @@ def emit() -> None:
     probe = torch.from_numpy(make_probe(64, aperture=0.4, central_stop=0.3, defocus=6.0))
     model = PtychoPINN(ModelConfig(N=64, gridsize=2, intensity_scale=3.0, width=16, depth=3, stride=2,
                                    skips="concat"), probe)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # fly64study.train's optimiser (no clipping here)
+    opt = make_optimiser(model, 1e-3)  # fly64study.train's optimiser (no clipping here)
     amp = torch.rand(4, 4, 64, 64, generator=g)
     counts = torch.poisson(9.0 * amp**2, generator=g)
     offsets = (torch.rand(4, 4, 2, generator=g) - 0.5) * 8

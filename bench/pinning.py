@@ -37,7 +37,7 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
     from fly64study.model import ModelConfig, PtychoPINN
     from fly64study.overlap import build_view
     from fly64study.simulate import generate_dose
-    from fly64study.train import batch_loss, make_groups
+    from fly64study.train import batch_loss, make_groups, make_optimiser
 
     numerics.pin_torch(True)
     params = load_params(params_path)
@@ -60,7 +60,7 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
     model = PtychoPINN(ModelConfig(N=d.N, gridsize=2, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
                                    skips=cfg.skips, intensity_scale=float(view_train.metadata["intensity_scale"])),
                        torch.from_numpy(view_train.probeGuess))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)  # as fly64study.train
+    opt = make_optimiser(model, cfg.learning_rate)
     groups = make_groups(view_train.xcoords, view_train.ycoords, gridsize=2, neighbor_count=d.neighbor_count, seed=1)
     s = float(view_train.metadata["intensity_scale"])
     amp = torch.from_numpy(view_train.diffraction)

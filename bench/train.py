@@ -29,7 +29,7 @@ from fly64study.design import load_params
 from fly64study.model import ModelConfig, PtychoPINN
 from fly64study.numerics import pin_torch
 from fly64study.physics import make_probe
-from fly64study.train import batch_loss
+from fly64study.train import batch_loss, make_optimiser
 
 OLD = {"width": 16, "depth": 3, "stride": 1, "skips": "concat"}
 
@@ -42,7 +42,7 @@ def make_step(N: int, gridsize: int, net: dict, device: torch.device, *, batch: 
     model = PtychoPINN(ModelConfig(N=N, gridsize=gridsize, intensity_scale=3.0, **net), probe).to(device)
     if compile_model:
         model = torch.compile(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as fly64study.train
+    opt = make_optimiser(model, 1e-3)
     amp = torch.rand(batch, C, N, N, device=device)
     counts = torch.poisson(9.0 * amp**2)
     offsets = (torch.rand(batch, C, 2, device=device) - 0.5) * 8

@@ -42,6 +42,26 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n. MKL's FFT is 2-5x slower on a length with a larger prime
+    factor: a batch of 32 transforms took 5.2 ms at 106 = 2 * 53 and 1.6 ms at 108 (bench/RESULTS.md)."""
+    while True:
+        rest = n
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return n
+        n += 1
+
+
+def canvas_length(N: int, extent: float) -> int:
+    """The canvas side for a group of N×N patches whose offsets reach ``extent`` pixels from its
+    centre: a margin on both sides, plus a few pixels so that shifted content does not wrap
+    around, rounded up to a length the FFT is fast at."""
+    return fft_length(N + 2 * int(math.ceil(extent)) + 8)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     N: int  # patch / detector size, pixels
@@ -128,7 +148,8 @@ class Placement:
     pass). Built once per forward pass, it holds what every pass shares.
 
     A patch with offset (dx, dy) from its group centre covers canvas pixels
-    ``(L - N)/2 + (dy, dx) + (a, b)``; L leaves room for the largest offset. The canvas sum is
+    ``(L - N)/2 + (dy, dx) + (a, b)``; L (:func:`canvas_length`) leaves room for the batch's
+    largest offset, so a batch is as costly as its widest group. The canvas sum is
     kept in Fourier space: a shift is a product there, so moving a sum back to each member costs
     one inverse FFT per member and no round trip through the canvas.
     """
@@ -136,8 +157,7 @@ class Placement:
     def __init__(self, offsets: torch.Tensor, weight: torch.Tensor):
         """offsets (B, C, 2) float, (dx, dy) pixels; weight (N, N) real >= 0, a patch's confidence."""
         self.N = weight.shape[-1]
-        # even margin on both sides, plus a few pixels so the shifted content does not wrap around
-        self.L = L = self.N + 2 * int(math.ceil(float(offsets.abs().max()))) + 8
+        self.L = L = canvas_length(self.N, float(offsets.abs().max()))
         self.m = (L - self.N) // 2
         k = torch.fft.fftfreq(L, device=offsets.device, dtype=offsets.dtype)
         # the ramp is separable: two L-point exponentials per patch, not L² (g(u) = f(u - d))

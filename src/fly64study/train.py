@@ -29,7 +29,7 @@ from fly64study.contract import ContractError, Dataset, load_dataset
 from fly64study.design import Params, ParamsError, Train
 from fly64study.distributed import World, all_sum, from_rank0
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
-from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, poisson_nll
+from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, canvas_length, poisson_nll
 from fly64study.overlap import cover_positions, group_positions
 from fly64study.plots import plot_losses
 
@@ -142,6 +142,12 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
 
 
+def make_optimiser(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    """Adam, fused: the for-loop Adam takes its square roots with float32 torch.sqrt, whose bits
+    differ between CPUs (see :func:`batch_loss`). Part of the numerics: benchmarks build theirs here."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
+
+
 def thin(counts: torch.Tensor, thinning: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target) counts: a binomial share ``thinning`` of each count and the rest (p = 0: all, all)."""
     if thinning <= 0:
@@ -150,15 +156,28 @@ def thin(counts: torch.Tensor, thinning: float, generator: torch.Generator | Non
     return seen, counts - seen
 
 
+def inference_chunks(offsets: torch.Tensor, N: int) -> list[torch.Tensor]:
+    """Which groups (rows of ``offsets``, (G, C, 2)) a no-grad pass computes together: chunks of
+    at most ``_INFER_BATCH`` groups that need the same canvas (:func:`fly64study.model.canvas_length`).
+
+    A batch's canvas is as wide as its widest group. In chunks taken in order, one far-flung group
+    made the 38 others of a dense validation set pay for a 250-pixel canvas (1.2 s of a 9 s
+    epoch), and a group's patches depended on which groups shared its chunk."""
+    extent = offsets.abs().flatten(1).amax(dim=1).tolist()
+    lengths = torch.tensor([canvas_length(N, e) for e in extent], dtype=torch.long)
+    return [chunk for length in torch.unique(lengths)
+            for chunk in torch.split(torch.nonzero(lengths == length).flatten(), _INFER_BATCH)]
+
+
 def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, groups: Groups, thinning: float,
                seed: int) -> float:
     """Mean loss over groups; the same thinning draws every call (a fixed validation set)."""
     generator = torch.Generator(device=amp.device).manual_seed(seed)
     total, n = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(groups.indices), _INFER_BATCH):
-            idx = groups.indices[start:start + _INFER_BATCH]
-            off = groups.offsets[start:start + _INFER_BATCH].to(amp.device)
+        for chunk in inference_chunks(groups.offsets, amp.shape[-1]):
+            idx = groups.indices[chunk]
+            off = groups.offsets[chunk].to(amp.device)
             loss = batch_loss(model, amp[idx], counts[idx], off, thinning, generator)
             total += float(loss) * len(idx)
             n += len(idx)
@@ -171,8 +190,8 @@ def _saturated_over(counts: torch.Tensor, groups: Groups, thinning: float, seed:
     moves with the dose (0.12 at 1e3 photons, -44 at 1e5); its distance to this floor does not."""
     generator = torch.Generator(device=counts.device).manual_seed(seed)
     total, n = 0.0, 0
-    for start in range(0, len(groups.indices), _INFER_BATCH):
-        idx = groups.indices[start:start + _INFER_BATCH]
+    for chunk in inference_chunks(groups.offsets, counts.shape[-1]):
+        idx = groups.indices[chunk]
         _, target = thin(counts[idx], thinning, generator)
         total += float((target - target * torch.log(target + 1e-6)).mean()) * len(idx)
         n += len(idx)
@@ -256,8 +275,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
         model = PtychoPINN(init.cfg, init.probe)
         model.net.load_state_dict(init.state_dict())
     model = model.to(device)
-    # fused: the for-loop Adam takes its square roots with float32 torch.sqrt (see batch_loss)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)
+    optimiser = make_optimiser(model, cfg.learning_rate)
     order = torch.Generator().manual_seed(seed)
     # each process its own thinning draws (rank 0's are a single process's)
     thinning_draws = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * world.rank)
@@ -358,10 +376,10 @@ def reconstruct_patches(net: DiffractionToObject, ds: Dataset, *, neighbor_count
     out = np.empty((ds.n, ds.N, ds.N), dtype=np.complex64)
     net = net.to(device).eval()
     with torch.no_grad():
-        for start in range(0, len(indices), _INFER_BATCH):
-            idx = indices[start:start + _INFER_BATCH]
-            patches = net(amp[idx].to(device), offsets[start:start + _INFER_BATCH].to(device)).cpu().numpy()
-            kept = keep[start:start + _INFER_BATCH]
+        for chunk in inference_chunks(offsets, ds.N):
+            idx = indices[chunk]
+            patches = net(amp[idx].to(device), offsets[chunk].to(device)).cpu().numpy()
+            kept = keep[chunk.numpy()]
             out[idx.numpy()[kept]] = patches[kept]
     return out
 
