@@ -48,6 +48,23 @@ def test_lsqml_is_byte_reproducible_on_one_thread(tiny, test_split, one_thread):
     assert a.object.tobytes() == b.object.tobytes()
 
 
+def test_lsqml_leaves_no_default_device_mode_behind(tiny, test_split, one_thread, monkeypatch):
+    """pty-chi makes "cpu" torch's default device, a Python mode that slowed every later torch call;
+    lsqml drops it, after a run and after a failed one (that dropping it changes no bit, the
+    phase F golden digests show)."""
+    assert lsqml(test_split, dataclasses.replace(tiny.reconstruct, epochs=1)).status == "completed"
+    assert not torch._C._is_torch_function_mode_enabled()
+    import ptychi.api.task
+
+    def fail(self):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(ptychi.api.task.PtychographyTask, "run", fail)
+    result = lsqml(test_split, dataclasses.replace(tiny.reconstruct, epochs=1))
+    assert result.status == "failed" and "injected" in result.error
+    assert not torch._C._is_torch_function_mode_enabled()
+
+
 def test_a_ptychi_failure_is_recorded_not_raised(tiny, test_split, tmp_path):
     broken = dataclasses.replace(test_split, probeGuess=test_split.probeGuess[:16, :16])  # pty-chi refuses it
     entry = run_reconstruction(broken, dataclasses.replace(tiny.reconstruct, epochs=2), out_dir=tmp_path,

@@ -1,13 +1,16 @@
 """Phase E model: the forward model matches phase C, the overlap canvas, the Poisson loss, learning."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from fly64study import physics
 from fly64study.overlap import cover_positions
-from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, Placement, canvas_length, poisson_nll
+from fly64study.model import (DiffractionToObject, ModelConfig, PtychoPINN, Placement, canvas_length, fft_length,
+                              poisson_nll)
 from fly64study.simulate import extract_patches, generate_dose
 from fly64study.train import (_INFER_BATCH, batch_loss, counts_of, inference_chunks, make_groups, reconstruct_patches,
                               train_model)
@@ -173,6 +176,9 @@ def test_inference_keeps_every_member_of_a_covering_group(tiny_split):
     patches = reconstruct_patches(net, ds, neighbor_count=7, grouping_seed=123)
     groups, keep = cover_positions(ds.xcoords, ds.ycoords, gridsize=2, neighbor_count=7, seed=123)
     offsets = torch.from_numpy(groups.offsets).float()
+    extent = offsets.abs().flatten(1).amax(dim=1)
+    # the tiny split's groups need more than one canvas, which chunks taken in order would mix
+    assert canvas_length(ds.N, float(extent.max())) != canvas_length(ds.N, float(extent.min()))
     chunks = inference_chunks(offsets, ds.N)
     assert sorted(torch.cat(chunks).tolist()) == list(range(len(groups.indices)))  # each group once
     lengths = [{canvas_length(ds.N, float(offsets[g].abs().max())) for g in chunk.tolist()} for chunk in chunks]
@@ -181,26 +187,37 @@ def test_inference_keeps_every_member_of_a_covering_group(tiny_split):
     # narrowest group, each alone, give the kept patches up to the batch size's rounding (which
     # the untrained network's phase wrap amplifies at a few pixels). Computed beside the widest
     # group, on its canvas, the narrowest one's differed by a median 0.02.
-    extent = offsets.abs().flatten(1).amax(dim=1)
     for g in (int(extent.argmax()), int(extent.argmin())):
         with torch.no_grad():
             alone = net(torch.from_numpy(ds.diffraction)[groups.indices[g:g + 1]], offsets[g:g + 1])[0].numpy()
         gap = np.abs(patches[groups.indices[g][keep[g]]] - alone[keep[g]])
         assert np.median(gap) < 1e-5 and np.mean(gap > 1e-4) < 0.02, (g, np.median(gap), np.mean(gap > 1e-4))
-    assert len(lengths) > 1  # the tiny split's groups need more than one canvas: the check above has teeth
     assert np.isfinite(patches).all() and len(groups.indices) < 0.5 * ds.n  # about n / 4 groups, not n
 
 
-def test_placement_equals_shifting_each_patch_onto_a_canvas_and_back():
+def test_fft_lengths_are_the_smallest_with_factors_2_3_5():
+    smooth = sorted(2**a * 3**b * 5**c for a in range(9) for b in range(6) for c in range(4))
+    for n in range(1, 300):
+        assert fft_length(n) == min(s for s in smooth if s >= n), n
+    assert (fft_length(86), fft_length(106), fft_length(111), fft_length(388)) == (90, 108, 120, 400)
+    with pytest.raises(ValueError, match="at least 1"):
+        fft_length(0)
+    for N, extent in ((64, 0.0), (64, 7.3), (16, 0.6), (128, 89.0)):
+        assert canvas_length(N, extent) - N >= 2 * math.ceil(extent) + 8
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.9])  # canvases of 32 (even margin) and 27 (odd, ⌊(L - N)/2⌋)
+def test_placement_equals_shifting_each_patch_onto_a_canvas_and_back(spread):
     """The Fourier-space shortcut against the plain construction (pad, shift each weighted patch to
     its place, sum on the canvas, shift the sums back, divide), in float64."""
     rng = np.random.default_rng(1)
     N, B, C = 16, 2, 4
     patches = torch.from_numpy(rng.normal(size=(B, C, N, N)) + 1j * rng.normal(size=(B, C, N, N)))
-    offsets = torch.from_numpy(rng.uniform(-4, 4, (B, C, 2)))
+    offsets = torch.from_numpy(rng.uniform(-spread, spread, (B, C, 2)))
     weight = torch.from_numpy(rng.uniform(0, 1, (N, N)))
     p = Placement(offsets, weight)
     L, m = p.L, p.m
+    assert L == (32 if spread > 1 else 27)
     k = np.fft.fftfreq(L)
 
     def shift(x, d):  # move content by d = (dx, dy) pixels

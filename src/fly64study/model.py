@@ -43,8 +43,10 @@ def _logit(p: float) -> float:
 
 
 def fft_length(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n. MKL's FFT is 2-5x slower on a length with a larger prime
-    factor: a batch of 32 transforms took 5.2 ms at 106 = 2 * 53 and 1.6 ms at 108 (bench/RESULTS.md)."""
+    """The smallest 2^a 3^b 5^c >= n (n >= 1). MKL's FFT is 2-5x slower on a length with a larger
+    prime factor: 32 transforms took 5.2 ms at 106 = 2 * 53 and 1.6 ms at 108 (bench/RESULTS.md)."""
+    if n < 1:
+        raise ValueError(f"fft_length: n = {n}; a length is at least 1")
     while True:
         rest = n
         for p in (2, 3, 5):
@@ -148,8 +150,9 @@ class Placement:
     pass). Built once per forward pass, it holds what every pass shares.
 
     A patch with offset (dx, dy) from its group centre covers canvas pixels
-    ``(L - N)/2 + (dy, dx) + (a, b)``; L (:func:`canvas_length`) leaves room for the batch's
-    largest offset, so a batch is as costly as its widest group. The canvas sum is
+    ``m + (dy, dx) + (a, b)``, m = ⌊(L - N)/2⌋; L (:func:`canvas_length`, odd or even) leaves room
+    for the batch's largest offset, so a batch is as costly as its widest group, and L (the period
+    of the Fourier shift's interpolation) follows the batch. The canvas sum is
     kept in Fourier space: a shift is a product there, so moving a sum back to each member costs
     one inverse FFT per member and no round trip through the canvas.
     """
