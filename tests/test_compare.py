@@ -10,7 +10,7 @@ import pytest
 from fly64study import metrics
 from fly64study.compare import DVC_METRICS, Candidate, compare, write_comparison
 from fly64study.inference import stitch
-from fly64study.report import summarise, write_report
+from fly64study.report import summarise, targets, write_report
 from fly64study.simulate import generate_dose
 
 
@@ -148,6 +148,9 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     assert "| PtychoPINN (3 seeds) |" in md and "| Baseline (2 seeds) |" in md
     assert f"{m['ms_ssim_phase']:.3f} ± {m['sd']['ms_ssim_phase']:.3f}" in md
     assert f"{vs_ptychi['ms_ssim_phase']:+.3f} ± {vs_ptychi['ms_ssim_phase_spread']:.3f} *" in md
+    # the report states each model's ratio to PtyChi and the targets (one job: nothing to call monotone)
+    ratio = m["ms_ssim_phase"] / models["PtyChi"]["ms_ssim_phase"]
+    assert "## Against the study's targets" in md and f"| dense | 1e5 | PtychoPINN | {ratio:.3f} | ≥ 0.95 | met |" in md
     # one seed everywhere: no spread, and no delta is called significant
     single = summarise([_comparison(ds, tiny, "1e5", "dense").summary], [])
     row = single["deltas"]["PtychoPINN - Baseline"]["per_job"][0]
@@ -188,3 +191,38 @@ def test_a_metrics_file_takes_numbers_only(tmp_path):
         with pytest.raises(TypeError, match="is not a number"):
             write_metrics(tmp_path / "bad.json", bad)
     assert not (tmp_path / "bad.json").exists()
+
+
+def _job(view, f, dose, scores, sd=None):
+    """A comparison summary with only what the targets read: phase MS-SSIM per model (PtychoPINN,
+    PtychoPINN+refine, Baseline, PtyChi), and PtychoPINN's sd over three seeds."""
+    models = {m: {"status": "completed", "ms_ssim_phase": v} if v is not None else {"status": "failed"}
+              for m, v in zip(("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi"), scores)}
+    if sd is not None:
+        models["PtychoPINN"].update(seeds=[7, 8, 9], sd={"ms_ssim_phase": sd})
+    return {"view": view, "dose": dose, "nphotons": float(dose), "overlap": {"f": f}, "models": models}
+
+
+def test_the_report_states_each_target_and_whether_it_was_met():
+    jobs = [_job("dense", 0.7, "1e3", (0.70, 0.82, 0.40, 0.80), sd=0.03),
+            _job("dense", 0.7, "1e4", (0.90, 0.90, 0.80, 0.93), sd=0.01),
+            _job("dense", 0.7, "1e5", (0.89, 0.95, 0.70, 0.98), sd=0.01),
+            _job("sparse", 0.2, "1e3", (0.20, 0.20, 0.30, None)),
+            _job("sparse", 0.2, "1e5", (0.60, 0.60, 0.65, 0.75))]
+    t = targets(jobs)
+    assert t["view"] == "dense"  # the largest overlap fraction
+    r = {(x["view"], x["dose"], x["model"]): x for x in t["ratios"]}
+    assert r["dense", "1e3", "PtychoPINN"]["ratio"] == pytest.approx(0.875) and r["dense", "1e3", "PtychoPINN"]["met"] is False
+    assert r["dense", "1e4", "PtychoPINN"]["met"] is True and r["dense", "1e5", "PtychoPINN"]["met"] is False
+    assert r["dense", "1e3", "Baseline"]["target"] is None and r["dense", "1e3", "Baseline"]["met"] is None
+    assert r["sparse", "1e5", "PtychoPINN"]["ratio"] == pytest.approx(0.8) and r["sparse", "1e5", "PtychoPINN"]["target"] is None
+    assert r["sparse", "1e3", "PtychoPINN"]["ratio"] is None  # PtyChi failed there: no ratio, no target
+    # the best PINN-based model at the lowest dose: the refinement, 1.025×
+    assert t["best_pinn_at_lowest_dose"] == {"view": "dense", "dose": "1e3", "model": "PtychoPINN+refine",
+                                             "ratio": pytest.approx(1.025), "target": 1.0, "met": True}
+    rising = {(x["view"], x["model"]): x["monotone"] for x in t["monotone_in_dose"]}
+    assert rising["dense", "PtychoPINN"] is False and rising["dense", "Baseline"] is False  # 0.90 -> 0.89
+    assert rising["dense", "PtychoPINN+refine"] is True and rising["dense", "PtyChi"] is True
+    assert rising["sparse", "PtyChi"] is None  # a failed job: not judged
+    spread = {x["dose"]: x["met"] for x in t["seed_spread"]}
+    assert spread == {"1e3": False, "1e4": True, "1e5": True}
