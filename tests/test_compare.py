@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fly64study import metrics
+from fly64study import metrics, report
 from fly64study.compare import DVC_METRICS, Candidate, compare, write_comparison
 from fly64study.inference import stitch
 from fly64study.report import summarise, targets, write_report
@@ -150,7 +150,7 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     assert f"{vs_ptychi['ms_ssim_phase']:+.3f} ± {vs_ptychi['ms_ssim_phase_spread']:.3f} *" in md
     # the report states each model's ratio to PtyChi and the targets (one job: nothing to call monotone)
     ratio = m["ms_ssim_phase"] / models["PtyChi"]["ms_ssim_phase"]
-    assert "## Against the study's targets" in md and f"| dense | 1e5 | PtychoPINN | {ratio:.3f} | ≥ 0.95 | met |" in md
+    assert "## Against the study's targets" in md and f"| dense | 1e5 | PtychoPINN | {ratio:.4f} | ≥ 0.95 | met |" in md
     # one seed everywhere: no spread, and no delta is called significant
     single = summarise([_comparison(ds, tiny, "1e5", "dense").summary], [])
     row = single["deltas"]["PtychoPINN - Baseline"]["per_job"][0]
@@ -195,7 +195,7 @@ def test_a_metrics_file_takes_numbers_only(tmp_path):
 
 def _job(view, f, dose, scores, sd=None):
     """A comparison summary with only what the targets read: phase MS-SSIM per model (PtychoPINN,
-    PtychoPINN+refine, Baseline, PtyChi), and PtychoPINN's sd over three seeds."""
+    PtychoPINN+refine, Baseline, PtyChi; None: failed), and PtychoPINN's sd over three seeds."""
     models = {m: {"status": "completed", "ms_ssim_phase": v} if v is not None else {"status": "failed"}
               for m, v in zip(("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi"), scores)}
     if sd is not None:
@@ -203,26 +203,43 @@ def _job(view, f, dose, scores, sd=None):
     return {"view": view, "dose": dose, "nphotons": float(dose), "overlap": {"f": f}, "models": models}
 
 
-def test_the_report_states_each_target_and_whether_it_was_met():
-    jobs = [_job("dense", 0.7, "1e3", (0.70, 0.82, 0.40, 0.80), sd=0.03),
-            _job("dense", 0.7, "1e4", (0.90, 0.90, 0.80, 0.93), sd=0.01),
-            _job("dense", 0.7, "1e5", (0.89, 0.95, 0.70, 0.98), sd=0.01),
-            _job("sparse", 0.2, "1e3", (0.20, 0.20, 0.30, None)),
-            _job("sparse", 0.2, "1e5", (0.60, 0.60, 0.65, 0.75))]
+def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
+    # "wide" has the largest overlap but sorts after "narrow"; given out of order, as no caller should
+    jobs = [_job("wide", 0.7, "1e4", (1.05, 0.90, 0.80, 0.93), sd=0.02),
+            _job("wide", 0.7, "1e3", (0.70, 0.82, 0.85, 0.80), sd=0.03),
+            _job("wide", 0.7, "1e5", (0.89, 0.95, 0.80, 0.98), sd=0.01),
+            _job("wide", 0.7, "1e6", (0.90, 0.96, 0.90, None)),
+            _job("narrow", 0.2, "1e3", (0.20, 0.20, 0.30, 0.40), sd=0.001),
+            _job("narrow", 0.2, "1e5", (0.60, 0.60, 0.30, 0.75)),
+            _job("single", 0.1, "1e5", (0.5, 0.5, 0.5, 0.6))]
     t = targets(jobs)
-    assert t["view"] == "dense"  # the largest overlap fraction
+    assert t["view"] == "wide"
     r = {(x["view"], x["dose"], x["model"]): x for x in t["ratios"]}
-    assert r["dense", "1e3", "PtychoPINN"]["ratio"] == pytest.approx(0.875) and r["dense", "1e3", "PtychoPINN"]["met"] is False
-    assert r["dense", "1e4", "PtychoPINN"]["met"] is True and r["dense", "1e5", "PtychoPINN"]["met"] is False
-    assert r["dense", "1e3", "Baseline"]["target"] is None and r["dense", "1e3", "Baseline"]["met"] is None
-    assert r["sparse", "1e5", "PtychoPINN"]["ratio"] == pytest.approx(0.8) and r["sparse", "1e5", "PtychoPINN"]["target"] is None
-    assert r["sparse", "1e3", "PtychoPINN"]["ratio"] is None  # PtyChi failed there: no ratio, no target
-    # the best PINN-based model at the lowest dose: the refinement, 1.025×
-    assert t["best_pinn_at_lowest_dose"] == {"view": "dense", "dose": "1e3", "model": "PtychoPINN+refine",
+    assert r["wide", "1e3", "PtychoPINN"]["ratio"] == pytest.approx(0.875) and r["wide", "1e3", "PtychoPINN"]["met"] is False
+    assert r["wide", "1e4", "PtychoPINN"]["met"] is True and r["wide", "1e5", "PtychoPINN"]["met"] is False
+    assert r["wide", "1e3", "Baseline"]["target"] is None and r["wide", "1e3", "Baseline"]["met"] is None
+    assert r["narrow", "1e5", "PtychoPINN"]["ratio"] == pytest.approx(0.8) and r["narrow", "1e5", "PtychoPINN"]["target"] is None
+    # PtyChi failed at wide 1e6: the targeted cell stays, unscored; the others have no ratio to give
+    assert r["wide", "1e6", "PtychoPINN"] == {"view": "wide", "dose": "1e6", "model": "PtychoPINN", "ratio": None,
+                                             "target": 0.95, "met": None}
+    assert r["wide", "1e6", "Baseline"]["ratio"] is None
+    # the best PINN-based model at the lowest dose (1e3, though given second): the refinement, 1.025x;
+    # not Baseline (1.0625x there), not the 1.129x PtychoPINN at 1e4
+    assert t["best_pinn_at_lowest_dose"] == {"view": "wide", "dose": "1e3", "model": "PtychoPINN+refine",
                                              "ratio": pytest.approx(1.025), "target": 1.0, "met": True}
+    tie = targets([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.1, 0.8))])["best_pinn_at_lowest_dose"]
+    assert tie["model"] == "PtychoPINN" and tie["met"] is False  # a refinement that changed nothing is not credited
     rising = {(x["view"], x["model"]): x["monotone"] for x in t["monotone_in_dose"]}
-    assert rising["dense", "PtychoPINN"] is False and rising["dense", "Baseline"] is False  # 0.90 -> 0.89
-    assert rising["dense", "PtychoPINN+refine"] is True and rising["dense", "PtyChi"] is True
-    assert rising["sparse", "PtyChi"] is None  # a failed job: not judged
-    spread = {x["dose"]: x["met"] for x in t["seed_spread"]}
-    assert spread == {"1e3": False, "1e4": True, "1e5": True}
+    assert rising["wide", "PtychoPINN"] is False  # 1.05 at 1e4, then 0.89
+    assert rising["wide", "Baseline"] is False and rising["wide", "PtychoPINN+refine"] is True
+    assert rising["narrow", "Baseline"] is True  # 0.30, 0.30: a tie is not a fall
+    assert rising["wide", "PtyChi"] is None and rising["single", "PtychoPINN"] is None  # a failed job; one dose
+    spread = {(x["view"], x["dose"]): (x["target"], x["met"]) for x in t["seed_spread"]}
+    assert spread == {("wide", "1e3"): (0.02, False), ("wide", "1e4"): (0.02, True), ("wide", "1e5"): (0.02, True),
+                      ("narrow", "1e3"): (None, None)}  # the target is the largest overlap's
+    md = "\n".join(report._targets_markdown(t))
+    assert "| wide | 1e3 | PtychoPINN | 0.8750 | ≥ 0.95 | **missed** |" in md
+    assert "| wide | 1e6 | PtychoPINN | — | ≥ 0.95 | not scored (a model failed) |" in md
+    assert "Best PINN-based model at wide@1e3: PtychoPINN+refine, 1.0250× PtyChi (target ≥ 1.0×: met)." in md
+    assert "| wide | Baseline | 1e3 0.850, 1e4 0.800, 1e5 0.800, 1e6 0.900 | **no** |" in md
+    assert "| wide | 1e3 | PtychoPINN | 3 | 0.030 | ≤ 0.02 | **missed** |" in md
