@@ -70,7 +70,7 @@ def targets(jobs: list[dict]) -> dict:
     """Each model's phase MS-SSIM as a ratio to PtyChi's, for every job, whether each model's mean
     rises with the dose on each view, and each spread over seeds; with the study's targets
     (:data:`PINN_RATIO_TARGET`, :data:`BEST_PINN_RATIO_TARGET`, :data:`SEED_SD_TARGET`) where one applies.
-    ``jobs``: comparison summaries sorted by view and dose."""
+    ``jobs``: comparison summaries, in any order."""
     key = "ms_ssim_phase"
     jobs = sorted(jobs, key=lambda c: (c["view"], c["nphotons"]))
     densest = max(jobs, key=lambda c: c.get("overlap", {}).get("f") or -1.0)["view"] if jobs else None
@@ -96,11 +96,12 @@ def targets(jobs: list[dict]) -> dict:
         "target": BEST_PINN_RATIO_TARGET, "met": _met(best[0], BEST_PINN_RATIO_TARGET)}
     monotone = []
     for view in dict.fromkeys(c["view"] for c in jobs):
+        on_view = [c for c in jobs if c["view"] == view]
         for model in MODELS:
-            values = [c["models"].get(model, {}).get(key) for c in jobs if c["view"] == view]
+            values = [c["models"].get(model, {}).get(key) for c in on_view]
             # non-decreasing; not judged with a missing value or a single dose
             rising = None if None in values or len(values) < 2 else all(a <= b for a, b in zip(values, values[1:]))
-            monotone.append({"view": view, "model": model, "doses": [c["dose"] for c in jobs if c["view"] == view],
+            monotone.append({"view": view, "model": model, "doses": [c["dose"] for c in on_view],
                              "values": values, "monotone": rising})
     spread = []
     for c in jobs:
