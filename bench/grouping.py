@@ -1,6 +1,7 @@
 """Phase D throughput: neighbour grouping and Poisson-disc view selection for 10,000 positions."""
 from __future__ import annotations
 
+import fly64study  # noqa: F401  (pins the numerics: before numpy and torch load)
 import numpy as np
 
 from _timing import best_of

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import fly64study  # noqa: F401  (pins the numerics: before numpy and torch load)
 import torch
 
 from fly64study.bundle import load_inference_model

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import fly64study  # noqa: F401  (pins the numerics: before numpy and torch load)
 import numpy as np
 import pytorch_msssim
 import torch

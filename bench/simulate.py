@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 
+import fly64study  # noqa: F401  (pins the numerics: before numpy and torch load)
 import numpy as np
 import torch
 

@@ -23,6 +23,7 @@ import platform
 import resource
 import time
 
+import fly64study  # noqa: F401  (pins the numerics: before numpy and torch load)
 import torch
 
 from fly64study.design import load_params

@@ -1,8 +1,9 @@
-"""Phase F, tuning: pty-chi LSQML's noise model, total-variation weight and step size for one dose.
+"""Phase F, tuning: pty-chi LSQML's noise model, total-variation weight, step size and epochs for one dose.
 
-Runs the grid of reconstruct.tune on the training split of the view reconstruct.tune.view and
-keeps the point with the best phase MS-SSIM against that split's own ground truth. The test
-split is not an input of this stage. Writes lsqml_tuning.json (grid, scores, cost-curve
+Runs the grid of reconstruct.tune on the training split of the view reconstruct.tune.view, for
+at most reconstruct.epochs, scored every reconstruct.tune.score_every epochs, and keeps the
+point and epochs with the best phase MS-SSIM against that split's own ground truth. The test
+split is not an input of this stage. Writes lsqml_tuning.json (grid, scores by epoch, cost-curve
 flatness, the choice), which reconstruct@<dose>-<view> reads.
 """
 import argparse
@@ -34,10 +35,11 @@ def main(argv=None):
     for row in result["grid"]:
         ms = "—" if row["ms_ssim_phase"] is None else f"{row['ms_ssim_phase']:.4f}"
         print(f"tune (dose={args.dose}) {row['noise_model']}, tv {row['tv_weight']:g}, step {row['step_size']:g}: "
-              f"phase MS-SSIM {ms} (training split), cost flat from epoch {row['flat_from_epoch']}")
+              f"phase MS-SSIM {ms} at {row['epochs']} epochs (training split), "
+              f"cost flat from epoch {row['flat_from_epoch']}")
     chosen = result["chosen"]
     print(f"tune (dose={args.dose}) → LSQML {chosen['noise_model']}, tv {chosen['tv_weight']:g}, "
-          f"step {chosen['step_size']:g}", flush=True)
+          f"step {chosen['step_size']:g}, {chosen['epochs']} epochs (of at most {cfg.epochs})", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from pathlib import Path
 # would take the other worker's core. Waiting policy only: it changes no result.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# the package pins the numerics when imported, which holds only before numpy and torch load: an
+# unpinned numpy took its AVX-512 loops on an AVX-512 CPU, and scores computed here then differed
+# in the last bits from a pinned worker process's (tune's side-by-side test, on a Xeon)
+import fly64study  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402

@@ -48,6 +48,59 @@ def test_lsqml_is_byte_reproducible_on_one_thread(tiny, test_split, one_thread):
     assert a.object.tobytes() == b.object.tobytes()
 
 
+def test_snapshots_are_the_objects_of_shorter_runs(tiny, test_split, one_thread):
+    """tune@ scores LSQML every few epochs by stopping the run and going on: the object after 2 of 5
+    epochs is, byte for byte, a 2-epoch run's, and the run ends where an uninterrupted one does."""
+    from fly64study.iterative import Choice
+
+    cfg = dataclasses.replace(tiny.reconstruct, epochs=5)
+    stopped = lsqml(test_split, cfg, snapshot_every=2)
+    assert [e for e, _ in stopped.snapshots] == [2, 4, 5]
+    assert stopped.object.tobytes() == stopped.snapshots[-1][1].tobytes() == lsqml(test_split, cfg).object.tobytes()
+    two = lsqml(test_split, cfg, choice=Choice(epochs=2))  # the tuned epochs: at most reconstruct.epochs
+    assert two.cost.size == 2 and two.settings["epochs"] == 2 and two.snapshots == ()
+    assert stopped.snapshots[0][1].tobytes() == two.object.tobytes()
+    with pytest.raises(ContractError, match="runs 6 epochs, more than reconstruct.epochs 5: rerun tune"):
+        lsqml(test_split, cfg, choice=Choice(epochs=6))
+
+
+def test_lsqml_takes_no_float32_square_root_of_torch(tiny, test_split, one_thread):
+    """torch's float32 square root gave other bits on an Intel CPU than on an AMD one, and pty-chi
+    takes one in every LSQML iteration: lsqml routes them to the correctly rounded root
+    (numerics.exact_sqrt), so none reaches torch's kernel, and the object is another than with it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import ptychi.api.task
+
+    cfg = dataclasses.replace(tiny.reconstruct, epochs=1)
+    roots = []
+
+    class Roots(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.sqrt:
+                roots.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    run = ptychi.api.task.PtychographyTask.run
+
+    def traced(self, *a, **k):
+        with Roots():
+            return run(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ptychi.api.task.PtychographyTask, "run", traced)
+        exact = lsqml(test_split, cfg)
+        assert exact.status == "completed" and torch.float32 not in roots
+        import fly64study.iterative
+        import contextlib
+
+        m.setattr(fly64study.iterative, "exact_sqrt", contextlib.nullcontext)
+        roots.clear()
+        mkl = lsqml(test_split, cfg)
+    assert torch.float32 in roots  # the trace sees them where they are not routed
+    assert not np.array_equal(mkl.object, exact.object)
+
+
 def test_lsqml_leaves_no_default_device_mode_behind(tiny, test_split, one_thread, monkeypatch):
     """pty-chi makes "cpu" torch's default device, a Python mode that slowed every later torch call;
     lsqml drops it, after a run and after a failed one (that dropping it changes no bit, the
@@ -56,7 +109,7 @@ def test_lsqml_leaves_no_default_device_mode_behind(tiny, test_split, one_thread
     assert not torch._C._is_torch_function_mode_enabled()
     import ptychi.api.task
 
-    def fail(self):
+    def fail(self, n_epochs=None):
         raise RuntimeError("injected")
 
     monkeypatch.setattr(ptychi.api.task.PtychographyTask, "run", fail)
@@ -142,8 +195,11 @@ def test_tuning_reads_the_training_split_only(tiny, tmp_path):
     first = tune_cli("a")
     scores = [row["ms_ssim_phase"] for row in first["grid"]]
     assert [(r["noise_model"], r["tv_weight"]) for r in first["grid"]] == [("gaussian", 0.0), ("gaussian", 0.1)]
-    assert all(0 < s <= 1 for s in scores) and first["epochs"] == 4
+    assert all(0 < s <= 1 for s in scores) and first["max_epochs"] == 4
     assert first["chosen"]["tv_weight"] == first["grid"][int(np.argmax(scores))]["tv_weight"]
+    # score_every 5 > 4 epochs: the last epoch only, so that is the choice
+    assert [r["ms_ssim_phase_by_epoch"] for r in first["grid"]] == [[[4, s]] for s in scores]
+    assert first["chosen"]["epochs"] == 4
     (phase_d / "dose_1e5" / "dense" / "test.npz").write_bytes(b"not a dataset")
     tune_cli("b")
     assert (tmp_path / "a" / "lsqml_tuning.json").read_bytes() == (tmp_path / "b" / "lsqml_tuning.json").read_bytes()
@@ -159,13 +215,14 @@ def test_a_tuning_record_is_checked_before_reconstruct_uses_it(tmp_path):
     from fly64study.iterative import Choice
 
     path = tmp_path / "lsqml_tuning.json"
-    good = {"dose": "1e3", "chosen": {"noise_model": "poisson", "tv_weight": 0.1, "step_size": 1.0}}
+    good = {"dose": "1e3", "chosen": {"noise_model": "poisson", "tv_weight": 0.1, "step_size": 1.0, "epochs": 20}}
     path.write_text(json.dumps(good))
-    assert Choice.load(path, "1e3") == Choice("poisson", 0.1, 1.0)
+    assert Choice.load(path, "1e3") == Choice("poisson", 0.1, 1.0, 20)
     with pytest.raises(ContractError, match="the tuning of dose '1e3', not '1e5'.*tune@1e5"):
         Choice.load(path, "1e5")
     for key, value, message in (("noise_model", "laplace", "noise_model 'laplace'"),
-                                ("tv_weight", -0.1, "tv_weight -0.1"), ("step_size", float("nan"), "step_size nan")):
+                                ("tv_weight", -0.1, "tv_weight -0.1"), ("step_size", float("nan"), "step_size nan"),
+                                ("epochs", 0, "epochs 0 must be an integer >= 1"), ("epochs", 2.5, "epochs 2.5")):
         path.write_text(json.dumps({**good, "chosen": {**good["chosen"], key: value}}))
         with pytest.raises(ContractError, match=message):
             Choice.load(path, "1e3")
@@ -190,15 +247,36 @@ def test_tuning_side_by_side_equals_one_after_another_and_a_nan_score_never_wins
     finally:
         torch.set_num_threads(threads)
     assert tuning.tune(train, grid4, max_shift=3.0, workers=2) == serial
-    real = tuning.score
-    calls = []
+    fake = iter([float("nan"), float("nan"), 0.5, 0.6])
 
-    def nan_first(field, split, max_shift):
-        calls.append(1)
-        return float("nan") if len(calls) == 1 else real(field, split, max_shift)
+    def scripted(field, split, max_shift):  # the scores the grid's snapshots get, in order
+        return next(fake)
 
-    monkeypatch.setattr(tuning, "score", nan_first)  # in this process: workers=1
+    monkeypatch.setattr(tuning, "score", scripted)  # in this process: workers=1
+    every2 = dataclasses.replace(cfg, epochs=4, tune=dataclasses.replace(cfg.tune, score_every=2))
+    result = tuning.tune(train, every2, max_shift=3.0, workers=1)
+    first, second = result["grid"]
+    assert first["ms_ssim_phase"] is None and first["error"] == "phase MS-SSIM is not finite at any scored epoch"
+    assert first["ms_ssim_phase_by_epoch"] == [[2, None], [4, None]]
+    assert result["chosen"]["tv_weight"] == second["tv_weight"] != first["tv_weight"]
+    assert second["ms_ssim_phase"] == 0.6 and result["chosen"]["epochs"] == second["epochs"] == 4
+
+
+def test_tuning_chooses_the_epochs_that_scored_best_and_fewer_on_a_tie(tiny, monkeypatch, one_thread):
+    """LSQML's epochs are chosen as its other settings are: the best score on the training split
+    (a point still improving at the cap gets the cap); equal scores go to the earlier point, then
+    to fewer epochs."""
+    from fly64study import tuning
+
+    train, _ = generate_dose(tiny.design, tiny.generate, "1e5")
+    cfg = dataclasses.replace(tiny.reconstruct, epochs=6)
+    cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, score_every=2))
+    fake = iter([0.5, 0.6, 0.65, 0.7, 0.7, 0.6])  # point 1 still rising at 6; point 2 peaks at 2 and 4
+    monkeypatch.setattr(tuning, "score", lambda field, split, max_shift: next(fake))
     result = tuning.tune(train, cfg, max_shift=3.0, workers=1)
     first, second = result["grid"]
-    assert first["ms_ssim_phase"] is None and first["error"] == "phase MS-SSIM is nan"
-    assert result["chosen"]["tv_weight"] == second["tv_weight"] != first["tv_weight"]
+    assert [e for e, _ in first["ms_ssim_phase_by_epoch"]] == [2, 4, 6]
+    assert (first["epochs"], first["ms_ssim_phase"]) == (6, 0.65)
+    assert (second["epochs"], second["ms_ssim_phase"]) == (2, 0.7)
+    assert result["chosen"] == {"noise_model": "gaussian", "tv_weight": second["tv_weight"], "step_size": 1.0,
+                                "epochs": 2}

@@ -173,3 +173,31 @@ def test_training_convolutions_run_on_the_pinned_onednn_kernels():
     kinds = {(f[6], f[7]) for f in convs}
     assert {k for _, k in kinds} == {"forward_training", "backward_data", "backward_weights"}
     assert {impl for impl, _ in kinds} == {"jit:avx2", "jit_1x1:avx2"}, kinds
+
+
+def test_exact_sqrt_gives_correctly_rounded_float32_roots_by_every_route():
+    """torch's float32 square root (MKL's) is not correctly rounded, and its bits follow the CPU;
+    under exact_sqrt every route to it gives the correctly rounded root (float64 root, rounded)."""
+    import numpy as np
+    import torch
+
+    from fly64study.numerics import exact_sqrt
+
+    x = torch.rand(20000, generator=torch.Generator().manual_seed(0)) * 1000
+    x[7] = -1.0
+    want = np.sqrt(x.numpy().astype(np.float64)).astype(np.float32)
+    assert not np.array_equal(torch.sqrt(x).numpy(), want, equal_nan=True)  # what it replaces
+    with exact_sqrt():
+        inplace, ipow = x.clone(), x.clone()
+        inplace.sqrt_()
+        ipow **= 0.5
+        grad = x.clone().requires_grad_(True)
+        through_autograd = torch.sqrt(grad)
+        through_autograd.sum().backward()
+        got = [torch.sqrt(x), x.sqrt(), x ** 0.5, torch.pow(x, 0.5), inplace, ipow, through_autograd.detach(),
+               x.reshape(100, 200).t().sqrt().t().reshape(-1)]
+        square, double = x ** 2, torch.sqrt(x.double())
+    for r in got:
+        assert r.dtype == torch.float32 and np.array_equal(r.numpy(), want, equal_nan=True)
+    assert torch.isfinite(grad.grad[:7]).all()  # the gradient flows
+    assert torch.equal(square, x * x) and double.dtype == torch.float64  # other powers and dtypes: torch's own

@@ -368,6 +368,7 @@ class Tune(_Section):
     noise_models: tuple[str, ...]  # of gaussian, poisson
     tv_weights: tuple[float, ...]  # object total-variation weights (0 = none)
     step_sizes: tuple[float, ...]  # object step sizes
+    score_every: int  # epochs between scorings; the chosen epochs is one of them or reconstruct.epochs
 
     def check(self, design: Design) -> None:
         if self.view not in design.views:
@@ -383,13 +384,16 @@ class Tune(_Section):
             raise ParamsError("reconstruct.tune.tv_weights: must be >= 0 (0 = no total-variation term)")
         if min(self.step_sizes) <= 0:
             raise ParamsError("reconstruct.tune.step_sizes: must be > 0 (pty-chi's default is 1)")
+        if self.score_every < 1:
+            raise ParamsError("reconstruct.tune.score_every: must be >= 1 (epochs between scorings; "
+                              "reconstruct.epochs or more scores the last epoch only)")
 
 
 @dataclass(frozen=True)
 class Reconstruct(_Section):
     """pty-chi LSQML on each view's test split (phase F)."""
 
-    epochs: int  # LSQML epochs (every pattern once per epoch)
+    epochs: int  # at most this many LSQML epochs (every pattern once per epoch); tune@<dose> chooses how many
     batch_size: int  # patterns per LSQML update
     seed: int  # pty-chi's batch order
     refine_probe: bool  # false: the known probe stays fixed (as the PINN's does)

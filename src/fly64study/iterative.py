@@ -27,6 +27,7 @@ import torch
 from fly64study.contract import ContractError, Dataset, read_npz, write_npz
 from fly64study.design import NOISE_MODELS, Reconstruct
 from fly64study.files import atomic_path, sha256_file, write_timing
+from fly64study.numerics import exact_sqrt
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class LSQMLResult:
     wall_seconds: float | None  # this run's LSQML time (not stored in the file: a run record); None when loaded
     error: str = ""  # why pty-chi failed
     settings: dict = field(default_factory=dict)
+    # (epoch, object) every ``snapshot_every`` epochs and at the last, when asked for (tune@ scores them)
+    snapshots: tuple[tuple[int, np.ndarray], ...] = ()
 
 
 def ptychi_version() -> str:
@@ -58,6 +61,7 @@ class Choice:
     noise_model: str = "gaussian"
     tv_weight: float = 0.0
     step_size: float = 1.0
+    epochs: int | None = None  # None: reconstruct.epochs
 
     @classmethod
     def load(cls, path: str | Path, dose: str) -> "Choice":
@@ -67,7 +71,7 @@ class Choice:
             record = json.loads(Path(path).read_text())
             chosen = record["chosen"]
             choice = cls(noise_model=chosen["noise_model"], tv_weight=float(chosen["tv_weight"]),
-                         step_size=float(chosen["step_size"]))
+                         step_size=float(chosen["step_size"]), epochs=chosen["epochs"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ContractError(f"{path}: cannot read the LSQML tuning ({err}); {fix}") from None
         if record.get("dose") != dose:
@@ -78,7 +82,19 @@ class Choice:
             raise ContractError(f"{path}: chosen.tv_weight {choice.tv_weight} must be a number >= 0; {fix}")
         if not (math.isfinite(choice.step_size) and choice.step_size > 0):
             raise ContractError(f"{path}: chosen.step_size {choice.step_size} must be a number > 0; {fix}")
+        if isinstance(choice.epochs, bool) or not isinstance(choice.epochs, int) or choice.epochs < 1:
+            raise ContractError(f"{path}: chosen.epochs {choice.epochs!r} must be an integer >= 1; {fix}")
         return choice
+
+
+def _epochs(cfg: Reconstruct, choice: Choice) -> int:
+    """The epochs ``choice`` runs: its own (tune@'s choice), at most ``reconstruct.epochs``."""
+    if choice.epochs is None:
+        return cfg.epochs
+    if choice.epochs > cfg.epochs:
+        raise ContractError(f"the LSQML choice runs {choice.epochs} epochs, more than reconstruct.epochs "
+                            f"{cfg.epochs}: rerun tune@<dose> (`dvc repro`), which chooses at most that many")
+    return choice.epochs
 
 
 def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice):
@@ -102,7 +118,7 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, ch
     o.object_options.remove_object_probe_ambiguity.enabled = cfg.refine_probe
     o.probe_position_options.optimizable = False
     r = o.reconstructor_options
-    r.num_epochs = cfg.epochs
+    r.num_epochs = _epochs(cfg, choice)
     r.batch_size = min(cfg.batch_size, ds.n)
     r.noise_model = api.NoiseModels(choice.noise_model)
     r.rescale_probe_intensity_in_first_epoch = False  # the probe's scale is known: keep it
@@ -129,11 +145,13 @@ def _drop_cpu_default_device() -> None:
 
 
 def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True,
-          choice: Choice = Choice()) -> LSQMLResult:
-    """Run LSQML on ``ds`` with ``choice``'s noise model, total variation and step size. pty-chi's own
-    failures (an exception, or a non-finite object) come back as a result with status ``failed``
-    and the reason, not as an exception."""
-    settings = {"algorithm": ALGORITHM, "epochs": cfg.epochs, "batch_size": min(cfg.batch_size, ds.n),
+          choice: Choice = Choice(), snapshot_every: int = 0) -> LSQMLResult:
+    """Run LSQML on ``ds`` with ``choice``'s noise model, total variation, step size and epochs.
+    ``snapshot_every`` > 0 keeps a copy of the object every that many epochs and at the last
+    (``snapshots``; the run is the same, byte for byte). pty-chi's own failures (an exception, or a
+    non-finite object) come back as a result with status ``failed`` and the reason, not as an exception."""
+    epochs = _epochs(cfg, choice)
+    settings = {"algorithm": ALGORITHM, "epochs": epochs, "batch_size": min(cfg.batch_size, ds.n),
                 "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": choice.noise_model,
                 "tv_weight": choice.tv_weight, "step_size": choice.step_size,
                 "object_init": "flat (1 + 0j)", "probe_init": "known probe", "positions": "fixed",
@@ -144,16 +162,22 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
 
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        # exact_sqrt: pty-chi's float32 square roots, the same bits on Intel and AMD CPUs
+        with warnings.catch_warnings(), exact_sqrt():
             warnings.simplefilter("ignore", UserWarning)  # pty-chi's tensor-copy advice, once per call site
             options, data = _options(ds, cfg, device, deterministic, choice)
             try:
                 task = PtychographyTask(options, **data)
                 _drop_cpu_default_device()
-                task.run()
+                snapshots = []
+                # pty-chi's run(n) continues where the last one stopped (its batch order included)
+                for done in _stops(epochs, snapshot_every):
+                    task.run(done - (snapshots[-1][0] if snapshots else 0))
+                    snapshots.append((done, task.get_data_to_cpu("object", as_numpy=True)
+                                      [0, MARGIN:-MARGIN, MARGIN:-MARGIN].astype(np.complex64)))
             finally:
                 _drop_cpu_default_device()
-        obj = task.get_data_to_cpu("object", as_numpy=True)[0, MARGIN:-MARGIN, MARGIN:-MARGIN]
+        obj = snapshots[-1][1]
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0]
         cost = task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64)
     except Exception as err:  # noqa: BLE001 - any pty-chi failure is a failed job, recorded, not a crash
@@ -164,8 +188,13 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
     if not (np.all(np.isfinite(obj)) and np.all(np.isfinite(probe))):
         return LSQMLResult("failed", empty, empty, cost, seconds, "pty-chi returned a non-finite object or probe",
                            settings)
-    return LSQMLResult("completed", obj.astype(np.complex64), probe.astype(np.complex64), cost, seconds, "",
-                       settings)
+    return LSQMLResult("completed", obj, probe.astype(np.complex64), cost, seconds, "", settings,
+                       tuple(snapshots) if snapshot_every > 0 else ())
+
+
+def _stops(epochs: int, every: int) -> list[int]:
+    """The epochs after which a run stops to copy its object: every ``every``-th and the last."""
+    return sorted({*range(every, epochs, every), epochs}) if every > 0 else [epochs]
 
 
 # ----------------------------------------------------------------------------- the file

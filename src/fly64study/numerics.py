@@ -96,6 +96,51 @@ def pin_torch(deterministic: bool, threads: int = THREADS) -> None:
         torch.set_num_threads(threads)
 
 
+def exact_sqrt():
+    """A context in which float32 square roots on the CPU (``torch.sqrt``, ``Tensor.sqrt``, their
+    in-place forms, and powers of 0.5) are correctly rounded, so the same on every CPU. torch takes
+    them with MKL's vector square root, whose bits follow the CPU (an LSQML run on a Xeon and under
+    an emulated EPYC first differ at a float32 ``torch.sqrt``; bench/RESULTS.md, "LSQML on Intel and
+    AMD"), and code that is not ours (pty-chi) calls it. Here numpy takes them (the processor's IEEE
+    square root), or, where autograd needs the graph, torch in float64 rounded to float32 (a faithful
+    float64 root rounds to the correct float32 one: 53 >= 2 * 24 + 2). Outside pinning
+    (``FLY64STUDY_NUMERICS=native``) it does nothing. The training takes its one root in float64 itself."""
+    import contextlib
+
+    import numpy as np
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    if not pinned():
+        return contextlib.nullcontext()
+    roots = {torch.sqrt, torch.Tensor.sqrt, torch.sqrt_, torch.Tensor.sqrt_}
+    powers = {torch.pow, torch.Tensor.pow, torch.Tensor.__pow__, torch.Tensor.pow_, torch.Tensor.__ipow__}
+    in_place = {torch.sqrt_, torch.Tensor.sqrt_, torch.Tensor.pow_, torch.Tensor.__ipow__}
+
+    def root(x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return torch.sqrt(x.double()).float()  # the mode is off inside its handler: torch's own sqrt
+        with np.errstate(invalid="ignore"):  # a negative gives NaN, as torch's does, without a warning
+            return torch.from_numpy(np.sqrt(x.numpy()))
+
+    class ExactSqrt(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            x = args[0] if args else None
+            if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.device.type == "cpu"
+                    and not kwargs and (func in roots and len(args) == 1
+                                        or func in powers and len(args) == 2 and _is_half(args[1]))):
+                return x.copy_(root(x)) if func in in_place else root(x)
+            return func(*args, **kwargs)
+
+    return ExactSqrt()
+
+
+def _is_half(exponent) -> bool:
+    """A plain number 0.5 (a tensor exponent is left to torch)."""
+    return isinstance(exponent, (int, float)) and exponent == 0.5
+
+
 def record() -> dict:
     """What was in force, for manifests: the same on every machine under pinning (no host names)."""
     out = {"pinned": pinned(), "isa": ISA if pinned() else "native"}

@@ -306,9 +306,9 @@ def markdown(summary: dict) -> str:
               "each refinement being made from its seed's PINN), and * marks a delta larger than that spread; without a spread (one "
               "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "",
-              "Noise model, total-variation weight and step size as tune@<dose> chose them on one view's "
-              "training split (reconstruct.tune.view; its own truth, never the test split): "
-              "`data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
+              "Noise model, total-variation weight, step size and epochs (at most reconstruct.epochs) as "
+              "tune@<dose> chose them on one view's training split (reconstruct.tune.view; its own truth, never "
+              "the test split): `data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
               "", "| view | dose | positions | status | epochs | noise model | TV weight | step | final cost |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:

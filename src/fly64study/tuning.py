@@ -2,12 +2,14 @@
 
 The iterative baseline deserves the same care as the network, and the same rule: nothing is
 chosen on the test split. ``tune@<dose>`` runs LSQML over the grid of ``reconstruct.tune``
-(noise model × total-variation weight × step size) on the *training* split of one view, scores
-each object by its phase MS-SSIM against that split's own ground truth (aligned exactly as phase
-G aligns), and keeps the best; ``reconstruct@<dose>-<view>`` then runs that choice on the test
-split. Ties go to the earlier grid point (the order of the params lists), so the choice is
-reproducible. Each run's cost curve is kept too: its last epochs show whether
-``reconstruct.epochs`` was enough (``flat_from_epoch``).
+(noise model × total-variation weight × step size) on the *training* split of one view, for
+``reconstruct.epochs``, and scores its object every ``reconstruct.tune.score_every`` epochs by
+the phase MS-SSIM against that split's own ground truth (aligned exactly as phase G aligns). The
+best (point, epochs) is the choice that ``reconstruct@<dose>-<view>`` runs on the test split:
+more epochs only where they still improved the object (at low dose LSQML goes on lowering its
+cost by fitting the noise). Ties go to the earlier grid point (the order of the params lists),
+then to fewer epochs, so the choice is reproducible. Each run's cost curve is summarised too
+(``flat_from_epoch``): where it is the last epoch, the cost was still falling at the cap.
 """
 from __future__ import annotations
 
@@ -52,24 +54,32 @@ def score(field: np.ndarray, split: Dataset, max_shift: float) -> float:
 
 
 def _grid_point(job: tuple) -> dict:
-    """One LSQML run of the grid and its score."""
+    """One LSQML run of the grid, scored along the way; its best epochs and that score."""
     train, cfg, choice, max_shift, device, deterministic = job
-    result = lsqml(train, cfg, device=device, deterministic=deterministic, choice=choice)
+    result = lsqml(train, cfg, device=device, deterministic=deterministic, choice=choice,
+                   snapshot_every=cfg.tune.score_every)
     row = {"noise_model": choice.noise_model, "tv_weight": choice.tv_weight, "step_size": choice.step_size,
            "status": result.status, "error": result.error, "final_cost": final_cost(result),
-           "flat_from_epoch": flat_from(result.cost), "ms_ssim_phase": None}
+           "flat_from_epoch": flat_from(result.cost), "ms_ssim_phase_by_epoch": [], "epochs": None,
+           "ms_ssim_phase": None}
     if result.status == "completed":  # a refused registration is scored unshifted, as in phase G
-        ms = score(result.object, train, max_shift)
-        # a non-finite score (a NaN object) is no score: max() would let a NaN win
-        row["ms_ssim_phase"] = ms if math.isfinite(ms) else None
-        row["error"] = row["error"] or ("" if math.isfinite(ms) else f"phase MS-SSIM is {ms}")
+        for epoch, field in result.snapshots:
+            ms = score(field, train, max_shift)
+            # a non-finite score (a NaN object) is no score: max() would let a NaN win
+            row["ms_ssim_phase_by_epoch"].append([epoch, ms if math.isfinite(ms) else None])
+        scored = [(e, ms) for e, ms in row["ms_ssim_phase_by_epoch"] if ms is not None]
+        if scored:
+            row["epochs"], row["ms_ssim_phase"] = max(scored, key=lambda p: p[1])  # the first of equals: fewer epochs
+        else:
+            row["error"] = row["error"] or "phase MS-SSIM is not finite at any scored epoch"
     return row
 
 
 def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "cpu",
          deterministic: bool = True, workers: int | None = None) -> dict:
-    """Every grid point of ``cfg.tune`` on ``train`` (a training split, with its ``objectGuess``);
-    returns the grid with scores, costs and the chosen point (``chosen``: a :class:`Choice`'s fields).
+    """Every grid point of ``cfg.tune`` on ``train`` (a training split, with its ``objectGuess``),
+    each scored every ``cfg.tune.score_every`` epochs up to ``cfg.epochs``; returns the grid with
+    scores, costs and the chosen point and epochs (``chosen``: a :class:`Choice`'s fields).
     ``workers``: processes running grid points side by side, each on one thread
     (default: one per CPU core this process may use, where a point is worth a process, see
     :data:`POOL_FROM`); 1 runs them in turn in this process. The result does not depend on it."""
@@ -95,13 +105,14 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
     else:
         grid = [_grid_point(job) for job in jobs]
     for i, row in enumerate(grid, 1):
-        log.info("tune %d/%d: %s, tv %g, step %g: phase MS-SSIM %s, flat from epoch %s", i, len(points),
-                 row["noise_model"], row["tv_weight"], row["step_size"], row["ms_ssim_phase"], row["flat_from_epoch"])
+        log.info("tune %d/%d: %s, tv %g, step %g: phase MS-SSIM %s at %s epochs, cost flat from epoch %s", i,
+                 len(points), row["noise_model"], row["tv_weight"], row["step_size"], row["ms_ssim_phase"],
+                 row["epochs"], row["flat_from_epoch"])
     scored = [r for r in grid if r["ms_ssim_phase"] is not None]
     if not scored:
         raise ContractError("tune: no grid point gave a scored reconstruction: "
                             + "; ".join(f"{r['noise_model']}/{r['tv_weight']}/{r['step_size']}: {r['error']}" for r in grid))
     best = max(scored, key=lambda r: r["ms_ssim_phase"])  # max keeps the first of equals
     return {"criterion": "phase MS-SSIM against the training split's own truth (aligned as in phase G)",
-            "n_positions": train.n, "epochs": cfg.epochs, "grid": grid,
-            "chosen": {k: best[k] for k in ("noise_model", "tv_weight", "step_size")}}
+            "n_positions": train.n, "max_epochs": cfg.epochs, "score_every": cfg.tune.score_every, "grid": grid,
+            "chosen": {k: best[k] for k in ("noise_model", "tv_weight", "step_size", "epochs")}}
