@@ -80,6 +80,7 @@ bench: setup
 	$(PY) bench/tune.py --dose 1e3
 	$(PY) bench/pipeline.py
 	$(PY) bench/pinning.py
+	$(PY) bench/sqrt.py
 	$(PY) bench/startup.py
 	$(PY) bench/ddp.py
 

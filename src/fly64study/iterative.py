@@ -169,6 +169,9 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
             try:
                 task = PtychographyTask(options, **data)
                 _drop_cpu_default_device()
+                # pty-chi seeds torch's global generator with random_seed, but shuffles the batches with
+                # a generator of its own left at torch's default seed: reconstruct.seed orders them here
+                task.reconstructor.dataloader.generator.manual_seed(cfg.seed)
                 snapshots = []
                 # pty-chi's run(n) continues where the last one stopped (its batch order included)
                 for done in _stops(epochs, snapshot_every):

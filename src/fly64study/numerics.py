@@ -103,8 +103,10 @@ def exact_sqrt():
     an emulated EPYC first differ at a float32 ``torch.sqrt``; bench/RESULTS.md, "LSQML on Intel and
     AMD"), and code that is not ours (pty-chi) calls it. Here numpy takes them (the processor's IEEE
     square root), or, where autograd needs the graph, torch in float64 rounded to float32 (a faithful
-    float64 root rounds to the correct float32 one: 53 >= 2 * 24 + 2). Outside pinning
-    (``FLY64STUDY_NUMERICS=native``) it does nothing. The training takes its one root in float64 itself."""
+    float64 root rounds to the correct float32 one: 53 >= 2 * 24 + 2; that root's gradient is
+    float64 MKL's, rounded, so not covered: LSQML runs without autograd). Outside pinning
+    (``FLY64STUDY_NUMERICS=native``) it does nothing. The training takes its one root in float64 itself.
+    Every torch call inside pays a Python mode's dispatch (bench/sqrt.py measures the whole cost)."""
     import contextlib
 
     import numpy as np
@@ -113,32 +115,38 @@ def exact_sqrt():
 
     if not pinned():
         return contextlib.nullcontext()
-    roots = {torch.sqrt, torch.Tensor.sqrt, torch.sqrt_, torch.Tensor.sqrt_}
-    powers = {torch.pow, torch.Tensor.pow, torch.Tensor.__pow__, torch.Tensor.pow_, torch.Tensor.__ipow__}
-    in_place = {torch.sqrt_, torch.Tensor.sqrt_, torch.Tensor.pow_, torch.Tensor.__ipow__}
+    roots = frozenset({torch.sqrt, torch.Tensor.sqrt, torch.sqrt_, torch.Tensor.sqrt_})
+    powers = frozenset({torch.pow, torch.Tensor.pow, torch.Tensor.__pow__, torch.Tensor.pow_, torch.Tensor.__ipow__})
+    targets = roots | powers
+    in_place = frozenset({torch.sqrt_, torch.Tensor.sqrt_, torch.Tensor.pow_, torch.Tensor.__ipow__})
 
     def root(x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
             return torch.sqrt(x.double()).float()  # the mode is off inside its handler: torch's own sqrt
+        a = x.resolve_neg().numpy()
         with np.errstate(invalid="ignore"):  # a negative gives NaN, as torch's does, without a warning
-            return torch.from_numpy(np.sqrt(x.numpy()))
+            # out=: an array also for a 0-d input (np.sqrt would return a numpy scalar)
+            return torch.from_numpy(np.sqrt(a, out=np.empty_like(a)))
 
     class ExactSqrt(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            x = args[0] if args else None
-            if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.device.type == "cpu"
-                    and not kwargs and (func in roots and len(args) == 1
-                                        or func in powers and len(args) == 2 and _is_half(args[1]))):
-                return x.copy_(root(x)) if func in in_place else root(x)
-            return func(*args, **kwargs)
+            # every torch call passes here: the cheap test first
+            if func in targets and not kwargs and args:
+                x = args[0]
+                if (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.device.type == "cpu"
+                        and (len(args) == 1 and func in roots or len(args) == 2 and func in powers
+                             and _is_half(args[1]))):
+                    return x.copy_(root(x)) if func in in_place else root(x)
+            return func(*args, **(kwargs or {}))
 
     return ExactSqrt()
 
 
 def _is_half(exponent) -> bool:
-    """A plain number 0.5 (a tensor exponent is left to torch)."""
-    return isinstance(exponent, (int, float)) and exponent == 0.5
+    """A number 0.5, Python's or numpy's (a tensor exponent is left to torch)."""
+    import numbers
+
+    return isinstance(exponent, numbers.Real) and exponent == 0.5
 
 
 def record() -> dict:

@@ -62,6 +62,7 @@ def _grid_point(job: tuple) -> dict:
            "status": result.status, "error": result.error, "final_cost": final_cost(result),
            "flat_from_epoch": flat_from(result.cost), "ms_ssim_phase_by_epoch": [], "epochs": None,
            "ms_ssim_phase": None}
+    # a failed run (a non-finite last object) is no choice, though its earlier snapshots may have scored
     if result.status == "completed":  # a refused registration is scored unshifted, as in phase G
         for epoch, field in result.snapshots:
             ms = score(field, train, max_shift)
@@ -91,8 +92,9 @@ def tune(train: Dataset, cfg: Reconstruct, *, max_shift: float, device: str = "c
     # processes of one thread (no state carries from one point to the next: the same bytes as one
     # after another in this process, which a test checks).
     # Spawned workers do not record params reads (FLY64STUDY_PARAMS_RECORD): every setting is read here.
-    for f in dataclasses.fields(cfg):
-        getattr(cfg, f.name)
+    for section in (cfg, cfg.tune):
+        for f in dataclasses.fields(section):
+            getattr(section, f.name)
     jobs = [(train, cfg, choice, max_shift, device, deterministic) for choice in points]
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
