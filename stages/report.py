@@ -17,7 +17,8 @@ from fly64study.report import summarise, timing_markdown, write_report
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--phase-f", default="data/phase_f", help="dose_<d>/<view>/reconstruction_manifest.json")
+    parser.add_argument("--phase-f", default="data/phase_f",
+                        help="dose_<d>/<view>/reconstruction_manifest.json, tune/dose_<d>/lsqml_tuning.json")
     parser.add_argument("--phase-g", default="data/phase_g", help="dose_<d>/<view>/comparison.json")
     parser.add_argument("--out", default="data/report")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records; the timing table goes there")
@@ -28,7 +29,8 @@ def main(argv=None):
                    for d in doses for v in params.compare.views]
     runs = [job for d in doses for v in params.compare.views
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
-    summary = summarise(comparisons, runs)
+    tunings = [read_json(Path(args.phase_f) / "tune" / f"dose_{d}" / "lsqml_tuning.json") for d in doses]
+    summary = summarise(comparisons, runs, tunings)
     write_report(args.out, summary)
     timing = {}
     for phase in ("phase_f", "phase_g"):

@@ -243,3 +243,31 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
     assert "Best PINN-based model at wide@1e3: PtychoPINN+refine, 1.0250× PtyChi (target ≥ 1.0×: met)." in md
     assert "| wide | Baseline | 1e3 0.850, 1e4 0.800, 1e5 0.800, 1e6 0.900 | **no** |" in md
     assert "| wide | 1e3 | PtychoPINN | 3 | 0.030 | ≤ 0.02 | **missed** |" in md
+
+
+def test_the_report_says_where_lsqml_stopped_before_converging():
+    """tune@'s record gives LSQML's epochs: at the cap with a score still rising is a run stopped
+    early, and the report says the ratios to it are flattering; a choice below the cap converged."""
+    def record(dose, curves, chosen_epochs, cap=30):
+        grid = [{"noise_model": "gaussian", "tv_weight": tv, "step_size": 1.0,
+                 "ms_ssim_phase_by_epoch": [[e, ms] for e, ms in curve], "epochs": chosen_epochs if tv else 10,
+                 "ms_ssim_phase": max(ms for _, ms in curve)} for tv, curve in curves]
+        return {"dose": dose, "max_epochs": cap, "grid": grid,
+                "chosen": {"noise_model": "gaussian", "tv_weight": 0.1, "step_size": 1.0, "epochs": chosen_epochs}}
+
+    flat = [(0.0, [(10, 0.9), (20, 0.8), (30, 0.7)])]
+    rising = record("1e3", flat + [(0.1, [(10, 0.7), (20, 0.78), (30, 0.80)])], 30)
+    peaked = record("1e5", flat + [(0.1, [(10, 0.95), (20, 0.97), (30, 0.96)])], 20)
+    one_score = record("1e4", flat + [(0.1, [(30, 0.9)])], 30)
+    rows = {t["dose"]: t for t in map(report.lsqml_tuning, (rising, peaked, one_score))}
+    assert rows["1e3"]["still_rising_at_cap"] and rows["1e3"]["last_gain"] == pytest.approx(0.02)
+    assert rows["1e3"]["ms_ssim_phase"] == 0.80 and rows["1e3"]["tv_weight"] == 0.1  # the chosen point's, not the first's
+    assert not rows["1e5"]["still_rising_at_cap"] and rows["1e5"]["epochs"] == 20
+    assert not rows["1e4"]["still_rising_at_cap"] and rows["1e4"]["last_gain"] is None  # one score: no trend to judge
+    assert summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8))], [], [rising])["lsqml_tuning"] == [rows["1e3"]]
+    md = "\n".join(report._tuning_markdown(list(rows.values())))
+    assert "| 1e3 | gaussian | 0.100 | 1.000 | 30 (30) | 0.8000 | +0.0200 | no: still rising at the cap |" in md
+    assert "| 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.0100 | yes |" in md
+    assert "| 1e4 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9000 | — | — |" in md
+    assert "while still improving on the training split at dose 1e3 (" in "".join(report._unconverged_note(list(rows.values())))
+    assert report._unconverged_note([rows["1e5"], rows["1e4"]]) == []

@@ -116,9 +116,22 @@ def targets(jobs: list[dict]) -> dict:
             "monotone_in_dose": monotone, "seed_spread": spread}
 
 
-def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
-    """The report's content from the comparison summaries (one per dose and view) and the
-    phase F manifest entries (every dose and compared view)."""
+def lsqml_tuning(record: dict) -> dict:
+    """What one tune@<dose> record says of its choice: the settings, the epochs against the cap,
+    the score, and its gain over the last scored interval (where the epochs are the cap and it was
+    still rising, LSQML stopped before converging: its rows are a lower bound)."""
+    chosen = record["chosen"]
+    row = next(r for r in record["grid"] if all(r[k] == chosen[k] for k in ("noise_model", "tv_weight", "step_size")))
+    curve = [(e, ms) for e, ms in row["ms_ssim_phase_by_epoch"] if ms is not None]
+    last_gain = curve[-1][1] - curve[-2][1] if len(curve) > 1 else None
+    at_cap = chosen["epochs"] == record["max_epochs"]
+    return {"dose": record["dose"], **chosen, "max_epochs": record["max_epochs"], "ms_ssim_phase": row["ms_ssim_phase"],
+            "last_gain": last_gain, "still_rising_at_cap": bool(at_cap and last_gain is not None and last_gain > 0)}
+
+
+def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: list[dict] = ()) -> dict:
+    """The report's content from the comparison summaries (one per dose and view), the phase F
+    manifest entries (every dose and compared view) and the tune@<dose> records."""
     jobs = sorted(comparisons, key=lambda c: (c["view"], c["nphotons"]))
     failed = [{"dose": c["dose"], "view": c["view"], "model": m, "note": s.get("note", "")}
               for c in jobs for m, s in c["models"].items() if s["status"] != "completed"]
@@ -159,7 +172,8 @@ def summarise(comparisons: list[dict], reconstructions: list[dict]) -> dict:
                 variants.append(match := {"settings": setting, "jobs": []})
             match["jobs"].append(f"{c['view']}@{c['dose']}")
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
-            "targets": targets(jobs), "ptychi_runs": ptychi, "failed": failed, "registration_failures": registration}
+            "targets": targets(jobs), "ptychi_runs": ptychi, "lsqml_tuning": [lsqml_tuning(t) for t in tunings],
+            "failed": failed, "registration_failures": registration}
 
 
 def _fmt_sd(model: dict, key: str) -> str:
@@ -242,6 +256,33 @@ def _targets_markdown(t: dict) -> list[str]:
     return lines
 
 
+def _unconverged_note(tunings: list[dict]) -> list[str]:
+    unconverged = [t["dose"] for t in tunings if t["still_rising_at_cap"]]
+    if not unconverged:
+        return []
+    return ["", f"PtyChi is LSQML stopped at its cap (reconstruct.epochs) while still improving on the training "
+                f"split at dose {', '.join(unconverged)} (the LSQML tuning table below): a ratio to it there is "
+                "higher than a ratio to a converged LSQML would be."]
+
+
+def _tuning_markdown(tunings: list[dict]) -> list[str]:
+    if not tunings:
+        return []
+    lines = ["", "LSQML's choice per dose, on the training split (phase MS-SSIM against its own truth, scored every "
+             "reconstruct.tune.score_every epochs; gain: over the last scored interval). Where the chosen epochs are "
+             "the cap and the score was still rising, LSQML stopped before converging, and its rows here are a lower "
+             "bound on what it reaches.", "",
+             "| dose | noise model | TV weight | step | epochs (at most) | training-split MS-SSIM | gain | converged |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in tunings:
+        verdict = ("no: still rising at the cap" if t["still_rising_at_cap"]
+                   else "—" if t["last_gain"] is None and t["epochs"] == t["max_epochs"] else "yes")
+        gain = "—" if t["last_gain"] is None else f"{t['last_gain']:+.4f}"
+        lines.append(f"| {t['dose']} | {t['noise_model']} | {_fmt(t['tv_weight'])} | {_fmt(t['step_size'])} | "
+                     f"{t['epochs']} ({t['max_epochs']}) | {_fmt(t['ms_ssim_phase'], 4)} | {gain} | {verdict} |")
+    return lines
+
+
 def markdown(summary: dict) -> str:
     cols = ("view", "f", "measured overlap", "dose", "detected/pattern", "incident/exposure", "photons/pixel",
             "phase bound (rad)", "model", *TABLE, "shift (dy, dx) px", "ramp (y, x) mrad/px", "registration")
@@ -272,7 +313,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {model} | " + " | ".join(
             f"{_fmt(stats[k]['mean'])} | {_fmt(stats[k]['best'])} ({stats[k]['best_job'] or '—'})"
             for k, _ in HEADLINE) + " |")
-    lines += _targets_markdown(summary["targets"])
+    lines += _targets_markdown(summary["targets"]) + _unconverged_note(summary.get("lsqml_tuning", []))
     for name, d in summary["deltas"].items():
         lines += ["", f"## {name}", "", "| view | dose | " + " | ".join(k for k, _ in HEADLINE) + " |",
                   "|---|---|" + "---|" * len(HEADLINE)]
@@ -317,6 +358,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {r['view']} | {r['dose']} | {r['n_positions']} | {status} | {r['epochs_run']} | "
                      f"{st.get('noise_model', '—')} | {_fmt(st.get('tv_weight'))} | {_fmt(st.get('step_size'))} | "
                      f"{_fmt(r['final_cost'], 4)} |")
+    lines += _tuning_markdown(summary.get("lsqml_tuning", []))
     if summary["registration_failures"]:
         lines += ["", "## Registration failures", "",
                   "The shift estimate exceeded the bound; these rows are scored without a shift (a wrapped-around "
