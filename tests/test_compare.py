@@ -259,7 +259,9 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     rising = record("1e3", flat + [(0.1, [(10, 0.7), (20, 0.78), (30, 0.80)])], 30)
     peaked = record("1e5", flat + [(0.1, [(10, 0.95), (20, 0.97), (30, 0.96)])], 20)
     one_score = record("1e4", flat + [(0.1, [(30, 0.9)])], 30)
-    rows = {t["dose"]: t for t in map(report.lsqml_tuning, (rising, peaked, one_score))}
+    creeping = record("1e6", flat + [(0.1, [(10, 0.98), (20, 0.9849), (30, 0.9855)])], 30)  # +0.0006: flat
+    rows = {t["dose"]: t for t in map(report.lsqml_tuning, (rising, peaked, one_score, creeping))}
+    assert not rows["1e6"]["still_rising_at_cap"] and rows["1e6"]["last_gain"] == pytest.approx(0.0006)
     assert rows["1e3"]["still_rising_at_cap"] and rows["1e3"]["last_gain"] == pytest.approx(0.02)
     assert rows["1e3"]["ms_ssim_phase"] == 0.80 and rows["1e3"]["tv_weight"] == 0.1  # the chosen point's, not the first's
     assert not rows["1e5"]["still_rising_at_cap"] and rows["1e5"]["epochs"] == 20
@@ -270,4 +272,5 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     assert "| 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.0100 | yes |" in md
     assert "| 1e4 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9000 | — | — |" in md
     assert "while still improving on the training split at dose 1e3 (" in "".join(report._unconverged_note(list(rows.values())))
-    assert report._unconverged_note([rows["1e5"], rows["1e4"]]) == []
+    assert report._unconverged_note([rows["1e5"], rows["1e4"], rows["1e6"]]) == []
+    assert "| 1e6 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9855 | +0.0006 | yes |" in md

@@ -116,17 +116,20 @@ def targets(jobs: list[dict]) -> dict:
             "monotone_in_dose": monotone, "seed_spread": spread}
 
 
+FLAT_GAIN = 0.001  # LSQML's training-split MS-SSIM rising by no more over its last scored interval is flat
+
+
 def lsqml_tuning(record: dict) -> dict:
     """What one tune@<dose> record says of its choice: the settings, the epochs against the cap,
-    the score, and its gain over the last scored interval (where the epochs are the cap and it was
-    still rising, LSQML stopped before converging: its rows are a lower bound)."""
+    the score, and its gain over the last scored interval (where the epochs are the cap and it still
+    rose by more than :data:`FLAT_GAIN`, LSQML stopped before converging: its rows are a lower bound)."""
     chosen = record["chosen"]
     row = next(r for r in record["grid"] if all(r[k] == chosen[k] for k in ("noise_model", "tv_weight", "step_size")))
     curve = [(e, ms) for e, ms in row["ms_ssim_phase_by_epoch"] if ms is not None]
     last_gain = curve[-1][1] - curve[-2][1] if len(curve) > 1 else None
     at_cap = chosen["epochs"] == record["max_epochs"]
     return {"dose": record["dose"], **chosen, "max_epochs": record["max_epochs"], "ms_ssim_phase": row["ms_ssim_phase"],
-            "last_gain": last_gain, "still_rising_at_cap": bool(at_cap and last_gain is not None and last_gain > 0)}
+            "last_gain": last_gain, "still_rising_at_cap": bool(at_cap and last_gain is not None and last_gain > FLAT_GAIN)}
 
 
 def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: list[dict] = ()) -> dict:
@@ -270,8 +273,8 @@ def _tuning_markdown(tunings: list[dict]) -> list[str]:
         return []
     lines = ["", "LSQML's choice per dose, on the training split (phase MS-SSIM against its own truth, scored every "
              "reconstruct.tune.score_every epochs; gain: over the last scored interval). Where the chosen epochs are "
-             "the cap and the score was still rising, LSQML stopped before converging, and its rows here are a lower "
-             "bound on what it reaches.", "",
+             f"the cap and the score still rose by more than {FLAT_GAIN}, LSQML stopped before converging, and its "
+             "rows here are a lower bound on what it reaches.", "",
              "| dose | noise model | TV weight | step | epochs (at most) | training-split MS-SSIM | gain | converged |",
              "|---|---|---|---|---|---|---|---|"]
     for t in tunings:
