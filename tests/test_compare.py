@@ -246,12 +246,15 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
 
 
 def test_the_report_says_where_lsqml_stopped_before_converging():
-    """tune@'s record gives LSQML's epochs: at the cap with a score still rising is a run stopped
-    early, and the report says the ratios to it are flattering; a choice below the cap converged."""
+    """tune@'s record gives LSQML's epochs: at the cap with a score still rising by more than
+    FLAT_GAIN_PER_EPOCH is a run stopped early, and the report says the ratios to it likely flatter
+    the PINN; a choice below the cap peaked; a record it cannot read is refused by name."""
+    from fly64study.contract import ContractError
+
     def record(dose, curves, chosen_epochs, cap=30):
         grid = [{"noise_model": "gaussian", "tv_weight": tv, "step_size": 1.0,
                  "ms_ssim_phase_by_epoch": [[e, ms] for e, ms in curve], "epochs": chosen_epochs if tv else 10,
-                 "ms_ssim_phase": max(ms for _, ms in curve)} for tv, curve in curves]
+                 "ms_ssim_phase": max(ms for _, ms in curve if ms is not None)} for tv, curve in curves]
         return {"dose": dose, "max_epochs": cap, "grid": grid,
                 "chosen": {"noise_model": "gaussian", "tv_weight": 0.1, "step_size": 1.0, "epochs": chosen_epochs}}
 
@@ -259,18 +262,25 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     rising = record("1e3", flat + [(0.1, [(10, 0.7), (20, 0.78), (30, 0.80)])], 30)
     peaked = record("1e5", flat + [(0.1, [(10, 0.95), (20, 0.97), (30, 0.96)])], 20)
     one_score = record("1e4", flat + [(0.1, [(30, 0.9)])], 30)
-    creeping = record("1e6", flat + [(0.1, [(10, 0.98), (20, 0.9849), (30, 0.9855)])], 30)  # +0.0006: flat
-    rows = {t["dose"]: t for t in map(report.lsqml_tuning, (rising, peaked, one_score, creeping))}
-    assert not rows["1e6"]["still_rising_at_cap"] and rows["1e6"]["last_gain"] == pytest.approx(0.0006)
-    assert rows["1e3"]["still_rising_at_cap"] and rows["1e3"]["last_gain"] == pytest.approx(0.02)
+    creeping = record("1e6", flat + [(0.1, [(10, 0.98), (20, 0.9849), (30, 0.9865)])], 30)  # 0.00016 / epoch
+    gap = record("1e7", flat + [(0.1, [(10, 0.7), (20, None), (30, 0.8)])], 30)  # an unscored epoch in between
+    rows = {t["dose"]: t for t in map(report.lsqml_tuning, (rising, peaked, one_score, creeping, gap))}
+    assert rows["1e3"]["still_rising_at_cap"] and rows["1e3"]["gain_per_epoch"] == pytest.approx(0.002)
     assert rows["1e3"]["ms_ssim_phase"] == 0.80 and rows["1e3"]["tv_weight"] == 0.1  # the chosen point's, not the first's
     assert not rows["1e5"]["still_rising_at_cap"] and rows["1e5"]["epochs"] == 20
-    assert not rows["1e4"]["still_rising_at_cap"] and rows["1e4"]["last_gain"] is None  # one score: no trend to judge
+    assert not rows["1e4"]["still_rising_at_cap"] and rows["1e4"]["gain_per_epoch"] is None  # one score: no trend
+    assert not rows["1e6"]["still_rising_at_cap"] and rows["1e6"]["gain_per_epoch"] == pytest.approx(0.00016)
+    assert rows["1e7"]["still_rising_at_cap"] and rows["1e7"]["gain_per_epoch"] == pytest.approx(0.005)  # over 20
     assert summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8))], [], [rising])["lsqml_tuning"] == [rows["1e3"]]
     md = "\n".join(report._tuning_markdown(list(rows.values())))
-    assert "| 1e3 | gaussian | 0.100 | 1.000 | 30 (30) | 0.8000 | +0.0200 | no: still rising at the cap |" in md
-    assert "| 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.0100 | yes |" in md
+    assert "| 1e3 | gaussian | 0.100 | 1.000 | 30 (30) | 0.8000 | +0.00200 | **still rising** |" in md
+    assert "| 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.00100 | below it: the score peaked earlier |" in md
     assert "| 1e4 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9000 | — | — |" in md
-    assert "while still improving on the training split at dose 1e3 (" in "".join(report._unconverged_note(list(rows.values())))
+    assert "| 1e6 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9865 | +0.00016 | flat |" in md
+    note = "".join(report._unconverged_note(list(rows.values())))
+    assert "while still improving on the training split at dose 1e3, 1e7 (" in note
     assert report._unconverged_note([rows["1e5"], rows["1e4"], rows["1e6"]]) == []
-    assert "| 1e6 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9855 | +0.0006 | yes |" in md
+    for broken, message in (({**rising, "chosen": {**rising["chosen"], "tv_weight": 0.3}}, "not in its grid"),
+                            ({k: v for k, v in rising.items() if k != "max_epochs"}, "no 'max_epochs'")):
+        with pytest.raises(ContractError, match=f"dose 1e3: .*{message}.*tune@1e3"):
+            report.lsqml_tuning(broken)
