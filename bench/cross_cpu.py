@@ -1,5 +1,6 @@
-"""Which kernels give the same bits on other CPUs: digests of single torch ops and of three PINN
-training steps, on this CPU and under QEMU's user-mode emulation of other x86-64 CPUs.
+"""Which kernels give the same bits on other CPUs: digests of single torch ops, of three PINN
+training steps and of two short LSQML runs, on this CPU and under QEMU's user-mode emulation of
+other x86-64 CPUs.
 
     apt-get install qemu-user                       # QEMU >= 7.2: its TCG runs AVX2 and FMA
     .venv/bin/python bench/cross_cpu.py             # this CPU, Haswell (Intel), EPYC-Rome (AMD Zen 2)
@@ -11,7 +12,8 @@ FFTs and unary maths (MKL's FFT and vector maths library where torch uses them);
 reference. An emulated CPU reports its own vendor, family and cache sizes (CPUID) to every
 library's dispatcher, so a kernel that picks its code by CPU shows here. Emulated arithmetic is
 IEEE-exact except the approximate reciprocals (RCPPS/RSQRTPS), whose bits differ between real CPUs
-too. Emulation is slow: about 5 minutes per CPU, mostly importing torch.
+too. Emulation is slow: about 5 minutes per CPU for the ops and steps, mostly importing torch, and
+about as long again for the LSQML runs.
 """
 from __future__ import annotations
 
@@ -41,7 +43,12 @@ def emit() -> None:
     import torch
     import torch.nn.functional as F
 
+    import dataclasses
+
+    from fly64study.design import load_params
+    from fly64study.iterative import Choice, lsqml
     from fly64study.model import ModelConfig, PtychoPINN
+    from fly64study.simulate import generate_dose
     from fly64study.numerics import pin_torch
     from fly64study.physics import make_probe
     from fly64study.train import batch_loss, make_optimiser
@@ -88,6 +95,15 @@ def emit() -> None:
         loss.backward()
         opt.step()
         out[f"PINN step {step + 1} (weights)"] = digest(*model.parameters())
+    # pty-chi's LSQML as phase F runs it (exact_sqrt, one thread): 2 epochs on the tiny profile's 1e5
+    # test split, per noise model; its float32 square roots once differed between a Xeon and an EPYC
+    tiny = load_params(Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml")
+    test = generate_dose(tiny.design, tiny.generate, "1e5")[1]
+    pin_torch(True, threads=1)
+    for choice in (Choice(), Choice(noise_model="poisson", tv_weight=0.1)):
+        result = lsqml(test, dataclasses.replace(tiny.reconstruct, epochs=2), choice=choice)
+        out[f"LSQML 2 epochs, {choice.noise_model}, TV {choice.tv_weight:g} (object)"] = (
+            hashlib.sha256(result.object.tobytes()).hexdigest()[:16] if result.status == "completed" else result.error)
     for name, d in out.items():
         print(f"{name}\t{d}")
 
