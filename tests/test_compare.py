@@ -280,6 +280,15 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     note = "".join(report._unconverged_note(list(rows.values())))
     assert "while still improving on the training split at dose 1e3, 1e7 (" in note
     assert report._unconverged_note([rows["1e5"], rows["1e4"], rows["1e6"]]) == []
+    # the targets' cells at that dose say so too
+    summary = summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8)), _job("wide", 0.7, "1e5", (0.9, 0.9, 0.5, 0.95))],
+                        [], [rising, peaked])
+    early = {r["dose"]: r["ptychi_stopped_early"] for r in summary["targets"]["ratios"]}
+    assert early == {"1e3": True, "1e5": False}
+    md = "\n".join(report._targets_markdown(summary["targets"]))
+    assert "| wide | 1e3 | PtychoPINN | 0.8750 (PtyChi stopped early) | ≥ 0.95 | **missed** |" in md
+    assert "| wide | 1e5 | PtychoPINN | 0.9474 | ≥ 0.95 | **missed** |" in md
+    assert "(target ≥ 1.0×: **missed**, PtyChi stopped early)." in md
     for broken, message in (({**rising, "chosen": {**rising["chosen"], "tv_weight": 0.3}}, "not in its grid"),
                             ({k: v for k, v in rising.items() if k != "max_epochs"}, "no 'max_epochs'")):
         with pytest.raises(ContractError, match=f"dose 1e3: .*{message}.*tune@1e3"):
