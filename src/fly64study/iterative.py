@@ -97,7 +97,7 @@ def _epochs(cfg: Reconstruct, choice: Choice) -> int:
     return choice.epochs
 
 
-def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice):
+def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice, epochs: int):
     import ptychi.api as api  # imported here: pty-chi takes seconds to import
 
     H, W = ds.objectGuess.shape
@@ -118,7 +118,7 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, ch
     o.object_options.remove_object_probe_ambiguity.enabled = cfg.refine_probe
     o.probe_position_options.optimizable = False
     r = o.reconstructor_options
-    r.num_epochs = _epochs(cfg, choice)
+    r.num_epochs = epochs
     r.batch_size = min(cfg.batch_size, ds.n)
     r.noise_model = api.NoiseModels(choice.noise_model)
     r.rescale_probe_intensity_in_first_epoch = False  # the probe's scale is known: keep it
@@ -165,7 +165,7 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
         # exact_sqrt: pty-chi's float32 square roots, the same bits on Intel and AMD CPUs
         with warnings.catch_warnings(), exact_sqrt():
             warnings.simplefilter("ignore", UserWarning)  # pty-chi's tensor-copy advice, once per call site
-            options, data = _options(ds, cfg, device, deterministic, choice)
+            options, data = _options(ds, cfg, device, deterministic, choice, epochs)
             try:
                 task = PtychographyTask(options, **data)
                 _drop_cpu_default_device()

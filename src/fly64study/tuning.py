@@ -6,8 +6,8 @@ chosen on the test split. ``tune@<dose>`` runs LSQML over the grid of ``reconstr
 ``reconstruct.epochs``, and scores its object every ``reconstruct.tune.score_every`` epochs by
 the phase MS-SSIM against that split's own ground truth (aligned exactly as phase G aligns). The
 best (point, epochs) is the choice that ``reconstruct@<dose>-<view>`` runs on the test split:
-more epochs only where they still improved the object (at low dose LSQML goes on lowering its
-cost by fitting the noise). Ties go to the earlier grid point (the order of the params lists),
+more epochs only where they still improved the object (at 1e3 the Gaussian runs went on lowering
+their cost by fitting the noise after 25 epochs). Ties go to the earlier grid point (the order of the params lists),
 then to fewer epochs, so the choice is reproducible. Each run's cost curve is summarised too
 (``flat_from_epoch``): where it is the last epoch, the cost was still falling at the cap.
 """
