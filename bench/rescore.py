@@ -3,7 +3,8 @@
     .venv/bin/python bench/rescore.py            # after `dvc repro`; prints a table, exits 1 on a gap > 0.01
 
 Written apart from ``fly64study.metrics``: the fields are rebuilt (PtyChi from phase F's file,
-PtychoPINN, PtychoPINN+refine and Baseline from their verified bundles through the stitching of phase G), then
+PtychoPINN+LSQML from hybrid@'s files, PtychoPINN, PtychoPINN+refine and Baseline from their verified
+bundles through the stitching of phase G), then
 registered with one call of ``skimage.registration.phase_cross_correlation`` on the crop (no
 iteration, the shift refused beyond design.metrics.max_shift_px), shifted with
 ``scipy.ndimage.fourier_shift``, freed of a phase plane fitted by ``numpy.linalg.lstsq`` to the
@@ -80,6 +81,9 @@ def main() -> None:
             test = load_dataset(f"data/phase_d/dose_{dose}/{view}/test.npz")
             report = json.loads(Path(f"data/phase_g/dose_{dose}/{view}/comparison.json").read_text())["models"]
             fields = {"PtyChi": [load_result(f"data/phase_f/dose_{dose}/{view}/ptychi_reconstruction.npz").object]}
+            hybrid = Path(f"data/hybrid/dose_{dose}/{view}")
+            fields["PtychoPINN+LSQML"] = [load_result(hybrid / f"seed_{e['seed']}" / "ptychi_reconstruction.npz").object
+                                          for e in json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"]]
             sources = (("PtychoPINN", view, "data/phase_e", TRAINING_MANIFEST),
                        ("PtychoPINN+refine", view, "data/refine", REFINE_MANIFEST),
                        ("Baseline", params.compare.baseline, "data/phase_e", TRAINING_MANIFEST))

@@ -1,7 +1,10 @@
-"""Phase G: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi on one view's test split, against the truth.
+"""Phase G: PtychoPINN, PtychoPINN+refine, PtychoPINN+LSQML, Baseline and PtyChi on one view's test
+split, against the truth.
 
 PtychoPINN = the view's own bundles, PtychoPINN+refine = the same fitted further to the test split's
-counts (refine@<dose>-<view>), Baseline = the dose's compare.baseline (gridsize 1) bundles,
+counts (refine@<dose>-<view>), PtychoPINN+LSQML = LSQML started from each of them (hybrid@<dose>-<view>,
+one reconstruction per seed, each checked against its manifest's SHA256), Baseline = the dose's
+compare.baseline (gridsize 1) bundles,
 one per training seed, each loaded through the verified loader against the SHA256 in its training
 manifest and scored on its own (comparison.json gives the mean and sd over seeds);
 PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
@@ -9,7 +12,7 @@ dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_
 comparison.png and frc_curves.png, and every reconstruction as a Ptychodus product in products/
 (fly64study.products: <model>[_seed<s>].h5, positions in metres from the phase C geometry); the
 PINN's inference wall times (PtychoPINN+refine: refining and inference, where the refine run's
-record is there) go to an untracked run record, <timing-dir>/phase_g/<dose>-<view>.json
+record is there; PtychoPINN+LSQML: inference and LSQML, from hybrid@'s records) go to an untracked run record, <timing-dir>/phase_g/<dose>-<view>.json
 (data/timing/ by default), not into DVC-tracked files.
 """
 import argparse
@@ -20,7 +23,8 @@ from fly64study.cli import run
 from fly64study.compare import Candidate, compare, write_comparison
 from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import ParamsError, load_params
-from fly64study.files import write_timing
+from fly64study.files import sha256_file, write_timing
+from fly64study.hybrid import MANIFEST as HYBRID_MANIFEST, seed_dir
 from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
 from fly64study.products import seed_suffix, write_products
@@ -37,6 +41,46 @@ def _refine_seconds(record: Path) -> dict[str, float]:
         return {}
 
 
+def _hybrid_seconds(records: Path) -> dict[str, float]:
+    """Hybrid reconstruction SHA256 -> PINN inference + LSQML wall time, from hybrid@'s untracked run
+    records (keyed by the file: a record of another run names another one)."""
+    seconds = {}
+    for path in sorted(records.glob("seed_*.json")):
+        try:
+            t = read_json(path)
+            seconds[t["sha256"]] = float(t["pinn_seconds"]) + float(t["wall_seconds"])
+        except (ContractError, KeyError, TypeError, ValueError):
+            continue
+    return seconds
+
+
+def _hybrid_candidates(folder: Path, timing: Path) -> list[Candidate]:
+    """One PtychoPINN+LSQML candidate per seed of hybrid@'s manifest, each file checked against it."""
+    manifest = folder / HYBRID_MANIFEST
+    try:
+        entries = read_json(manifest)["jobs"]
+    except (KeyError, TypeError) as err:
+        raise ContractError(f"{manifest}: no {err}; run `dvc repro` (hybrid@<dose>-<view>)") from None
+    if not entries:
+        raise ContractError(f"{manifest}: no runs listed; run `dvc repro` (hybrid@<dose>-<view>)")
+    seconds = _hybrid_seconds(timing)
+    out = []
+    for e in entries:
+        path = folder / seed_dir(e["seed"]) / "ptychi_reconstruction.npz"
+        if sha256_file(path) != e["sha256"]:
+            raise ContractError(f"{path}: its SHA256 is not the one {manifest} records; run `dvc repro` "
+                                "(hybrid@<dose>-<view>)")
+        rec = load_result(path)
+        done = rec.status == "completed"
+        out.append(Candidate("PtychoPINN+LSQML", rec.object if done else None, seconds.get(e["sha256"]) if done else None,
+                             f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle {e['bundle_sha256'][:12]}"
+                             if done else f"pty-chi failed: {rec.error}", seed=e["seed"],
+                             cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
+                             losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
+                             loss_name="LSQML cost per epoch", probe=rec.probe if done else None))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -49,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--refine", default="data/refine", help="refined bundles' root (phase E's layout)")
     parser.add_argument("--refine-runs", default="data/refine/runs", help="<d>-<view>/refine_manifest.json")
     parser.add_argument("--phase-f", default="data/phase_f")
+    parser.add_argument("--hybrid", default="data/hybrid", help="hybrid@'s root: dose_<d>/<view>/hybrid_manifest.json")
     parser.add_argument("--out", required=True, help="output folder, data/phase_g/dose_<d>/<view>")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times)")
     args = parser.parse_args(argv)
@@ -84,6 +129,10 @@ def main(argv=None):
                                         losses=read_loss_column(losses, "val_loss" + seed_suffix(b.seed, first)),
                                         loss_name="held-out Poisson NLL per epoch (epoch 0: before refining)"
                                         if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
+    hybrid = _hybrid_candidates(Path(args.hybrid) / f"dose_{args.dose}" / args.view,
+                                Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}")
+    firsts["PtychoPINN+LSQML"] = hybrid[0].seed
+    candidates += hybrid
     recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
     rec = load_result(recon_path)
     candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,

@@ -197,6 +197,10 @@ def test_train_jobs_must_name_a_view():
             params_from_dict(_set(_raw(), key, value))
     with pytest.raises(ParamsError, match="train.depth"):
         params_from_dict(_set(_raw(), "train.depth", 6))
+    # a warm start longer than LSQML's own cap would compare more epochs against fewer
+    for value in (0, 11):  # tiny: reconstruct.epochs 10
+        with pytest.raises(ParamsError, match=r"hybrid\.epochs: .*\[1, reconstruct\.epochs = 10\]"):
+            params_from_dict(_set(_raw(), "hybrid.epochs", value))
 
 
 def _out_of_range(path: str, value):

@@ -39,10 +39,11 @@ def _edit(root: Path, old: str, new: str) -> None:
 
 # the tiny profile: every view is built, the sparse one is not trained (the full study trains and compares it)
 DOSES, VIEWS, JOBS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("baseline", "dense"), ("dense",)
-MODELS = ("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi")
+MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
 STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}" for d in DOSES),
           *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS), *(f"train@{d}-{j}" for d in DOSES for j in JOBS),
-          *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "compare") for d in DOSES for v in COMPARED), "report"}
+          *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "hybrid", "compare") for d in DOSES for v in COMPARED),
+          "report"}
 
 
 def check_report(root: Path) -> None:
@@ -66,10 +67,11 @@ def check_report(root: Path) -> None:
         assert (root / "data/report" / png).stat().st_size > 20_000
     for v in COMPARED:
         rows = (root / f"data/report/plots/ms_ssim_phase_{v}.csv").read_text().splitlines()
-        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,PtychoPINN+refine,Baseline,PtyChi,"
-                           "PtychoPINN_sd,PtychoPINN+refine_sd,Baseline_sd,PtyChi_sd") and len(rows) == 1 + len(DOSES)
+        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,PtychoPINN+refine,PtychoPINN+LSQML,Baseline,PtyChi,"
+                           "PtychoPINN_sd,PtychoPINN+refine_sd,PtychoPINN+LSQML_sd,Baseline_sd,PtyChi_sd"
+                           ) and len(rows) == 1 + len(DOSES)
         # a number for every model; no sd with one training seed (and never for LSQML's one run)
-        assert all(r.split(",")[:6].count("") == 0 and r.endswith(",,,,") for r in rows[1:])
+        assert all(r.split(",")[:7].count("") == 0 and r.endswith(",,,,,") for r in rows[1:])
         with open(root / f"data/phase_g/dose_1e3/{v}/comparison_metrics.csv") as fh:
             assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
@@ -175,7 +177,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-dense")
     assert ran(one_view) == {"overlap@1e3-dense"}
     assert stale(project) == {"design", "overlap@1e5-dense", "tune@1e3",  # tune@ reads the dense training split
-                              *(f"{s}@1e3-dense" for s in ("train", "reconstruct", "refine", "compare"))}
+                              *(f"{s}@1e3-dense" for s in ("train", "reconstruct", "refine", "hybrid", "compare"))}
     spacing = json.loads((project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.4 * json.loads(
         (project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["probe_diameter_px"])
@@ -250,7 +252,8 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
     for view_dir in sorted((root / "phase_g").glob("dose_*/*")):
         dose, view = view_dir.parent.name[5:], view_dir.name
         names = sorted(p.name for p in (view_dir / "products").iterdir())
-        assert {"baseline.h5", "ptychi_lsqml.h5", "ptychopinn.h5", "ptychopinn_refine.h5"} <= set(names), names
+        assert {"baseline.h5", "ptychi_lsqml.h5", "ptychopinn.h5", "ptychopinn_refine.h5",
+                "ptychopinn_lsqml.h5"} <= set(names), names
         test = load_dataset(root / "phase_d" / f"dose_{dose}" / view / "test.npz")
         dx = test.metadata["source"]["geometry"]["pixel_size_m"]
         rec = load_result(root / "phase_f" / f"dose_{dose}" / view / "ptychi_reconstruction.npz")
@@ -266,6 +269,13 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
             if name == "ptychi_lsqml.h5":
                 np.testing.assert_array_equal(obj, rec.object)
                 assert [v for _, v in losses] == pytest.approx(list(rec.cost))
+            if name == "ptychopinn_lsqml.h5":  # hybrid@'s object: LSQML from the network's field
+                hybrid = root / "hybrid" / f"dose_{dose}" / view
+                first = json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"][0]
+                started = load_result(hybrid / f"seed_{first['seed']}" / "ptychi_reconstruction.npz")
+                np.testing.assert_array_equal(obj, started.object)
+                assert started.settings["object_init"].startswith(f"PtychoPINN seed {first['seed']}")
+                assert [v for _, v in losses] == pytest.approx(list(started.cost))
             if name == "ptychopinn.h5":  # the training's validation loss, epoch by epoch
                 table = root / "phase_e" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
                 assert losses == list(read_loss_column(table, "val_loss"))

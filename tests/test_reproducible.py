@@ -21,7 +21,7 @@ from fly64study.files import sha256_file
 pytestmark = pytest.mark.pipeline
 
 GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
-PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "phase_g", "report")
+PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "hybrid", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
                 "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE", "OMP_DYNAMIC": "TRUE", "ONEDNN_MAX_CPU_ISA": "SSE41",
@@ -84,7 +84,7 @@ def test_first_difference_names_the_earliest_file():
 # one stage of each kind: a forced rerun of all 22 would double the suite's longest part (tune@ is
 # left out: its LSQML runs are reconstruct@'s, pinned the same way)
 RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense",
-         "reconstruct@1e3-dense", "refine@1e3-dense", "compare@1e3-dense", "report")
+         "reconstruct@1e3-dense", "refine@1e3-dense", "hybrid@1e3-dense", "compare@1e3-dense", "report")
 
 
 def test_a_forced_rerun_on_a_foreign_host_setting_leaves_every_output_and_the_lock_unchanged(tiny_pipeline, tmp_path):

@@ -1,9 +1,10 @@
-"""Phase G, one comparison: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi on one view's test split,
-against the truth.
+"""Phase G, one comparison: PtychoPINN, PtychoPINN+refine, PtychoPINN+LSQML, Baseline and PtyChi on one
+view's test split, against the truth.
 
 PtychoPINN is the view's own gridsize-2 bundle, PtychoPINN+refine the same fitted further to the
-test split's own counts (:mod:`fly64study.refine`), Baseline the dose's gridsize-1 bundle (trained on
-every position), PtyChi the view's LSQML reconstruction; all four reconstruct the same patterns.
+test split's own counts (:mod:`fly64study.refine`), PtychoPINN+LSQML LSQML started from its field
+(:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 bundle (trained on every position), PtyChi
+the view's LSQML reconstruction from a flat start; all five reconstruct the same patterns.
 Each field is aligned to the ground truth on the scanned area (:func:`fly64study.metrics.align`)
 and scored per component. A model that failed upstream keeps its rows, empty, with the reason.
 """
@@ -22,7 +23,7 @@ from fly64study.design import MetricsDesign
 from fly64study.files import atomic_path, write_json, write_metrics
 from fly64study.plots import plot_comparison, plot_frc
 
-MODELS = ("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi")
+MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
 # the numbers `dvc metrics show/diff` lists per comparison (comparison.json and the CSV hold all of them)
 DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
             "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
@@ -36,7 +37,7 @@ LEVEL_PREFIX = {"aligned": "", "fixed-frame": "fixed_frame_"}
 class Candidate:
     model: str  # one of MODELS
     field: np.ndarray | None  # (H, W) complex object in the truth's frame; None if the model failed
-    seconds: float | None  # reconstruction wall time (PINN: inference + stitching; PtyChi: LSQML); a run record
+    seconds: float | None  # reconstruction wall time (PINN: inference + stitching; LSQML: its run); a run record
     note: str = ""  # where it came from, or why it failed
     seed: int | None = None  # the training seed of a PINN model (one candidate per seed); None: one run
     cost: dict | None = None  # what it took, in numbers: epochs_run (and a PINN's best_epoch, final_val_loss)

@@ -428,6 +428,20 @@ class Refine(_Section):
             raise ParamsError("refine.patience: must be >= 1")
 
 
+# --------------------------------------------------------------------------- hybrid section
+@dataclass(frozen=True)
+class Hybrid(_Section):
+    """PtychoPINN+LSQML: LSQML with tune@<dose>'s settings, started from each trained compared PINN
+    model's stitched test field instead of a flat object (hybrid@<dose>-<view>); no truth read."""
+
+    epochs: int  # LSQML epochs from the PINN's start (fewer than reconstruct.epochs: a warm start)
+
+    def check(self, reconstruct: Reconstruct) -> None:
+        if not 1 <= self.epochs <= reconstruct.epochs:
+            raise ParamsError(f"hybrid.epochs: {self.epochs}; must lie in [1, reconstruct.epochs = {reconstruct.epochs}] "
+                              "(a warm start runs at most as long as LSQML from a flat object)")
+
+
 # -------------------------------------------------------------------------- compare section
 @dataclass(frozen=True)
 class Compare(_Section):
@@ -463,6 +477,7 @@ class Params(_Section):
     train: Train
     reconstruct: Reconstruct
     refine: Refine
+    hybrid: Hybrid
     compare: Compare
 
     def check(self) -> None:
@@ -472,6 +487,7 @@ class Params(_Section):
         self.train.check(self.design)
         self.reconstruct.check(self.design)
         self.refine.check()
+        self.hybrid.check(self.reconstruct)
         self.compare.check(self.design, self.train)
 
 

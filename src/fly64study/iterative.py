@@ -1,7 +1,8 @@
 """Phase F: the iterative baseline, pty-chi's LSQML, on one view's test split.
 
-The object starts flat (transmission 1, never the ground truth), the probe is the known one,
-every pattern is used and the positions are fixed. pty-chi sees the same photon data as the
+The object starts flat (transmission 1, never the ground truth) or, for PtychoPINN+LSQML
+(:mod:`fly64study.hybrid`), from a given field such as a PINN's stitched reconstruction; the probe is the
+known one, every pattern is used and the positions are fixed. pty-chi sees the same photon data as the
 PINN, in its own units: its far field is an unnormalised FFT, so the measured intensity
 ``(diffraction * s)^2 / s^2`` is scaled by N² to match the orthonormal FFT of the simulator.
 
@@ -97,7 +98,8 @@ def _epochs(cfg: Reconstruct, choice: Choice) -> int:
     return choice.epochs
 
 
-def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice, epochs: int):
+def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, choice: Choice, epochs: int,
+             start: np.ndarray | None = None):
     import ptychi.api as api  # imported here: pty-chi takes seconds to import
 
     H, W = ds.objectGuess.shape
@@ -125,9 +127,12 @@ def _options(ds: Dataset, cfg: Reconstruct, device: str, deterministic: bool, ch
     r.random_seed = cfg.seed
     r.allow_nondeterministic_algorithms = not deterministic
     r.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
+    obj = np.ones((1, H + 2 * MARGIN, W + 2 * MARGIN), np.complex64)  # the margin stays flat
+    if start is not None:
+        obj[0, MARGIN:-MARGIN, MARGIN:-MARGIN] = start
     data = {
         "diffraction_data": (counts / s**2 * N**2).astype(np.float32),
-        "object_data": np.ones((1, H + 2 * MARGIN, W + 2 * MARGIN), np.complex64),
+        "object_data": obj,
         "probe_data": ds.probeGuess[None, None].astype(np.complex64),
         "probe_position_y_px": ds.ycoords.astype(np.float64),
         "probe_position_x_px": ds.xcoords.astype(np.float64),
@@ -144,17 +149,30 @@ def _drop_cpu_default_device() -> None:
         torch.set_default_device(None)
 
 
+def check_start(start: np.ndarray, ds: Dataset) -> None:
+    """An initial object must be a finite field on the ground truth's grid (the frame LSQML works in)."""
+    if start.shape != ds.objectGuess.shape:
+        raise ContractError(f"initial object: shape {start.shape}, expected the object's {ds.objectGuess.shape}")
+    if not np.all(np.isfinite(start)):
+        raise ContractError("initial object: has non-finite pixels; LSQML would spread them over the field")
+
+
 def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True,
-          choice: Choice = Choice(), snapshot_every: int = 0) -> LSQMLResult:
-    """Run LSQML on ``ds`` with ``choice``'s noise model, total variation, step size and epochs.
+          choice: Choice = Choice(), snapshot_every: int = 0, start: np.ndarray | None = None,
+          start_note: str = "") -> LSQMLResult:
+    """Run LSQML on ``ds`` with ``choice``'s noise model, total variation, step size and epochs,
+    from a flat object or from ``start`` (the object's frame; ``start_note`` says what it is).
     ``snapshot_every`` > 0 keeps a copy of the object every that many epochs and at the last
     (``snapshots``; the run is the same, byte for byte). pty-chi's own failures (an exception, or a
     non-finite object) come back as a result with status ``failed`` and the reason, not as an exception."""
     epochs = _epochs(cfg, choice)
+    if start is not None:
+        check_start(start, ds)
     settings = {"algorithm": ALGORITHM, "epochs": epochs, "batch_size": min(cfg.batch_size, ds.n),
                 "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": choice.noise_model,
                 "tv_weight": choice.tv_weight, "step_size": choice.step_size,
-                "object_init": "flat (1 + 0j)", "probe_init": "known probe", "positions": "fixed",
+                "object_init": "flat (1 + 0j)" if start is None else (start_note or "given"),
+                "probe_init": "known probe", "positions": "fixed",
                 "device": device, "deterministic": deterministic, "threads": torch.get_num_threads(),
                 "ptychi": ptychi_version()}
     empty = np.zeros((0, 0), np.complex64)
@@ -165,7 +183,7 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
         # exact_sqrt: pty-chi's float32 square roots, the same bits on Intel and AMD CPUs
         with warnings.catch_warnings(), exact_sqrt():
             warnings.simplefilter("ignore", UserWarning)  # pty-chi's tensor-copy advice, once per call site
-            options, data = _options(ds, cfg, device, deterministic, choice, epochs)
+            options, data = _options(ds, cfg, device, deterministic, choice, epochs, start)
             try:
                 task = PtychographyTask(options, **data)
                 _drop_cpu_default_device()
@@ -257,23 +275,30 @@ def final_cost(result: LSQMLResult) -> float | None:
 # ------------------------------------------------------------------------------ one job
 def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, dose: str, view: str,
                        test_path: str, device: str = "cpu", deterministic: bool = True,
-                       timing_path: str | Path | None = None, choice: Choice = Choice()) -> dict:
-    """LSQML on one view's test split; write ``ptychi_reconstruction.npz`` and ``ptychi.log`` to
-    ``out_dir`` and return the job's manifest entry (status ``failed`` with the reason if pty-chi failed)."""
+                       timing_path: str | Path | None = None, choice: Choice = Choice(),
+                       start: np.ndarray | None = None, start_note: str = "", timing_extra: dict | None = None) -> dict:
+    """LSQML on one view's test split (from a flat object, or from ``start``); write
+    ``ptychi_reconstruction.npz`` and ``ptychi.log`` to ``out_dir`` and return the job's manifest entry
+    (status ``failed`` with the reason if pty-chi failed). The run record at ``timing_path`` holds the
+    wall time, ``timing_extra`` and the file's SHA256 (a record of another run names another file)."""
     out_dir = Path(out_dir)
     npz = out_dir / "ptychi_reconstruction.npz"
     with logged_to(out_dir / "ptychi.log"):
-        log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s, %d epochs, batch %d, %s, on %s",
+        log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s from %s, %d epochs, batch %d, %s, on %s",
                  ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
-                 cfg.epochs, cfg.batch_size, choice, device)
-        result = lsqml(test, cfg, device=device, deterministic=deterministic, choice=choice)
+                 "a flat start" if start is None else (start_note or "a given start"), _epochs(cfg, choice),
+                 cfg.batch_size, choice, device)
+        result = lsqml(test, cfg, device=device, deterministic=deterministic, choice=choice, start=start,
+                       start_note=start_note)
         log.info("%s (dose=%s): %s, final cost %s", view, dose, result.status, final_cost(result))
     provenance = {"dose": dose, "nphotons": test.metadata["nphotons"], "view": view, "test_data": test_path,
                   "n_positions": test.n}
     save_result(npz, result, test, provenance)
+    sha256 = sha256_file(npz)
     if timing_path is not None:
         write_timing(timing_path, {"dose": dose, "view": view, "wall_seconds": result.wall_seconds,
-                                   "epochs": int(result.cost.size), "n_positions": test.n})
+                                   "epochs": int(result.cost.size), "n_positions": test.n, **(timing_extra or {}),
+                                   "sha256": sha256})
     return {**provenance, "status": result.status, "error": result.error, "settings": result.settings,
             "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
-            "output": str(npz), "sha256": sha256_file(npz), "size": npz.stat().st_size}
+            "output": str(npz), "sha256": sha256, "size": npz.stat().st_size}

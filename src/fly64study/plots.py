@@ -148,7 +148,8 @@ def plot_frc(path: str | Path, rows: list[dict], *, threshold: float, title: str
     _save(fig, Path(path))
 
 
-_COLOURS = {"PtychoPINN": "tab:red", "PtychoPINN+refine": "tab:purple", "Baseline": "tab:orange", "PtyChi": "tab:blue"}
+_COLOURS = {"PtychoPINN": "tab:red", "PtychoPINN+refine": "tab:purple", "PtychoPINN+LSQML": "tab:green",
+            "Baseline": "tab:orange", "PtyChi": "tab:blue"}
 _MARKERS = ("o", "s", "^", "D", "v")
 
 

@@ -26,8 +26,8 @@ from fly64study.contract import ContractError
 from fly64study.files import atomic_path
 
 # study model -> file name stem (a further seed adds _seed<s>)
-STEMS = {"PtychoPINN": "ptychopinn", "PtychoPINN+refine": "ptychopinn_refine", "Baseline": "baseline",
-         "PtyChi": "ptychi_lsqml"}
+STEMS = {"PtychoPINN": "ptychopinn", "PtychoPINN+refine": "ptychopinn_refine", "PtychoPINN+LSQML": "ptychopinn_lsqml",
+         "Baseline": "baseline", "PtyChi": "ptychi_lsqml"}
 
 
 def seed_suffix(seed: int | None, first: int | None) -> str:

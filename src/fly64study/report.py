@@ -26,7 +26,7 @@ TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase",
          "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"), ("PtychoPINN+refine", "PtychoPINN"),
-          ("PtychoPINN+refine", "PtyChi"))
+          ("PtychoPINN+refine", "PtyChi"), ("PtychoPINN+LSQML", "PtyChi"))
 PAIRED = {("PtychoPINN+refine", "PtychoPINN")}  # the first is made from the second, seed by seed
 # The study's quality targets, on phase MS-SSIM against PtyChi (LSQML as tune@<dose> chose it), on the
 # compared view of the largest overlap: the plain network at every dose, the best PINN-based model at
@@ -35,7 +35,7 @@ PAIRED = {("PtychoPINN+refine", "PtychoPINN")}  # the first is made from the sec
 PINN_RATIO_TARGET = 0.95
 BEST_PINN_RATIO_TARGET = 1.0
 SEED_SD_TARGET = 0.02
-PINN_BASED = ("PtychoPINN", "PtychoPINN+refine")
+PINN_BASED = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -221,12 +221,12 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-HEADER = """All numbers on each view's held-out test split (which no model trained on; PtychoPINN+refine and
-PtyChi fit its measured counts, never its truth), on the scanned area, at two alignment levels:
-**aligned** (sub-pixel registration bounded by design.metrics.max_shift_px, phase offset and ramp
-removed, amplitude scaled to the truth's mean) and **fixed frame** (phase offset and amplitude scale
-only: probe and positions are known, so a shift or a phase ramp is an error of the reconstruction and
-stays in). Columns without a prefix are aligned; `fixed_frame_` columns are in the fixed frame.
+HEADER = """All numbers on each view's held-out test split (which no model trained on; PtychoPINN+refine,
+PtychoPINN+LSQML and PtyChi fit its measured counts, never its truth), on the scanned area, at two
+alignment levels: **aligned** (sub-pixel registration bounded by design.metrics.max_shift_px, phase
+offset and ramp removed, amplitude scaled to the truth's mean) and **fixed frame** (phase offset and
+amplitude scale only: probe and positions are known, so a shift or a phase ramp is an error of the
+reconstruction and stays in). Columns without a prefix are aligned; `fixed_frame_` columns are in the fixed frame.
 
 MS-SSIM: 5 levels, Wang 2003 weights, data range of the truth, the same treatment for amplitude and
 phase: unsmoothed (headline) and, as `ms_ssim_smoothed_*`, after a Gaussian of design.metrics.ms_ssim_sigma
@@ -315,7 +315,8 @@ def _tuning_markdown(tunings: list[dict]) -> list[str]:
 def markdown(summary: dict) -> str:
     cols = ("view", "f", "measured overlap", "dose", "detected/pattern", "incident/exposure", "photons/pixel",
             "phase bound (rad)", "model", *TABLE, "shift (dy, dx) px", "ramp (y, x) mrad/px", "registration")
-    lines = ["# Study report: PtychoPINN, PtychoPINN+refine, Baseline and PtyChi against dose and overlap", "",
+    lines = ["# Study report: PtychoPINN, PtychoPINN+refine, PtychoPINN+LSQML, Baseline and PtyChi against dose "
+             "and overlap", "",
              HEADER, "",
              "## Per job", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in summary["jobs"]:
@@ -361,7 +362,8 @@ def markdown(summary: dict) -> str:
               "Epochs of training (PtychoPINN, Baseline: at most train.epochs, fewer where the validation loss "
               "stopped improving; means over seeds), of refining on the test split's counts (PtychoPINN+refine: "
               "at most refine.epochs; best epoch 0 = the trained model kept, no epoch lowered the held-out loss; "
-              "its training epochs are PtychoPINN's) or of LSQML (PtyChi).", "",
+              "its training epochs are PtychoPINN's) or of LSQML (PtyChi from a flat object; PtychoPINN+LSQML from "
+              "PtychoPINN's field, at most hybrid.epochs, after PtychoPINN's training).", "",
               "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
         for model in MODELS:
@@ -421,14 +423,15 @@ def timing_markdown(summary: dict, timing: dict) -> str:
     """Wall times per job from the untracked run records: ``timing`` maps (phase, dose, view) to a record."""
     lines = ["# Wall times (run records, not tracked by DVC)", "",
              "| view | dose | PtychoPINN inference + stitching (s) | PtychoPINN+refine: refining + inference (s) | "
-             "Baseline (s) | PtyChi LSQML (s) | host |",
-             "|---|---|---|---|---|---|---|"]
+             "PtychoPINN+LSQML: inference + LSQML (s) | Baseline (s) | PtyChi LSQML (s) | host |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
         g = timing.get(("phase_g", c["dose"], c["view"]), {})
         f = timing.get(("phase_f", c["dose"], c["view"]), {})
         t = g.get("wall_time_s", {})
         lines.append(f"| {c['view']} | {c['dose']} | {_fmt(t.get('PtychoPINN'), 2)} | "
-                     f"{_fmt(t.get('PtychoPINN+refine'), 1)} | {_fmt(t.get('Baseline'), 2)} | "
+                     f"{_fmt(t.get('PtychoPINN+refine'), 1)} | {_fmt(t.get('PtychoPINN+LSQML'), 1)} | "
+                     f"{_fmt(t.get('Baseline'), 2)} | "
                      f"{_fmt(f.get('wall_seconds'), 1)} | {(g.get('host') or f.get('host') or {}).get('cpu', '—')} |")
     return "\n".join(lines) + "\n"
 

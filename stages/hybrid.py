@@ -1,0 +1,66 @@
+"""PtychoPINN+LSQML for one (dose, view): LSQML started from each of the view's trained PINN models
+(one per training seed), on the view's test split, with tune@<dose>'s settings for hybrid.epochs
+(fly64study.hybrid; the counts only, never the truth).
+
+Writes <out>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per seed, and <out>/hybrid_manifest.json
+(phase F's entry fields plus the seed and the source bundle's SHA256). A pty-chi failure is recorded
+there (status "failed") and the stage still ends normally; phase G reports it. The wall times go to
+the untracked <timing-dir>/hybrid/<dose>-<view>/seed_<s>.json.
+"""
+import argparse
+import os
+from pathlib import Path
+
+from fly64study.cli import run
+from fly64study.contract import load_dataset
+from fly64study.design import ParamsError, load_params
+from fly64study.devices import select_device
+from fly64study.files import write_json
+from fly64study.hybrid import MANIFEST, run_hybrid
+from fly64study.inference import trained_bundles
+from fly64study.iterative import Choice
+from fly64study.numerics import pin_torch, record
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dose", required=True, help="dose label, a key of design.doses")
+    parser.add_argument("--view", required=True, help="a view of compare.views (its training job's models start LSQML)")
+    parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
+    parser.add_argument("--phase-e", default="data/phase_e", help="the trained bundles' root")
+    parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
+    parser.add_argument("--tuning", required=True, help="lsqml_tuning.json of tune@<dose>: LSQML's settings")
+    parser.add_argument("--out", required=True, help="output folder, data/hybrid/dose_<d>/<view>")
+    parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="one thread and deterministic kernels: the same object bytes every run")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    if args.dose not in params.design.doses:
+        raise ParamsError(f"--dose {args.dose}: unknown; choose from {list(params.design.doses)}")
+    if args.view not in params.compare.views:
+        raise ParamsError(f"--view {args.view}: not in compare.views {list(params.compare.views)}")
+    device = select_device(args.accelerator).type
+    pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
+    test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
+    test = load_dataset(test_path)
+    bundles = trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, args.view, params.train.jobs[args.view])
+    out = Path(args.out)
+    entries = run_hybrid(test, bundles, params, Choice.load(args.tuning, args.dose), out_dir=out, dose=args.dose,
+                         view=args.view, test_path=str(test_path), device=device, deterministic=args.deterministic,
+                         timing_dir=Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}")
+    write_json(out / MANIFEST, {
+        "jobs": entries, "numerics": record(),
+        "bitwise_reproducible": device == "cpu" and args.deterministic and record()["pinned"]})
+    for e in entries:
+        name = f"{args.view} (dose={args.dose}) seed {e['seed']}"
+        print(f"{name} → PtychoPINN+LSQML {e['status']}: {e['output']}, final cost {e['final_cost']}")
+        print(f"{name} → SHA256: {e['sha256']}", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)
