@@ -39,6 +39,7 @@ repro: setup
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
 	@echo "                       data/phase_f/tune/dose_<d>/lsqml_tuning.json (LSQML's settings, chosen on training data)"
 	@echo "  refine (PINN+refine): data/refine/dose_<d>/<view>/gs2/wts.h5.zip, data/refine/runs/<d>-<view>/refine_manifest.json"
+	@echo "  hybrid (PINN+LSQML):  data/hybrid/dose_<d>/<view>/seed_<s>/ptychi_reconstruction.npz, hybrid_manifest.json"
 	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{metrics.json,comparison.json,comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"
 	@echo "                       data/phase_g/dose_<d>/<view>/products/<model>.h5 (each reconstruction as a Ptychodus product)"
 	@echo "  wall times (untracked run records): data/timing/"
@@ -78,6 +79,7 @@ bench: setup
 	dvc repro   # bench/reconstruct.py reads the pipeline's test splits and bundles (a no-op when up to date)
 	$(PY) bench/reconstruct.py --dose 1e3 --dose 1e4 --dose 1e5 --view dense --view sparse
 	$(PY) bench/tune.py --dose 1e3
+	$(PY) bench/hybrid.py   # the training splits: where hybrid.epochs may be chosen
 	$(PY) bench/pipeline.py
 	$(PY) bench/pinning.py
 	$(PY) bench/sqrt.py

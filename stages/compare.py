@@ -2,18 +2,18 @@
 split, against the truth.
 
 PtychoPINN = the view's own bundles, PtychoPINN+refine = the same fitted further to the test split's
-counts (refine@<dose>-<view>), PtychoPINN+LSQML = LSQML started from each of them (hybrid@<dose>-<view>,
-one reconstruction per seed, each checked against its manifest's SHA256), Baseline = the dose's
-compare.baseline (gridsize 1) bundles,
-one per training seed, each loaded through the verified loader against the SHA256 in its training
-manifest and scored on its own (comparison.json gives the mean and sd over seeds);
-PtyChi = phase F's reconstruction of the same patterns. Writes comparison_metrics.csv (tidy:
-dose, view, model, seed, alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json,
-comparison.png and frc_curves.png, and every reconstruction as a Ptychodus product in products/
-(fly64study.products: <model>[_seed<s>].h5, positions in metres from the phase C geometry); the
-PINN's inference wall times (PtychoPINN+refine: refining and inference, where the refine run's
-record is there; PtychoPINN+LSQML: inference and LSQML, from hybrid@'s records) go to an untracked run record, <timing-dir>/phase_g/<dose>-<view>.json
-(data/timing/ by default), not into DVC-tracked files.
+counts (refine@<dose>-<view>), Baseline = the dose's compare.baseline (gridsize 1) bundles, one per
+training seed, each loaded through the verified loader against the SHA256 in its training manifest
+and scored on its own (comparison.json gives the mean and sd over seeds); PtychoPINN+LSQML = LSQML
+started from each PtychoPINN bundle (hybrid@<dose>-<view>, each file checked against its manifest,
+which must name those very bundles); PtyChi = phase F's reconstruction of the same patterns. Writes
+comparison_metrics.csv (tidy: dose, view, model, seed, alignment, metric, amplitude, phase, value,
+note), frc_curves.csv, comparison.json, comparison.png and frc_curves.png, and every reconstruction as
+a Ptychodus product in products/ (fly64study.products: <model>[_seed<s>].h5, positions in metres from
+the phase C geometry); the wall times (PINN inference; PtychoPINN+refine: refining and inference,
+PtychoPINN+LSQML: inference and LSQML, where refine@'s and hybrid@'s run records are there) go to an
+untracked run record, <timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into
+DVC-tracked files.
 """
 import argparse
 from pathlib import Path
@@ -23,62 +23,32 @@ from fly64study.cli import run
 from fly64study.compare import Candidate, compare, write_comparison
 from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import ParamsError, load_params
-from fly64study.files import sha256_file, write_timing
-from fly64study.hybrid import MANIFEST as HYBRID_MANIFEST, seed_dir
+from fly64study.files import write_timing
+from fly64study.hybrid import load_runs
 from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
 from fly64study.iterative import load_result
 from fly64study.products import seed_suffix, write_products
 from fly64study.train import read_loss_column
 
 
-def _refine_seconds(record: Path) -> dict[str, float]:
-    """Refined bundle SHA256 -> its refining wall time, from refine@'s untracked run record. Keyed by
-    the bundle: a record of another run (DVC restored refine@ from its cache, or the params went
-    back) names other bundles, and that row's wall time is then unknown, not just its inference."""
+def _seconds(record: Path, *parts: str) -> dict[str, float]:
+    """Output SHA256 -> its wall time (the sum of ``parts``), from a refine@ or hybrid@ untracked run
+    record. Keyed by the output file: a record of another run (DVC restored the stage from its cache,
+    or the params went back) names other files, and that row's wall time is then unknown."""
     try:
-        return {t["sha256"]: float(t["refine_seconds"]) for t in read_json(record)["seeds"]}
+        return {t["sha256"]: sum(float(t[p]) for p in parts) for t in read_json(record)["seeds"]}
     except (ContractError, KeyError, TypeError, ValueError):
         return {}
 
 
-def _hybrid_seconds(records: Path) -> dict[str, float]:
-    """Hybrid reconstruction SHA256 -> PINN inference + LSQML wall time, from hybrid@'s untracked run
-    records (keyed by the file: a record of another run names another one)."""
-    seconds = {}
-    for path in sorted(records.glob("seed_*.json")):
-        try:
-            t = read_json(path)
-            seconds[t["sha256"]] = float(t["pinn_seconds"]) + float(t["wall_seconds"])
-        except (ContractError, KeyError, TypeError, ValueError):
-            continue
-    return seconds
-
-
-def _hybrid_candidates(folder: Path, timing: Path) -> list[Candidate]:
-    """One PtychoPINN+LSQML candidate per seed of hybrid@'s manifest, each file checked against it."""
-    manifest = folder / HYBRID_MANIFEST
-    try:
-        entries = read_json(manifest)["jobs"]
-    except (KeyError, TypeError) as err:
-        raise ContractError(f"{manifest}: no {err}; run `dvc repro` (hybrid@<dose>-<view>)") from None
-    if not entries:
-        raise ContractError(f"{manifest}: no runs listed; run `dvc repro` (hybrid@<dose>-<view>)")
-    seconds = _hybrid_seconds(timing)
-    out = []
-    for e in entries:
-        path = folder / seed_dir(e["seed"]) / "ptychi_reconstruction.npz"
-        if sha256_file(path) != e["sha256"]:
-            raise ContractError(f"{path}: its SHA256 is not the one {manifest} records; run `dvc repro` "
-                                "(hybrid@<dose>-<view>)")
-        rec = load_result(path)
-        done = rec.status == "completed"
-        out.append(Candidate("PtychoPINN+LSQML", rec.object if done else None, seconds.get(e["sha256"]) if done else None,
-                             f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle {e['bundle_sha256'][:12]}"
-                             if done else f"pty-chi failed: {rec.error}", seed=e["seed"],
-                             cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
-                             losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
-                             loss_name="LSQML cost per epoch", probe=rec.probe if done else None))
-    return out
+def _lsqml_candidate(model: str, rec, note: str, seed: int | None = None, seconds: float | None = None) -> Candidate:
+    """An LSQML reconstruction (PtyChi, or a PtychoPINN+LSQML seed) as a candidate; a failed run stays a row."""
+    done = rec.status == "completed"
+    return Candidate(model, rec.object if done else None, seconds if done else None,
+                     note if done else f"pty-chi failed: {rec.error}", seed=seed,
+                     cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
+                     losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
+                     loss_name="LSQML cost per epoch", probe=rec.probe if done else None)
 
 
 def main(argv=None):
@@ -107,14 +77,16 @@ def main(argv=None):
     test = load_dataset(view_dir / "test.npz")
     overlap = read_json(view_dir / "metrics.json")
     candidates = []
-    refine_seconds = _refine_seconds(Path(args.timing_dir) / "refine" / f"{args.dose}-{args.view}.json")
+    refine_seconds = _seconds(Path(args.timing_dir) / "refine" / f"{args.dose}-{args.view}.json", "refine_seconds")
     sources = (("PtychoPINN", args.view, args.runs, args.phase_e, TRAINING_MANIFEST),
                ("PtychoPINN+refine", args.view, args.refine_runs, args.refine, REFINE_MANIFEST),
                ("Baseline", params.compare.baseline, args.runs, args.phase_e, TRAINING_MANIFEST))
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
+    bundles = {}  # model -> its bundles
     for model, job, runs, root, manifest in sources:
         losses = Path(runs) / f"{args.dose}-{job}" / f"losses_{args.dose}_{job}.csv"
-        for b in trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest):
+        bundles[model] = trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest)
+        for b in bundles[model]:
             first = firsts.setdefault(model, b.seed)
             try:
                 pinn = pinn_field(b.path, test, neighbor_count=design.neighbor_count,
@@ -129,18 +101,15 @@ def main(argv=None):
                                         losses=read_loss_column(losses, "val_loss" + seed_suffix(b.seed, first)),
                                         loss_name="held-out Poisson NLL per epoch (epoch 0: before refining)"
                                         if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
-    hybrid = _hybrid_candidates(Path(args.hybrid) / f"dose_{args.dose}" / args.view,
-                                Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}")
-    firsts["PtychoPINN+LSQML"] = hybrid[0].seed
-    candidates += hybrid
-    recon_path = Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz"
-    rec = load_result(recon_path)
-    candidates.append(Candidate("PtyChi", rec.object if rec.status == "completed" else None, None,
-                                f"LSQML {rec.settings.get('epochs')} epochs" if rec.status == "completed"
-                                else f"pty-chi failed: {rec.error}",
-                                cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
-                                losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
-                                loss_name="LSQML cost per epoch", probe=rec.probe if rec.status == "completed" else None))
+    hybrid_seconds = _seconds(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
+                              "pinn_seconds", "lsqml_seconds")
+    for e, rec in load_runs(Path(args.hybrid) / f"dose_{args.dose}" / args.view, bundles["PtychoPINN"]):
+        firsts.setdefault("PtychoPINN+LSQML", e["seed"])
+        candidates.append(_lsqml_candidate("PtychoPINN+LSQML", rec, seed=e["seed"], seconds=hybrid_seconds.get(e["sha256"]),
+                                           note=f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle "
+                                                f"{e['bundle_sha256'][:12]}"))
+    rec = load_result(Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz")
+    candidates.append(_lsqml_candidate("PtyChi", rec, note=f"LSQML {rec.settings.get('epochs')} epochs"))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}

@@ -4,8 +4,8 @@
 
 Writes <out>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per seed, and <out>/hybrid_manifest.json
 (phase F's entry fields plus the seed and the source bundle's SHA256). A pty-chi failure is recorded
-there (status "failed") and the stage still ends normally; phase G reports it. The wall times go to
-the untracked <timing-dir>/hybrid/<dose>-<view>/seed_<s>.json.
+there (status "failed") and the stage still ends normally; phase G reports it. The wall times
+(inference, LSQML) go to the untracked <timing-dir>/hybrid/<dose>-<view>.json.
 """
 import argparse
 import os
@@ -15,8 +15,8 @@ from fly64study.cli import run
 from fly64study.contract import load_dataset
 from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
-from fly64study.files import write_json
-from fly64study.hybrid import MANIFEST, run_hybrid
+from fly64study.files import write_json, write_timing
+from fly64study.hybrid import MANIFEST, run_hybrid, start_fields
 from fly64study.inference import trained_bundles
 from fly64study.iterative import Choice
 from fly64study.numerics import pin_torch, record
@@ -43,19 +43,23 @@ def main(argv=None):
     if args.view not in params.compare.views:
         raise ParamsError(f"--view {args.view}: not in compare.views {list(params.compare.views)}")
     device = select_device(args.accelerator).type
-    pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     bundles = trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, args.view, params.train.jobs[args.view])
+    # the networks' fields first, pinned as compare@ infers them (the PtychoPINN row's very bytes)
+    starts = start_fields(test, bundles, params, device)
+    pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     out = Path(args.out)
-    entries = run_hybrid(test, bundles, params, Choice.load(args.tuning, args.dose), out_dir=out, dose=args.dose,
-                         view=args.view, test_path=str(test_path), device=device, deterministic=args.deterministic,
-                         timing_dir=Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}")
+    entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose), out_dir=out,
+                                 dose=args.dose, view=args.view, test_path=str(test_path), device=device,
+                                 deterministic=args.deterministic)
     write_json(out / MANIFEST, {
         "jobs": entries, "numerics": record(),
         "bitwise_reproducible": device == "cpu" and args.deterministic and record()["pinned"]})
+    write_timing(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
+                 {"dose": args.dose, "view": args.view, "seeds": timing})
     for e in entries:
         name = f"{args.view} (dose={args.dose}) seed {e['seed']}"
         print(f"{name} → PtychoPINN+LSQML {e['status']}: {e['output']}, final cost {e['final_cost']}")

@@ -13,7 +13,7 @@ from fly64study.cli import run
 from fly64study.contract import load_dataset
 from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
-from fly64study.files import write_json
+from fly64study.files import write_json, write_timing
 from fly64study.numerics import pin_torch, record
 from fly64study.iterative import Choice, run_reconstruction
 
@@ -45,10 +45,12 @@ def main(argv=None):
     test = load_dataset(test_path)
     out = Path(args.out)
     choice = Choice.load(args.tuning, args.dose) if args.tuning else Choice()
-    entry = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
-                               test_path=str(test_path), device=device, deterministic=args.deterministic,
-                               timing_path=Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json",
-                               choice=choice)
+    entry, seconds = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
+                                        test_path=str(test_path), device=device, deterministic=args.deterministic,
+                                        choice=choice)
+    write_timing(Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json",
+                 {"dose": args.dose, "view": args.view, "wall_seconds": seconds, "epochs": entry["epochs_run"],
+                  "n_positions": test.n})
     write_json(out / "reconstruction_manifest.json", {
         "jobs": [entry], "numerics": record(),
         # pty-chi on one thread with pinned numerics: the same bytes on any x86-64 CPU; a GPU run may differ

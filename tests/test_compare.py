@@ -229,6 +229,10 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
                                              "ratio": pytest.approx(1.025), "target": 1.0, "met": True}
     tie = targets([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.1, 0.8))])["best_pinn_at_lowest_dose"]
     assert tie["model"] == "PtychoPINN" and tie["met"] is False  # a refinement that changed nothing is not credited
+    warm = _job("wide", 0.7, "1e3", (0.7, 0.7, 0.1, 0.8))
+    warm["models"]["PtychoPINN+LSQML"] = {"status": "completed", "ms_ssim_phase": 0.84}
+    best = targets([warm])["best_pinn_at_lowest_dose"]  # LSQML started from the network counts as PINN-based
+    assert (best["model"], best["ratio"], best["met"]) == ("PtychoPINN+LSQML", pytest.approx(1.05), True)
     rising = {(x["view"], x["model"]): x["monotone"] for x in t["monotone_in_dose"]}
     assert rising["wide", "PtychoPINN"] is False  # 1.05 at 1e4, then 0.89
     assert rising["wide", "Baseline"] is False and rising["wide", "PtychoPINN+refine"] is True

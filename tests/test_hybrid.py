@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from fly64study import metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import ContractError
-from fly64study.hybrid import run_hybrid
+from fly64study.files import write_json
+from fly64study.hybrid import MANIFEST, START, load_runs, run_hybrid, start_fields
 from fly64study.inference import trained_bundles
-from fly64study.iterative import Choice, load_result, lsqml
+from fly64study.iterative import Choice, lsqml
 from fly64study.simulate import generate_dose
 from fly64study.train import Job, train_model
-from fly64study.tuning import score
 
 CPU = torch.device("cpu")
 
@@ -33,10 +34,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _fixed_frame(field: np.ndarray, split) -> float:
+    """Phase MS-SSIM with no registration: a start put in the wrong place would show here."""
+    region = metrics.scanned_area(split.xcoords, split.ycoords, split.objectGuess.shape)
+    al = metrics.align(field, split.objectGuess, region, level="fixed-frame")
+    return float(metrics.ms_ssim(al.phase, al.truth_phase))
+
+
 def test_lsqml_starts_from_the_given_object(tiny, splits, one_thread):
     """A flat start given explicitly is the default run, byte for byte (the margin stays flat); the
-    truth as the start scores far above a flat start after the same two epochs; a start off the
-    object's grid or with NaN pixels is refused, naming the problem."""
+    truth as the start stays far above a flat start after the same two epochs, in the fixed frame (so
+    it was put where it belongs); a start off the object's grid is refused, and one with NaN pixels
+    is a failed run with the reason, as a pty-chi failure is."""
     test = splits[1]
     cfg = dataclasses.replace(tiny.reconstruct, epochs=2)
     flat = lsqml(test, cfg)
@@ -44,47 +53,86 @@ def test_lsqml_starts_from_the_given_object(tiny, splits, one_thread):
     assert flat.settings["object_init"] == "flat (1 + 0j)"
     truth = lsqml(test, cfg, start=test.objectGuess, start_note="the truth")
     assert truth.settings["object_init"] == "the truth"
-    assert score(truth.object, test, 3.0) > 0.95 > score(flat.object, test, 3.0) + 0.1
+    assert _fixed_frame(truth.object, test) > 0.95 > _fixed_frame(flat.object, test) + 0.1
     with pytest.raises(ContractError, match=r"initial object: shape \(3, 3\), expected the object's"):
         lsqml(test, cfg, start=np.ones((3, 3), np.complex64))
     broken = test.objectGuess.copy()
     broken[5, 5] = np.nan
-    with pytest.raises(ContractError, match="initial object: has non-finite pixels"):
-        lsqml(test, cfg, start=broken)
+    failed = lsqml(test, cfg, start=broken)
+    assert failed.status == "failed" and "non-finite" in failed.error and failed.object.size == 0
 
 
-def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, splits, tmp_path, one_thread):
-    """run_hybrid on a test split whose truth (objectGuess, Y) is noise writes the same bytes: the
-    truth gives only the grid. Its object is not flat LSQML's of the same epochs (the network's field
-    was the start), and its manifest entry and run record name the seed, the bundle and the file."""
-    train, test = splits
-    net = train_model(train, gridsize=2, cfg=dataclasses.replace(tiny.train, epochs=1), seed=7, neighbor_count=7,
+@pytest.fixture(scope="module")
+def bundles(tiny, splits, tmp_path_factory):
+    """One gridsize-2 network of the tiny profile, trained one epoch, as phase E files it."""
+    net = train_model(splits[0], gridsize=2, cfg=dataclasses.replace(tiny.train, epochs=1), seed=7, neighbor_count=7,
                       grouping_seed=123, device=CPU)
     job = Job(dose="1e5", view="dense", gridsize=2)
-    root = tmp_path / "phase_e"
+    root = tmp_path_factory.mktemp("phase_e")
     sha = write_bundle(root / job.relative_dir() / "wts.h5.zip", net.model, dose=1e5, dose_label="1e5",
                        extra={"view": "dense"})
     (root / "runs" / "1e5-dense").mkdir(parents=True)
     (root / "runs" / "1e5-dense" / "training_manifest.json").write_text(json.dumps({"jobs": [{
         "dose": "1e5", "view": "dense", "gridsize": 2, "seed": 7, "bundle_path": str(job.relative_dir() / "wts.h5.zip"),
         "sha256": sha, "epochs": 1, "best_epoch": 1, "final_val_loss": 0.0, "settings": {}}]}))
-    bundles = trained_bundles(root / "runs", root, "1e5", "dense", 2)
-    params = dataclasses.replace(tiny, hybrid=dataclasses.replace(tiny.hybrid, epochs=2))
+    return trained_bundles(root / "runs", root, "1e5", "dense", 2)
+
+
+def _run(tiny, split, bundles, out, choice=Choice(), epochs=2):
+    params = dataclasses.replace(tiny, hybrid=dataclasses.replace(tiny.hybrid, epochs=epochs))
+    torch.set_num_threads(2)
+    starts = start_fields(split, bundles, params)
+    torch.set_num_threads(1)
+    entries, timing = run_hybrid(split, starts, params, choice, out_dir=out, dose="1e5", view="dense",
+                                 test_path="test.npz")
+    write_json(out / MANIFEST, {"jobs": entries})
+    return starts, entries, timing
+
+
+def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, splits, bundles, tmp_path):
+    """run_hybrid on a test split whose truth (objectGuess, Y) is noise writes the same bytes: the
+    truth gives only the grid. Its object is not flat LSQML's of the same epochs (the network's field
+    was the start); its entry and run record name the seed, the bundle and the file; and it never runs
+    longer than tune@ chose for PtyChi."""
+    test = splits[1]
     rng = np.random.default_rng(0)
     poisoned = dataclasses.replace(
         test, objectGuess=np.exp(1j * rng.uniform(-3, 3, test.objectGuess.shape)).astype(np.complex64),
         Y=np.exp(1j * rng.uniform(-3, 3, test.Y.shape)).astype(np.complex64))
-    runs = {}
-    for name, split in (("true", test), ("poisoned", poisoned)):
-        (entry,) = run_hybrid(split, bundles, params, Choice(), out_dir=tmp_path / name, dose="1e5", view="dense",
-                              test_path="test.npz", timing_dir=tmp_path / f"timing_{name}")
-        runs[name] = entry
-    entry = runs["true"]
-    assert entry["sha256"] == runs["poisoned"]["sha256"] and entry["status"] == "completed"
-    assert (entry["seed"], entry["bundle_sha256"], entry["epochs_run"]) == (7, sha, 2)
-    assert entry["settings"]["object_init"] == f"PtychoPINN seed 7 (bundle {sha[:12]})"
-    started = load_result(tmp_path / "true" / "seed_7" / "ptychi_reconstruction.npz")
-    flat = lsqml(test, params.reconstruct, choice=Choice(epochs=2))
+    starts, (entry,), (record,) = _run(tiny, test, bundles, tmp_path / "true")
+    _, (other,), _ = _run(tiny, poisoned, bundles, tmp_path / "poisoned")
+    assert entry["sha256"] == other["sha256"] and entry["status"] == "completed"
+    assert (entry["seed"], entry["bundle_sha256"], entry["epochs_run"]) == (7, bundles[0].sha256, 2)
+    assert entry["settings"]["object_init"] == START  # the same for every seed: the report's settings
+    assert record == {"seed": 7, "sha256": entry["sha256"], "pinn_seconds": starts[0][1].seconds,
+                      "lsqml_seconds": record["lsqml_seconds"]} and record["lsqml_seconds"] > 0
+    ((e, started),) = load_runs(tmp_path / "true", bundles)
+    torch.set_num_threads(1)
+    flat = lsqml(test, tiny.reconstruct, choice=Choice(epochs=2))
     assert started.object.shape == flat.object.shape and not np.array_equal(started.object, flat.object)
-    record = json.loads((tmp_path / "timing_true" / "seed_7.json").read_text())
-    assert record["sha256"] == entry["sha256"] and record["pinn_seconds"] > 0 and record["wall_seconds"] > 0
+    # tune@ chose 1 epoch: the warm start runs 1, not hybrid.epochs' 2
+    _, (short,), _ = _run(tiny, test, bundles, tmp_path / "short", choice=Choice(epochs=1))
+    assert short["epochs_run"] == 1
+
+
+def test_compare_takes_only_the_hybrid_runs_of_the_views_bundles(tiny, splits, bundles, tmp_path):
+    """load_runs refuses a manifest of other bundles, a file that is not the one recorded, a missing
+    file and a missing manifest, each naming the file and the stage to rerun."""
+    out = tmp_path / "hybrid"
+    _run(tiny, splits[1], bundles, out, epochs=1)
+    ((entry, result),) = load_runs(out, bundles)
+    assert entry["seed"] == 7 and result.status == "completed"
+    other = [dataclasses.replace(bundles[0], sha256="0" * 64)]
+    with pytest.raises(ContractError, match=r"hybrid_manifest.json: its runs started from other PtychoPINN "
+                                            r"bundles than the view's \(seeds \[7\]\); run `dvc repro`"):
+        load_runs(out, other)
+    npz = out / "seed_7" / "ptychi_reconstruction.npz"
+    npz.write_bytes(npz.read_bytes() + b"\0")
+    with pytest.raises(ContractError, match="seed_7/ptychi_reconstruction.npz: its SHA256 is not the one"):
+        load_runs(out, bundles)
+    npz.unlink()
+    with pytest.raises(ContractError, match="ptychi_reconstruction.npz: cannot read it .*hybrid@"):
+        load_runs(out, bundles)
+    (out / MANIFEST).unlink()
+    with pytest.raises(ContractError, match="cannot read the hybrid manifest"):
+        load_runs(out, bundles)

@@ -125,8 +125,8 @@ def test_lsqml_leaves_no_default_device_mode_behind(tiny, test_split, one_thread
 
 def test_a_ptychi_failure_is_recorded_not_raised(tiny, test_split, tmp_path):
     broken = dataclasses.replace(test_split, probeGuess=test_split.probeGuess[:16, :16])  # pty-chi refuses it
-    entry = run_reconstruction(broken, dataclasses.replace(tiny.reconstruct, epochs=2), out_dir=tmp_path,
-                               dose="1e5", view="dense", test_path="test.npz")
+    entry, _ = run_reconstruction(broken, dataclasses.replace(tiny.reconstruct, epochs=2), out_dir=tmp_path,
+                                  dose="1e5", view="dense", test_path="test.npz")
     assert entry["status"] == "failed" and "Detector size" in entry["error"]
     saved = load_result(tmp_path / "ptychi_reconstruction.npz")
     assert saved.status == "failed" and saved.object.size == 0 and "Detector size" in saved.error
@@ -135,11 +135,11 @@ def test_a_ptychi_failure_is_recorded_not_raised(tiny, test_split, tmp_path):
 
 
 def test_reconstruction_file_round_trip_and_refusals(tiny, test_split, tmp_path):
-    entry = run_reconstruction(test_split, dataclasses.replace(tiny.reconstruct, epochs=2), out_dir=tmp_path,
-                               dose="1e5", view="dense", test_path="test.npz")
+    entry, seconds = run_reconstruction(test_split, dataclasses.replace(tiny.reconstruct, epochs=2), out_dir=tmp_path,
+                                        dose="1e5", view="dense", test_path="test.npz")
     saved = load_result(tmp_path / "ptychi_reconstruction.npz")
     assert saved.status == entry["status"] == "completed"
-    assert saved.cost.size == entry["epochs_run"] == 2
+    assert saved.cost.size == entry["epochs_run"] == 2 and seconds > 0
     assert saved.settings["algorithm"] == "LSQML" and saved.settings["object_init"].startswith("flat")
     bad = tmp_path / "bad.npz"
     write_npz(bad, {"probe": saved.probe, "cost": saved.cost,

@@ -24,9 +24,10 @@ from fly64study.files import atomic_path, write_json, write_metrics
 from fly64study.plots import plot_comparison, plot_frc
 
 MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
-# the numbers `dvc metrics show/diff` lists per comparison (comparison.json and the CSV hold all of them)
+# the numbers `dvc metrics show/diff` lists per comparison, six per model so that five models fit one
+# table (comparison.json, the CSV and the report hold all of them, rmse_phase and frc_low_frequency too)
 DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
-            "frc_resolution_phase", "frc_low_frequency_phase", "rmse_phase")
+               "frc_resolution_phase")
 CSV_COLUMNS = ("dose", "view", "model", "seed", "alignment", "metric", "amplitude", "phase", "value", "note")
 FRC_COLUMNS = ("dose", "view", "model", "seed", "alignment", "component", "frequency", "frc", "half_bit")
 # a model summary's keys: "<metric>_<component>" at the aligned level, "fixed_frame_" before them in the fixed frame

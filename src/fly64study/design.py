@@ -434,12 +434,12 @@ class Hybrid(_Section):
     """PtychoPINN+LSQML: LSQML with tune@<dose>'s settings, started from each trained compared PINN
     model's stitched test field instead of a flat object (hybrid@<dose>-<view>); no truth read."""
 
-    epochs: int  # LSQML epochs from the PINN's start (fewer than reconstruct.epochs: a warm start)
+    epochs: int  # LSQML epochs from the PINN's start (or tune@'s chosen epochs, where fewer)
 
     def check(self, reconstruct: Reconstruct) -> None:
         if not 1 <= self.epochs <= reconstruct.epochs:
             raise ParamsError(f"hybrid.epochs: {self.epochs}; must lie in [1, reconstruct.epochs = {reconstruct.epochs}] "
-                              "(a warm start runs at most as long as LSQML from a flat object)")
+                              "(a warm start; hybrid@ runs fewer where tune@<dose> chose fewer)")
 
 
 # -------------------------------------------------------------------------- compare section

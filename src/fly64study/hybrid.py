@@ -2,46 +2,91 @@
 
 The network's stitched test field (phase G's PtychoPINN row, :func:`fly64study.inference.pinn_field`)
 becomes LSQML's initial object; LSQML then runs tune@<dose>'s noise model, total variation and step
-size for ``hybrid.epochs`` (fewer than a flat start needs) on the same test split's counts, the probe
-known and the positions fixed. One run per training seed, each in its own folder. Like PtyChi it fits
-the measured counts and never reads the truth: the test split's objectGuess gives only the grid.
+size for ``hybrid.epochs`` (or tune@'s own epochs, where it chose fewer: never longer than PtyChi's
+run) on the same test split's counts, the probe known and the positions fixed. One run per training
+seed, each in its own folder. Like PtyChi it fits the measured counts and never reads the truth: the
+test split's objectGuess gives only the grid.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from fly64study.bundle import BundleError
 from fly64study.contract import ContractError, Dataset
 from fly64study.design import Params
-from fly64study.inference import TrainedBundle, pinn_field
-from fly64study.iterative import Choice, run_reconstruction
+from fly64study.files import sha256_file
+from fly64study.inference import PinnField, TrainedBundle, pinn_field
+from fly64study.iterative import Choice, LSQMLResult, load_result, run_reconstruction
 
 MANIFEST = "hybrid_manifest.json"  # in each hybrid@<dose>-<view> output folder
+RESULT = "ptychi_reconstruction.npz"  # in its seed_<s>/ folders, beside ptychi.log
+START = "PtychoPINN's stitched test field"  # the settings' object_init (the seed and bundle: the manifest)
 
 
 def seed_dir(seed: int) -> str:
     return f"seed_{seed}"
 
 
-def run_hybrid(test: Dataset, bundles: list[TrainedBundle], params: Params, choice: Choice, *, out_dir: str | Path,
-               dose: str, view: str, test_path: str, timing_dir: str | Path, device: str = "cpu",
-               deterministic: bool = True) -> list[dict]:
-    """LSQML from each bundle's stitched field of ``test``; ``<out_dir>/seed_<s>/ptychi_reconstruction.npz``
-    and ``ptychi.log`` per bundle, run records (inference and LSQML seconds) in ``<timing_dir>/seed_<s>.json``.
-    Returns the manifest entries: phase F's fields plus the seed and the source bundle's SHA256."""
-    choice = dataclasses.replace(choice, epochs=params.hybrid.epochs)
-    entries = []
-    for b in bundles:
-        try:
-            pinn = pinn_field(b.path, test, neighbor_count=params.design.neighbor_count,
-                              grouping_seed=params.design.seeds.grouping, expected_sha256=b.sha256, device=device)
-        except BundleError as err:
-            raise ContractError(str(err)) from None
-        entry = run_reconstruction(test, params.reconstruct, out_dir=Path(out_dir) / seed_dir(b.seed), dose=dose,
-                                   view=view, test_path=test_path, device=device, deterministic=deterministic,
-                                   timing_path=Path(timing_dir) / f"{seed_dir(b.seed)}.json", choice=choice,
-                                   start=pinn.field, start_note=f"PtychoPINN seed {b.seed} (bundle {b.sha256[:12]})",
-                                   timing_extra={"seed": b.seed, "pinn_seconds": pinn.seconds})
+def start_fields(test: Dataset, bundles: list[TrainedBundle], params: Params,
+                 device: str = "cpu") -> list[tuple[TrainedBundle, PinnField]]:
+    """Each bundle's stitched field of ``test``, as compare@ makes its PtychoPINN row (run them under
+    the same pinning, before LSQML's one thread, and they are the same bytes)."""
+    d = params.design
+    try:
+        return [(b, pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
+                               expected_sha256=b.sha256, device=device)) for b in bundles]
+    except BundleError as err:
+        raise ContractError(str(err)) from None
+
+
+def epochs(params: Params, choice: Choice) -> int:
+    """hybrid.epochs, or tune@'s chosen epochs where they are fewer: the warm start never runs longer."""
+    return min(params.hybrid.epochs, choice.epochs or params.reconstruct.epochs)
+
+
+def run_hybrid(test: Dataset, starts: list[tuple[TrainedBundle, PinnField]], params: Params, choice: Choice, *,
+               out_dir: str | Path, dose: str, view: str, test_path: str, device: str = "cpu",
+               deterministic: bool = True) -> tuple[list[dict], list[dict]]:
+    """LSQML from each start; ``<out_dir>/seed_<s>/ptychi_reconstruction.npz`` and ``ptychi.log``.
+    Returns the manifest entries (phase F's fields plus the seed and the source bundle's SHA256) and
+    the run records (inference and LSQML seconds, keyed by the file's SHA256)."""
+    choice = dataclasses.replace(choice, epochs=epochs(params, choice))
+    entries, timing = [], []
+    for b, pinn in starts:
+        entry, seconds = run_reconstruction(test, params.reconstruct, out_dir=Path(out_dir) / seed_dir(b.seed),
+                                            dose=dose, view=view, test_path=test_path, device=device,
+                                            deterministic=deterministic, choice=choice, start=pinn.field,
+                                            start_note=START)
         entries.append({**entry, "seed": b.seed, "bundle_sha256": b.sha256})
-    return entries
+        timing.append({"seed": b.seed, "sha256": entry["sha256"], "pinn_seconds": pinn.seconds,
+                       "lsqml_seconds": seconds})
+    return entries, timing
+
+
+def load_runs(folder: str | Path, bundles: list[TrainedBundle]) -> list[tuple[dict, LSQMLResult]]:
+    """hybrid@'s runs in ``folder``, one per bundle of the PtychoPINN model they started from: the
+    manifest must name exactly those bundles (seed and SHA256), and each file the SHA256 it records."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    fix = f"run `dvc repro` (hybrid@<dose>-<view>: {folder})"
+    try:
+        entries = json.loads(manifest.read_text())["jobs"]
+        started = {(e["seed"], e["bundle_sha256"]) for e in entries if e["sha256"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ContractError(f"{manifest}: cannot read the hybrid manifest ({err}); {fix}") from None
+    if started != {(b.seed, b.sha256) for b in bundles} or len(entries) != len(bundles):
+        raise ContractError(f"{manifest}: its runs started from other PtychoPINN bundles than the view's "
+                            f"(seeds {sorted(s for s, _ in started)}); {fix}")
+    runs = []
+    for e in entries:
+        path = folder / seed_dir(e["seed"]) / RESULT
+        try:
+            matches = sha256_file(path) == e["sha256"]
+        except OSError as err:
+            raise ContractError(f"{path}: cannot read it ({err.strerror}); {fix}") from None
+        if not matches:
+            raise ContractError(f"{path}: its SHA256 is not the one {manifest} records; {fix}")
+        runs.append((e, load_result(path)))
+    return runs

@@ -27,7 +27,7 @@ import torch
 
 from fly64study.contract import ContractError, Dataset, read_npz, write_npz
 from fly64study.design import NOISE_MODELS, Reconstruct
-from fly64study.files import atomic_path, sha256_file, write_timing
+from fly64study.files import atomic_path, sha256_file
 from fly64study.numerics import exact_sqrt
 
 log = logging.getLogger(__name__)
@@ -149,25 +149,17 @@ def _drop_cpu_default_device() -> None:
         torch.set_default_device(None)
 
 
-def check_start(start: np.ndarray, ds: Dataset) -> None:
-    """An initial object must be a finite field on the ground truth's grid (the frame LSQML works in)."""
-    if start.shape != ds.objectGuess.shape:
-        raise ContractError(f"initial object: shape {start.shape}, expected the object's {ds.objectGuess.shape}")
-    if not np.all(np.isfinite(start)):
-        raise ContractError("initial object: has non-finite pixels; LSQML would spread them over the field")
-
-
 def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: bool = True,
           choice: Choice = Choice(), snapshot_every: int = 0, start: np.ndarray | None = None,
           start_note: str = "") -> LSQMLResult:
     """Run LSQML on ``ds`` with ``choice``'s noise model, total variation, step size and epochs,
-    from a flat object or from ``start`` (the object's frame; ``start_note`` says what it is).
+    from a flat object or from ``start`` (on the object's grid, else a ContractError; ``start_note`` says what it is).
     ``snapshot_every`` > 0 keeps a copy of the object every that many epochs and at the last
     (``snapshots``; the run is the same, byte for byte). pty-chi's own failures (an exception, or a
     non-finite object) come back as a result with status ``failed`` and the reason, not as an exception."""
     epochs = _epochs(cfg, choice)
-    if start is not None:
-        check_start(start, ds)
+    if start is not None and start.shape != ds.objectGuess.shape:
+        raise ContractError(f"initial object: shape {start.shape}, expected the object's {ds.objectGuess.shape}")
     settings = {"algorithm": ALGORITHM, "epochs": epochs, "batch_size": min(cfg.batch_size, ds.n),
                 "seed": cfg.seed, "refine_probe": cfg.refine_probe, "noise_model": choice.noise_model,
                 "tv_weight": choice.tv_weight, "step_size": choice.step_size,
@@ -179,6 +171,9 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
     from ptychi.api.task import PtychographyTask  # imported here: seconds, outside the timing
 
     t0 = time.perf_counter()
+    if start is not None and not np.all(np.isfinite(start)):  # a failed start is a failed run, recorded
+        return LSQMLResult("failed", empty, empty, np.zeros(0), 0.0,
+                           "the initial object has non-finite pixels (LSQML would spread them)", settings)
     try:
         # exact_sqrt: pty-chi's float32 square roots, the same bits on Intel and AMD CPUs
         with warnings.catch_warnings(), exact_sqrt():
@@ -274,13 +269,11 @@ def final_cost(result: LSQMLResult) -> float | None:
 
 # ------------------------------------------------------------------------------ one job
 def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, dose: str, view: str,
-                       test_path: str, device: str = "cpu", deterministic: bool = True,
-                       timing_path: str | Path | None = None, choice: Choice = Choice(),
-                       start: np.ndarray | None = None, start_note: str = "", timing_extra: dict | None = None) -> dict:
+                       test_path: str, device: str = "cpu", deterministic: bool = True, choice: Choice = Choice(),
+                       start: np.ndarray | None = None, start_note: str = "") -> tuple[dict, float | None]:
     """LSQML on one view's test split (from a flat object, or from ``start``); write
-    ``ptychi_reconstruction.npz`` and ``ptychi.log`` to ``out_dir`` and return the job's manifest entry
-    (status ``failed`` with the reason if pty-chi failed). The run record at ``timing_path`` holds the
-    wall time, ``timing_extra`` and the file's SHA256 (a record of another run names another file)."""
+    ``ptychi_reconstruction.npz`` and ``ptychi.log`` to ``out_dir``. Returns the job's manifest entry
+    (status ``failed`` with the reason if pty-chi failed) and LSQML's wall seconds, for a run record."""
     out_dir = Path(out_dir)
     npz = out_dir / "ptychi_reconstruction.npz"
     with logged_to(out_dir / "ptychi.log"):
@@ -294,11 +287,7 @@ def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, 
     provenance = {"dose": dose, "nphotons": test.metadata["nphotons"], "view": view, "test_data": test_path,
                   "n_positions": test.n}
     save_result(npz, result, test, provenance)
-    sha256 = sha256_file(npz)
-    if timing_path is not None:
-        write_timing(timing_path, {"dose": dose, "view": view, "wall_seconds": result.wall_seconds,
-                                   "epochs": int(result.cost.size), "n_positions": test.n, **(timing_extra or {}),
-                                   "sha256": sha256})
-    return {**provenance, "status": result.status, "error": result.error, "settings": result.settings,
-            "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
-            "output": str(npz), "sha256": sha256, "size": npz.stat().st_size}
+    entry = {**provenance, "status": result.status, "error": result.error, "settings": result.settings,
+             "final_cost": final_cost(result), "epochs_run": int(result.cost.size),
+             "output": str(npz), "sha256": sha256_file(npz), "size": npz.stat().st_size}
+    return entry, result.wall_seconds

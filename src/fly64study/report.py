@@ -26,8 +26,9 @@ TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase",
          "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"), ("PtychoPINN+refine", "PtychoPINN"),
-          ("PtychoPINN+refine", "PtyChi"), ("PtychoPINN+LSQML", "PtyChi"))
-PAIRED = {("PtychoPINN+refine", "PtychoPINN")}  # the first is made from the second, seed by seed
+          ("PtychoPINN+refine", "PtyChi"), ("PtychoPINN+LSQML", "PtychoPINN"), ("PtychoPINN+LSQML", "PtyChi"))
+# the first is made from the second, seed by seed
+PAIRED = {("PtychoPINN+refine", "PtychoPINN"), ("PtychoPINN+LSQML", "PtychoPINN")}
 # The study's quality targets, on phase MS-SSIM against PtyChi (LSQML as tune@<dose> chose it), on the
 # compared view of the largest overlap: the plain network at every dose, the best PINN-based model at
 # the lowest dose, and the plain network's spread over seeds. The report gives every measured value
@@ -363,7 +364,7 @@ def markdown(summary: dict) -> str:
               "stopped improving; means over seeds), of refining on the test split's counts (PtychoPINN+refine: "
               "at most refine.epochs; best epoch 0 = the trained model kept, no epoch lowered the held-out loss; "
               "its training epochs are PtychoPINN's) or of LSQML (PtyChi from a flat object; PtychoPINN+LSQML from "
-              "PtychoPINN's field, at most hybrid.epochs, after PtychoPINN's training).", "",
+              "PtychoPINN's field: hybrid.epochs, or tune@'s epochs where fewer, after PtychoPINN's training).", "",
               "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
         for model in MODELS:
@@ -374,8 +375,8 @@ def markdown(summary: dict) -> str:
                              f"{_fmt(s.get('final_val_loss'), 6)} |")
     lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour the first model named. Where a model ran several "
               "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
-              "spread sqrt(sd_a² + sd_b²) (PtychoPINN+refine − PtychoPINN: the sd of the per-seed differences, "
-              "each refinement being made from its seed's PINN), and * marks a delta larger than that spread; without a spread (one "
+              "spread sqrt(sd_a² + sd_b²) (PtychoPINN+refine − PtychoPINN and PtychoPINN+LSQML − PtychoPINN: the sd "
+              "of the per-seed differences, each being made from its seed's PINN), and * marks a delta larger than that spread; without a spread (one "
               "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "",
               "Noise model, total-variation weight, step size and epochs (at most reconstruct.epochs) as "
