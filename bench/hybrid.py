@@ -33,7 +33,6 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params("params.yaml")
     d, cfg = params.design, params.reconstruct
-    pin_torch(True, threads=1)  # as hybrid@ and reconstruct@ run LSQML
     h = host()
     print(f"host {h['cpu']}, {h['cores']} cores; LSQML on one thread, {cfg.epochs} epochs, view {args.view}")
     print("| dose | split | start | PINN alone | phase MS-SSIM by epoch | LSQML (s) |")
@@ -48,9 +47,11 @@ def main() -> None:
                                  params.train.jobs[args.view])[0]
         for split in args.split or ["train"]:
             ds = load_dataset(Path("data/phase_d") / f"dose_{dose}" / args.view / f"{split}.npz")
+            pin_torch(True)  # the field as hybrid@ and compare@ infer it
             pinn = pinn_field(bundle.path, ds, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
                               expected_sha256=bundle.sha256)
             alone = score(pinn.field, ds, d.metrics.max_shift_px)
+            pin_torch(True, threads=1)  # LSQML as hybrid@ and reconstruct@ run it
             for name, start in (("flat", None), ("PINN", pinn.field)):
                 result = lsqml(ds, cfg, choice=choice, snapshot_every=args.every, start=start)
                 curve = ", ".join(f"{e}: {score(f, ds, d.metrics.max_shift_px):.4f}" for e, f in result.snapshots)

@@ -46,7 +46,7 @@ def _lsqml_candidate(model: str, rec, note: str, seed: int | None = None, second
     done = rec.status == "completed"
     return Candidate(model, rec.object if done else None, seconds if done else None,
                      note if done else f"pty-chi failed: {rec.error}", seed=seed,
-                     cost={"epochs_run": rec.settings.get("epochs")}, settings=rec.settings,
+                     cost={"epochs_run": int(rec.cost.size)}, settings=rec.settings,
                      losses=tuple((i + 1, float(c)) for i, c in enumerate(rec.cost)),
                      loss_name="LSQML cost per epoch", probe=rec.probe if done else None)
 
@@ -82,7 +82,7 @@ def main(argv=None):
                ("PtychoPINN+refine", args.view, args.refine_runs, args.refine, REFINE_MANIFEST),
                ("Baseline", params.compare.baseline, args.runs, args.phase_e, TRAINING_MANIFEST))
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
-    bundles = {}  # model -> its bundles
+    bundles, fields = {}, {}  # model -> its bundles; PtychoPINN's seed -> its field (hybrid@'s start)
     for model, job, runs, root, manifest in sources:
         losses = Path(runs) / f"{args.dose}-{job}" / f"losses_{args.dose}_{job}.csv"
         bundles[model] = trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest)
@@ -93,6 +93,8 @@ def main(argv=None):
                                   grouping_seed=design.seeds.grouping, expected_sha256=b.sha256)
             except BundleError as err:
                 raise ContractError(str(err)) from None
+            if model == "PtychoPINN":
+                fields[b.seed] = pinn.field
             seconds = pinn.seconds
             if model == "PtychoPINN+refine":
                 seconds = seconds + refine_seconds[b.sha256] if b.sha256 in refine_seconds else None
@@ -103,7 +105,7 @@ def main(argv=None):
                                         if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
     hybrid_seconds = _seconds(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
                               "pinn_seconds", "lsqml_seconds")
-    for e, rec in load_runs(Path(args.hybrid) / f"dose_{args.dose}" / args.view, bundles["PtychoPINN"]):
+    for e, rec in load_runs(Path(args.hybrid) / f"dose_{args.dose}" / args.view, bundles["PtychoPINN"], fields):
         firsts.setdefault("PtychoPINN+LSQML", e["seed"])
         candidates.append(_lsqml_candidate("PtychoPINN+LSQML", rec, seed=e["seed"], seconds=hybrid_seconds.get(e["sha256"]),
                                            note=f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle "

@@ -3,9 +3,9 @@
 (fly64study.hybrid; the counts only, never the truth).
 
 Writes <out>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per seed, and <out>/hybrid_manifest.json
-(phase F's entry fields plus the seed and the source bundle's SHA256). A pty-chi failure is recorded
-there (status "failed") and the stage still ends normally; phase G reports it. The wall times
-(inference, LSQML) go to the untracked <timing-dir>/hybrid/<dose>-<view>.json.
+(phase F's entry fields plus the seed, the source bundle's SHA256 and the start field's). A pty-chi
+failure is recorded there (status "failed") and the stage still ends normally; phase G reports it.
+The wall times (inference, LSQML) go to the untracked <timing-dir>/hybrid/<dose>-<view>.json.
 """
 import argparse
 import os
@@ -43,14 +43,14 @@ def main(argv=None):
     if args.view not in params.compare.views:
         raise ParamsError(f"--view {args.view}: not in compare.views {list(params.compare.views)}")
     device = select_device(args.accelerator).type
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     bundles = trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, args.view, params.train.jobs[args.view])
-    # the networks' fields first, pinned as compare@ infers them (the PtychoPINN row's very bytes)
+    # the networks' fields first, pinned as compare@ infers them: compare@ checks they are its PtychoPINN fields
     starts = start_fields(test, bundles, params, device)
     pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     out = Path(args.out)
     entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose), out_dir=out,
                                  dose=args.dose, view=args.view, test_path=str(test_path), device=device,

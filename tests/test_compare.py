@@ -109,7 +109,11 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     # each seed's refinement a little better than its own PINN: paired by seed, a consistent small gain
     refined = [Candidate("PtychoPINN+refine", _noisy(ds, sigma - 0.01, s), 1.0, "r", seed=s)
                for s, sigma in ((7, 0.10), (8, 0.12), (9, 0.14))]
-    comp = compare(ds, pinn + refined + baseline + [ptychi], dose="1e5", view="dense", cfg=tiny.design.metrics)
+    # LSQML from each seed's field: made from that seed's PINN too, so paired the same way
+    started = [Candidate("PtychoPINN+LSQML", _noisy(ds, sigma - 0.02, s), 1.0, "h", seed=s)
+               for s, sigma in ((7, 0.10), (8, 0.12), (9, 0.14))]
+    comp = compare(ds, pinn + refined + started + baseline + [ptychi], dose="1e5", view="dense",
+                   cfg=tiny.design.metrics)
     models = comp.summary["models"]
     one = [compare(ds, [c], dose="1e5", view="dense", cfg=tiny.design.metrics).summary["models"]["PtychoPINN"]
            for c in pinn]
@@ -125,7 +129,8 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     with open(tmp_path / "g" / "comparison_metrics.csv") as fh:
         seeds = {(r["model"], r["seed"]) for r in csv.DictReader(fh)}
     assert seeds == {("PtychoPINN", "7"), ("PtychoPINN", "8"), ("PtychoPINN", "9"), ("Baseline", "7"),
-                     ("Baseline", "8"), ("PtyChi", ""), *(("PtychoPINN+refine", str(s)) for s in (7, 8, 9))}
+                     ("Baseline", "8"), ("PtyChi", ""), *((model, str(s)) for s in (7, 8, 9)
+                                                          for model in ("PtychoPINN+refine", "PtychoPINN+LSQML"))}
     summary = summarise([comp.summary], [])
     vs_ptychi = summary["deltas"]["PtychoPINN - PtyChi"]["per_job"][0]
     # PtyChi ran once: the spread is the PINN's sd alone; a 0.1-rad PINN is far better than a 0.4-rad LSQML
@@ -143,6 +148,12 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     assert vs_own["ms_ssim_phase_spread"] == pytest.approx(np.std(diffs, ddof=1))
     assert vs_own["ms_ssim_phase_spread"] < np.hypot(m["sd"]["ms_ssim_phase"], r["sd"]["ms_ssim_phase"])
     assert min(diffs) > 0 and vs_own["ms_ssim_phase_significant"] is True
+    h = models["PtychoPINN+LSQML"]
+    vs_start = summary["deltas"]["PtychoPINN+LSQML - PtychoPINN"]["per_job"][0]
+    diffs = [h["per_seed"][s]["ms_ssim_phase"] - m["per_seed"][s]["ms_ssim_phase"] for s in ("7", "8", "9")]
+    assert vs_start["ms_ssim_phase_spread"] == pytest.approx(np.std(diffs, ddof=1))
+    assert summary["deltas"]["PtychoPINN+LSQML - PtyChi"]["per_job"][0]["ms_ssim_phase_spread"] == pytest.approx(
+        h["sd"]["ms_ssim_phase"])  # PtyChi ran once: not paired
     write_report(tmp_path / "r", summary)
     md = (tmp_path / "r" / "metrics_summary.md").read_text()
     assert "| PtychoPINN (3 seeds) |" in md and "| Baseline (2 seeds) |" in md

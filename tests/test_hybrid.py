@@ -12,7 +12,7 @@ from fly64study import metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import ContractError
 from fly64study.files import write_json
-from fly64study.hybrid import MANIFEST, START, load_runs, run_hybrid, start_fields
+from fly64study.hybrid import MANIFEST, START, field_digest, load_runs, run_hybrid, start_fields
 from fly64study.inference import trained_bundles
 from fly64study.iterative import Choice, lsqml
 from fly64study.simulate import generate_dose
@@ -79,17 +79,21 @@ def bundles(tiny, splits, tmp_path_factory):
 
 
 def _run(tiny, split, bundles, out, choice=Choice(), epochs=2):
+    """As hybrid@ runs: the fields on the stage's threads, then LSQML on one (torch's count restored)."""
     params = dataclasses.replace(tiny, hybrid=dataclasses.replace(tiny.hybrid, epochs=epochs))
-    torch.set_num_threads(2)
-    starts = start_fields(split, bundles, params)
-    torch.set_num_threads(1)
-    entries, timing = run_hybrid(split, starts, params, choice, out_dir=out, dose="1e5", view="dense",
-                                 test_path="test.npz")
+    before = torch.get_num_threads()
+    try:
+        starts = start_fields(split, bundles, params)
+        torch.set_num_threads(1)
+        entries, timing = run_hybrid(split, starts, params, choice, out_dir=out, dose="1e5", view="dense",
+                                     test_path="test.npz")
+    finally:
+        torch.set_num_threads(before)
     write_json(out / MANIFEST, {"jobs": entries})
     return starts, entries, timing
 
 
-def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, splits, bundles, tmp_path):
+def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, splits, bundles, tmp_path, one_thread):
     """run_hybrid on a test split whose truth (objectGuess, Y) is noise writes the same bytes: the
     truth gives only the grid. Its object is not flat LSQML's of the same epochs (the network's field
     was the start); its entry and run record name the seed, the bundle and the file; and it never runs
@@ -104,10 +108,10 @@ def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, spli
     assert entry["sha256"] == other["sha256"] and entry["status"] == "completed"
     assert (entry["seed"], entry["bundle_sha256"], entry["epochs_run"]) == (7, bundles[0].sha256, 2)
     assert entry["settings"]["object_init"] == START  # the same for every seed: the report's settings
+    assert entry["start_sha256"] == field_digest(starts[0][1].field)
     assert record == {"seed": 7, "sha256": entry["sha256"], "pinn_seconds": starts[0][1].seconds,
                       "lsqml_seconds": record["lsqml_seconds"]} and record["lsqml_seconds"] > 0
-    ((e, started),) = load_runs(tmp_path / "true", bundles)
-    torch.set_num_threads(1)
+    ((e, started),) = load_runs(tmp_path / "true", bundles, {7: starts[0][1].field})
     flat = lsqml(test, tiny.reconstruct, choice=Choice(epochs=2))
     assert started.object.shape == flat.object.shape and not np.array_equal(started.object, flat.object)
     # tune@ chose 1 epoch: the warm start runs 1, not hybrid.epochs' 2
@@ -116,23 +120,32 @@ def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, spli
 
 
 def test_compare_takes_only_the_hybrid_runs_of_the_views_bundles(tiny, splits, bundles, tmp_path):
-    """load_runs refuses a manifest of other bundles, a file that is not the one recorded, a missing
-    file and a missing manifest, each naming the file and the stage to rerun."""
+    """load_runs refuses a manifest of other bundles, a run from another field than the one compare@
+    scores, a file that is not the one recorded, a missing file and a missing manifest, each naming
+    the file and the stage to rerun."""
     out = tmp_path / "hybrid"
-    _run(tiny, splits[1], bundles, out, epochs=1)
-    ((entry, result),) = load_runs(out, bundles)
+    starts, _, _ = _run(tiny, splits[1], bundles, out, epochs=1)
+    fields = {7: starts[0][1].field}
+    ((entry, result),) = load_runs(out, bundles, fields)
     assert entry["seed"] == 7 and result.status == "completed"
     other = [dataclasses.replace(bundles[0], sha256="0" * 64)]
     with pytest.raises(ContractError, match=r"hybrid_manifest.json: its runs started from other PtychoPINN "
                                             r"bundles than the view's \(seeds \[7\]\); run `dvc repro`"):
-        load_runs(out, other)
+        load_runs(out, other, fields)
+    moved = fields[7].copy()
+    moved[0, 0] += 1e-3  # one pixel of another inference
+    with pytest.raises(ContractError, match="seed 7 started from another field than the PtychoPINN one"):
+        load_runs(out, bundles, {7: moved})
     npz = out / "seed_7" / "ptychi_reconstruction.npz"
     npz.write_bytes(npz.read_bytes() + b"\0")
     with pytest.raises(ContractError, match="seed_7/ptychi_reconstruction.npz: its SHA256 is not the one"):
-        load_runs(out, bundles)
+        load_runs(out, bundles, fields)
     npz.unlink()
     with pytest.raises(ContractError, match="ptychi_reconstruction.npz: cannot read it .*hybrid@"):
-        load_runs(out, bundles)
+        load_runs(out, bundles, fields)
+    (out / MANIFEST).write_text(json.dumps({"jobs": [{"seed": 7}]}))
+    with pytest.raises(ContractError, match="cannot read the hybrid manifest .*an entry without all of"):
+        load_runs(out, bundles, fields)
     (out / MANIFEST).unlink()
     with pytest.raises(ContractError, match="cannot read the hybrid manifest"):
-        load_runs(out, bundles)
+        load_runs(out, bundles, fields)

@@ -81,7 +81,7 @@ def test_first_difference_names_the_earliest_file():
     assert "missing" in first_difference(golden, {"data/phase_c/a.npz": "1"})
 
 
-# one stage of each kind: a forced rerun of all 22 would double the suite's longest part (tune@ is
+# one stage of each kind: a forced rerun of all 24 would double the suite's longest part (tune@ is
 # left out: its LSQML runs are reconstruct@'s, pinned the same way)
 RERUN = ("design", "generate@1e3", "overlap@1e3-dense", "train@1e3-dense",
          "reconstruct@1e3-dense", "refine@1e3-dense", "hybrid@1e3-dense", "compare@1e3-dense", "report")

@@ -10,15 +10,18 @@ test split's objectGuess gives only the grid.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
+
+import numpy as np
 
 from fly64study.bundle import BundleError
 from fly64study.contract import ContractError, Dataset
 from fly64study.design import Params
 from fly64study.files import sha256_file
 from fly64study.inference import PinnField, TrainedBundle, pinn_field
-from fly64study.iterative import Choice, LSQMLResult, load_result, run_reconstruction
+from fly64study.iterative import Choice, LSQMLResult, load_result, run_epochs, run_reconstruction
 
 MANIFEST = "hybrid_manifest.json"  # in each hybrid@<dose>-<view> output folder
 RESULT = "ptychi_reconstruction.npz"  # in its seed_<s>/ folders, beside ptychi.log
@@ -27,6 +30,11 @@ START = "PtychoPINN's stitched test field"  # the settings' object_init (the see
 
 def seed_dir(seed: int) -> str:
     return f"seed_{seed}"
+
+
+def field_digest(field: np.ndarray) -> str:
+    """SHA256 of a field's bytes: compare@ checks that a run started from the very field it scores."""
+    return hashlib.sha256(np.ascontiguousarray(field).tobytes()).hexdigest()
 
 
 def start_fields(test: Dataset, bundles: list[TrainedBundle], params: Params,
@@ -43,15 +51,15 @@ def start_fields(test: Dataset, bundles: list[TrainedBundle], params: Params,
 
 def epochs(params: Params, choice: Choice) -> int:
     """hybrid.epochs, or tune@'s chosen epochs where they are fewer: the warm start never runs longer."""
-    return min(params.hybrid.epochs, choice.epochs or params.reconstruct.epochs)
+    return min(params.hybrid.epochs, run_epochs(params.reconstruct, choice))
 
 
 def run_hybrid(test: Dataset, starts: list[tuple[TrainedBundle, PinnField]], params: Params, choice: Choice, *,
                out_dir: str | Path, dose: str, view: str, test_path: str, device: str = "cpu",
                deterministic: bool = True) -> tuple[list[dict], list[dict]]:
     """LSQML from each start; ``<out_dir>/seed_<s>/ptychi_reconstruction.npz`` and ``ptychi.log``.
-    Returns the manifest entries (phase F's fields plus the seed and the source bundle's SHA256) and
-    the run records (inference and LSQML seconds, keyed by the file's SHA256)."""
+    Returns the manifest entries (phase F's fields plus the seed, the source bundle's SHA256 and the
+    start field's) and the run records (inference and LSQML seconds, keyed by the file's SHA256)."""
     choice = dataclasses.replace(choice, epochs=epochs(params, choice))
     entries, timing = [], []
     for b, pinn in starts:
@@ -59,21 +67,26 @@ def run_hybrid(test: Dataset, starts: list[tuple[TrainedBundle, PinnField]], par
                                             dose=dose, view=view, test_path=test_path, device=device,
                                             deterministic=deterministic, choice=choice, start=pinn.field,
                                             start_note=START)
-        entries.append({**entry, "seed": b.seed, "bundle_sha256": b.sha256})
+        entries.append({**entry, "seed": b.seed, "bundle_sha256": b.sha256, "start_sha256": field_digest(pinn.field)})
         timing.append({"seed": b.seed, "sha256": entry["sha256"], "pinn_seconds": pinn.seconds,
                        "lsqml_seconds": seconds})
     return entries, timing
 
 
-def load_runs(folder: str | Path, bundles: list[TrainedBundle]) -> list[tuple[dict, LSQMLResult]]:
+def load_runs(folder: str | Path, bundles: list[TrainedBundle],
+              fields: dict[int, np.ndarray]) -> list[tuple[dict, LSQMLResult]]:
     """hybrid@'s runs in ``folder``, one per bundle of the PtychoPINN model they started from: the
-    manifest must name exactly those bundles (seed and SHA256), and each file the SHA256 it records."""
+    manifest must name exactly those bundles (seed and SHA256), each run the very field that
+    ``fields`` (seed -> the field compare@ scores) holds, and each file the SHA256 it records."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     fix = f"run `dvc repro` (hybrid@<dose>-<view>: {folder})"
+    keys = ("seed", "bundle_sha256", "sha256", "start_sha256")
     try:
         entries = json.loads(manifest.read_text())["jobs"]
-        started = {(e["seed"], e["bundle_sha256"]) for e in entries if e["sha256"]}
+        if not all(isinstance(e, dict) and all(k in e for k in keys) for e in entries):
+            raise KeyError(f"an entry without all of {', '.join(keys)}")
+        started = {(e["seed"], e["bundle_sha256"]) for e in entries}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ContractError(f"{manifest}: cannot read the hybrid manifest ({err}); {fix}") from None
     if started != {(b.seed, b.sha256) for b in bundles} or len(entries) != len(bundles):
@@ -81,6 +94,9 @@ def load_runs(folder: str | Path, bundles: list[TrainedBundle]) -> list[tuple[di
                             f"(seeds {sorted(s for s, _ in started)}); {fix}")
     runs = []
     for e in entries:
+        if e["start_sha256"] != field_digest(fields[e["seed"]]):
+            raise ContractError(f"{manifest}: seed {e['seed']} started from another field than the PtychoPINN "
+                                f"one scored here (inferred with other numerics?); {fix}")
         path = folder / seed_dir(e["seed"]) / RESULT
         try:
             matches = sha256_file(path) == e["sha256"]

@@ -88,7 +88,7 @@ class Choice:
         return choice
 
 
-def _epochs(cfg: Reconstruct, choice: Choice) -> int:
+def run_epochs(cfg: Reconstruct, choice: Choice) -> int:
     """The epochs ``choice`` runs: its own (tune@'s choice), at most ``reconstruct.epochs``."""
     if choice.epochs is None:
         return cfg.epochs
@@ -157,7 +157,7 @@ def lsqml(ds: Dataset, cfg: Reconstruct, *, device: str = "cpu", deterministic: 
     ``snapshot_every`` > 0 keeps a copy of the object every that many epochs and at the last
     (``snapshots``; the run is the same, byte for byte). pty-chi's own failures (an exception, or a
     non-finite object) come back as a result with status ``failed`` and the reason, not as an exception."""
-    epochs = _epochs(cfg, choice)
+    epochs = run_epochs(cfg, choice)
     if start is not None and start.shape != ds.objectGuess.shape:
         raise ContractError(f"initial object: shape {start.shape}, expected the object's {ds.objectGuess.shape}")
     settings = {"algorithm": ALGORITHM, "epochs": epochs, "batch_size": min(cfg.batch_size, ds.n),
@@ -279,7 +279,7 @@ def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, 
     with logged_to(out_dir / "ptychi.log"):
         log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s from %s, %d epochs, batch %d, %s, on %s",
                  ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
-                 "a flat start" if start is None else (start_note or "a given start"), _epochs(cfg, choice),
+                 "a flat start" if start is None else (start_note or "a given start"), run_epochs(cfg, choice),
                  cfg.batch_size, choice, device)
         result = lsqml(test, cfg, device=device, deterministic=deterministic, choice=choice, start=start,
                        start_note=start_note)

@@ -256,7 +256,8 @@ def _targets_markdown(t: dict) -> list[str]:
              f"view (the largest overlap), PtychoPINN ≥ {PINN_RATIO_TARGET}× at every dose, the best PINN-based model "
              f"≥ {BEST_PINN_RATIO_TARGET}× at the lowest dose, and PtychoPINN's sd over seeds ≤ {SEED_SD_TARGET} at "
              "every dose (where several seeds ran); on every view, every model's phase MS-SSIM rising with the dose "
-             "(means over seeds). A missed target is the study's finding, not a failed run.", "",
+             f"(means over seeds). PINN-based: {', '.join(PINN_BASED)} (the last is LSQML started from the network's "
+             "field: its object is LSQML's). A missed target is the study's finding, not a failed run.", "",
              "| view | dose | model | / PtyChi | target | |", "|---|---|---|---|---|---|"]
     for r in t["ratios"]:
         target = "" if r["target"] is None else f"≥ {r['target']}"
