@@ -202,6 +202,17 @@ def clone_run(run: TinyRun, dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as the LSQML stages run it (bitwise reproducible there only)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Params:
     return load_params(REPO / "profiles" / "tiny.yaml")

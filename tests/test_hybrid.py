@@ -26,14 +26,6 @@ def splits(tiny):
     return generate_dose(tiny.design, tiny.generate, "1e5")  # (train, test), N = 32
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fixed_frame(field: np.ndarray, split) -> float:
     """Phase MS-SSIM with no registration: a start put in the wrong place would show here."""
     region = metrics.scanned_area(split.xcoords, split.ycoords, split.objectGuess.shape)

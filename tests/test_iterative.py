@@ -21,14 +21,6 @@ def test_split(tiny):
     return generate_dose(tiny.design, tiny.generate, "1e5")[1]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lsqml_recovers_the_phase_of_a_tiny_problem(tiny, test_split, one_thread):
     result = lsqml(test_split, dataclasses.replace(tiny.reconstruct, epochs=20))
     assert result.status == "completed", result.error
