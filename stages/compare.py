@@ -26,7 +26,7 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import write_timing
 from fly64study.hybrid import load_runs
 from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
-from fly64study.iterative import load_result
+from fly64study.iterative import RESULT_FILE, load_result
 from fly64study.products import seed_suffix, write_products
 from fly64study.train import read_loss_column
 
@@ -110,7 +110,7 @@ def main(argv=None):
         candidates.append(_lsqml_candidate("PtychoPINN+LSQML", rec, seed=e["seed"], seconds=hybrid_seconds.get(e["sha256"]),
                                            note=f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle "
                                                 f"{e['bundle_sha256'][:12]}"))
-    rec = load_result(Path(args.phase_f) / f"dose_{args.dose}" / args.view / "ptychi_reconstruction.npz")
+    rec = load_result(Path(args.phase_f) / f"dose_{args.dose}" / args.view / RESULT_FILE)
     candidates.append(_lsqml_candidate("PtyChi", rec, note=f"LSQML {rec.settings.get('epochs')} epochs"))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),

@@ -18,8 +18,8 @@ from fly64study.devices import select_device
 from fly64study.files import write_json, write_timing
 from fly64study.hybrid import MANIFEST, run_hybrid, start_fields
 from fly64study.inference import trained_bundles
-from fly64study.iterative import Choice
-from fly64study.numerics import pin_torch, record
+from fly64study.iterative import Choice, run_manifest
+from fly64study.numerics import pin_torch
 
 
 def main(argv=None):
@@ -55,9 +55,7 @@ def main(argv=None):
     entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose), out_dir=out,
                                  dose=args.dose, view=args.view, test_path=str(test_path), device=device,
                                  deterministic=args.deterministic)
-    write_json(out / MANIFEST, {
-        "jobs": entries, "numerics": record(),
-        "bitwise_reproducible": device == "cpu" and args.deterministic and record()["pinned"]})
+    write_json(out / MANIFEST, run_manifest(entries, device, args.deterministic))
     write_timing(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
                  {"dose": args.dose, "view": args.view, "seeds": timing})
     for e in entries:

@@ -14,8 +14,8 @@ from fly64study.contract import load_dataset
 from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json, write_timing
-from fly64study.numerics import pin_torch, record
-from fly64study.iterative import Choice, run_reconstruction
+from fly64study.numerics import pin_torch
+from fly64study.iterative import Choice, run_manifest, run_reconstruction
 
 
 def main(argv=None):
@@ -51,10 +51,7 @@ def main(argv=None):
     write_timing(Path(args.timing_dir) / "phase_f" / f"{args.dose}-{args.view}.json",
                  {"dose": args.dose, "view": args.view, "wall_seconds": seconds, "epochs": entry["epochs_run"],
                   "n_positions": test.n})
-    write_json(out / "reconstruction_manifest.json", {
-        "jobs": [entry], "numerics": record(),
-        # pty-chi on one thread with pinned numerics: the same bytes on any x86-64 CPU; a GPU run may differ
-        "bitwise_reproducible": device == "cpu" and args.deterministic and record()["pinned"]})
+    write_json(out / "reconstruction_manifest.json", run_manifest([entry], device, args.deterministic))
     skipped = [] if entry["status"] == "completed" else [
         {"dose": args.dose, "view": args.view, "reason": f"pty-chi failed: {entry['error']}"}]
     write_json(out / "skip_summary.json", {"count": len(skipped), "skipped": skipped})

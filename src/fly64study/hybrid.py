@@ -21,10 +21,9 @@ from fly64study.contract import ContractError, Dataset
 from fly64study.design import Params
 from fly64study.files import sha256_file
 from fly64study.inference import PinnField, TrainedBundle, pinn_field
-from fly64study.iterative import Choice, LSQMLResult, load_result, run_epochs, run_reconstruction
+from fly64study.iterative import RESULT_FILE, Choice, LSQMLResult, load_result, run_epochs, run_reconstruction
 
 MANIFEST = "hybrid_manifest.json"  # in each hybrid@<dose>-<view> output folder
-RESULT = "ptychi_reconstruction.npz"  # in its seed_<s>/ folders, beside ptychi.log
 START = "PtychoPINN's stitched test field"  # the settings' object_init (the seed and bundle: the manifest)
 
 
@@ -97,7 +96,7 @@ def load_runs(folder: str | Path, bundles: list[TrainedBundle],
         if e["start_sha256"] != field_digest(fields[e["seed"]]):
             raise ContractError(f"{manifest}: seed {e['seed']} started from another field than the PtychoPINN "
                                 f"one scored here (inferred with other numerics?); {fix}")
-        path = folder / seed_dir(e["seed"]) / RESULT
+        path = folder / seed_dir(e["seed"]) / RESULT_FILE
         try:
             matches = sha256_file(path) == e["sha256"]
         except OSError as err:

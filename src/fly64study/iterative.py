@@ -28,10 +28,11 @@ import torch
 from fly64study.contract import ContractError, Dataset, read_npz, write_npz
 from fly64study.design import NOISE_MODELS, Reconstruct
 from fly64study.files import atomic_path, sha256_file
-from fly64study.numerics import exact_sqrt
+from fly64study.numerics import exact_sqrt, record
 
 log = logging.getLogger(__name__)
 
+RESULT_FILE = "ptychi_reconstruction.npz"  # one run's file (phase F's, and each hybrid@ seed's)
 MARGIN = 8  # object buffer pixels beyond the ground truth's on each side: edge patches need no padding
 ALGORITHM = "LSQML"
 
@@ -263,6 +264,14 @@ def logged_to(path: str | Path) -> Iterator[None]:
         raise failure
 
 
+def run_manifest(entries: list[dict], device: str, deterministic: bool) -> dict:
+    """A manifest of LSQML runs (phase F's, hybrid@'s): the entries, the numerics, and whether the bytes
+    reproduce: pty-chi on one thread with pinned numerics gives the same bytes on any x86-64 CPU; a
+    GPU run may differ."""
+    return {"jobs": entries, "numerics": record(),
+            "bitwise_reproducible": device == "cpu" and deterministic and record()["pinned"]}
+
+
 def final_cost(result: LSQMLResult) -> float | None:
     return float(result.cost[-1]) if result.cost.size and math.isfinite(result.cost[-1]) else None
 
@@ -275,7 +284,7 @@ def run_reconstruction(test: Dataset, cfg: Reconstruct, *, out_dir: str | Path, 
     ``ptychi_reconstruction.npz`` and ``ptychi.log`` to ``out_dir``. Returns the job's manifest entry
     (status ``failed`` with the reason if pty-chi failed) and LSQML's wall seconds, for a run record."""
     out_dir = Path(out_dir)
-    npz = out_dir / "ptychi_reconstruction.npz"
+    npz = out_dir / RESULT_FILE
     with logged_to(out_dir / "ptychi.log"):
         log.info("pty-chi %s %s on %s: %d patterns of %dx%d, object %s from %s, %d epochs, batch %d, %s, on %s",
                  ptychi_version(), ALGORITHM, test_path, test.n, test.N, test.N, test.objectGuess.shape,
