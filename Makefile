@@ -37,7 +37,7 @@ repro: setup
 	@echo "  phase E (PINN):      data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip (further train.seeds: gs<g>/seed_<s>/)"
 	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
-	@echo "                       data/phase_f/tune/dose_<d>/lsqml_tuning.json (LSQML's settings, chosen on training data)"
+	@echo "                       data/phase_f/tune/dose_<d>/<view>/lsqml_tuning.json (LSQML's settings, chosen on the view's training data)"
 	@echo "  refine (PINN+refine): data/refine/dose_<d>/<view>/gs2/wts.h5.zip, data/refine/runs/<d>-<view>/refine_manifest.json"
 	@echo "  hybrid (PINN+LSQML):  data/hybrid/dose_<d>/<view>/seed_<s>/ptychi_reconstruction.npz, hybrid_manifest.json"
 	@echo "  phase G (compare):   data/phase_g/dose_<d>/<view>/{metrics.json,comparison.json,comparison_metrics.csv,frc_curves.{csv,png},comparison.png}"

@@ -1,6 +1,6 @@
 """LSQML from a flat object against LSQML from the PINN's stitched field, scored along the way.
 
-Reads the pipeline's phase D splits, phase E bundles (the first seed) and tune@<dose>'s choice (run
+Reads the pipeline's phase D splits, phase E bundles (the first seed) and tune@<dose>-<view>'s choice (run
 `dvc repro` first). For each dose and split, runs LSQML with the chosen settings for
 reconstruct.epochs from both starts and prints the phase MS-SSIM against that split's truth every
 --every epochs, with the wall times. The training split is where hybrid.epochs may be chosen (the
@@ -38,10 +38,10 @@ def main() -> None:
     print("| dose | split | start | PINN alone | phase MS-SSIM by epoch | LSQML (s) |")
     print("|---|---|---|---|---|---|")
     for dose in args.dose or list(d.doses):
-        tuning = Path("data/phase_f/tune") / f"dose_{dose}" / "lsqml_tuning.json"
+        tuning = Path("data/phase_f/tune") / f"dose_{dose}" / args.view / "lsqml_tuning.json"
         if not tuning.is_file():
             sys.exit(f"{tuning}: missing; run `dvc repro` first")
-        choice = Choice.load(tuning, dose)
+        choice = Choice.load(tuning, dose, args.view)
         choice = Choice(choice.noise_model, choice.tv_weight, choice.step_size)  # the cap, not the chosen epochs
         bundle = trained_bundles(Path("data/phase_e/runs"), Path("data/phase_e"), dose, args.view,
                                  params.train.jobs[args.view])[0]

@@ -7,7 +7,7 @@ Reads the pipeline's outputs (run `dvc repro` first): the view's test split, its
 bundle (verified against the training manifest) and the params' LSQML settings. Prints, per
 (dose, view), both wall times, their ratio and both methods' phase MS-SSIM against the truth
 (aligned as in phase G). PINN time is the best of 3 (the bundle loaded once); LSQML runs once,
-with the settings tune@<dose> chose (data/phase_f/tune/dose_<d>/lsqml_tuning.json) where present.
+with the settings tune@<dose>-<view> chose (data/phase_f/tune/dose_<d>/<view>/lsqml_tuning.json) where present.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def main() -> None:
                     torch.cuda.synchronize()
 
             pinn_s = best_of(infer, 3)
-            tuning = Path("data/phase_f/tune") / f"dose_{dose}" / "lsqml_tuning.json"
-            choice = Choice.load(tuning, dose) if tuning.is_file() else Choice()  # the tuned LSQML, as phase F runs it
+            tuning = Path("data/phase_f/tune") / f"dose_{dose}" / view / "lsqml_tuning.json"
+            choice = Choice.load(tuning, dose, view) if tuning.is_file() else Choice()  # the tuned LSQML, as phase F runs it
             t0 = time.perf_counter()
             result = lsqml(test, params.reconstruct, device=device, deterministic=False, choice=choice)
             lsqml_s = time.perf_counter() - t0

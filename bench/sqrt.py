@@ -4,7 +4,7 @@ follow the CPU), alternating, on one thread as phase F runs.
 
     .venv/bin/python bench/sqrt.py [--dose 1e3] [--view dense] [--rounds 3]
 
-Reads the pipeline's phase D test split (run `dvc repro` first) and the LSQML settings tune@<dose>
+Reads the pipeline's phase D test split (run `dvc repro` first) and the LSQML settings tune@<dose>-<view>
 chose where present; prints each round, the best of each, and whether the two objects differ.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main() -> None:
     if not path.is_file():
         sys.exit(f"{path}: missing; run `dvc repro` first")
     test = load_dataset(path)
-    tuning = Path("data/phase_f/tune") / f"dose_{args.dose}" / "lsqml_tuning.json"
-    choice = iterative.Choice.load(tuning, args.dose) if tuning.is_file() else iterative.Choice()
+    tuning = Path("data/phase_f/tune") / f"dose_{args.dose}" / args.view / "lsqml_tuning.json"
+    choice = iterative.Choice.load(tuning, args.dose, args.view) if tuning.is_file() else iterative.Choice()
     pin_torch(True, threads=1)
     modes = {"exact_sqrt": exact_sqrt, "torch's sqrt": contextlib.nullcontext}
     times: dict[str, list[float]] = {name: [] for name in modes}

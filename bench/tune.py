@@ -1,4 +1,4 @@
-"""tune@<dose>'s grid one point after another against side by side (one process per core), in one run.
+"""tune@<dose>-<view>'s grid one point after another against side by side (one process per core), in one run.
 
 Reads the pipeline's phase D training split (run `dvc repro` first); prints both wall times, the
 host, and whether the two grids are equal (they must be: each LSQML run is single-threaded).
@@ -21,10 +21,11 @@ from fly64study.tuning import tune
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dose", default="1e3")
+    parser.add_argument("--view", default="dense", help="whose training split (tune@<dose>-<view>'s)")
     args = parser.parse_args()
     params = load_params("params.yaml")
     cfg = params.reconstruct
-    path = Path("data/phase_d") / f"dose_{args.dose}" / cfg.tune.view / "train.npz"
+    path = Path("data/phase_d") / f"dose_{args.dose}" / args.view / "train.npz"
     if not path.is_file():
         sys.exit(f"{path}: missing; run `dvc repro` first")
     train = load_dataset(path)
@@ -35,7 +36,7 @@ def main() -> None:
         grids[workers] = tune(train, cfg, max_shift=params.design.metrics.max_shift_px, workers=workers)["grid"]
         times[workers] = time.perf_counter() - t0
     h = host()
-    print(f"tune@{args.dose}: {len(grids[1])} grid points of {cfg.epochs} LSQML epochs on {train.n} positions; "
+    print(f"tune@{args.dose}-{args.view}: {len(grids[1])} grid points of {cfg.epochs} LSQML epochs on {train.n} positions; "
           f"host {h['cpu']}, {h['cores']} cores")
     print(f"  one after another: {times[1]:.1f} s")
     print(f"  side by side:      {times[None]:.1f} s ({times[1] / times[None]:.2f}x)")

@@ -1,5 +1,5 @@
 """PtychoPINN+LSQML for one (dose, view): LSQML started from each of the view's trained PINN models
-(one per training seed), on the view's test split, with tune@<dose>'s settings for hybrid.epochs
+(one per training seed), on the view's test split, with tune@<dose>-<view>'s settings for hybrid.epochs
 (fly64study.hybrid; the counts only, never the truth).
 
 Writes <out>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per seed, and <out>/hybrid_manifest.json
@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
     parser.add_argument("--phase-e", default="data/phase_e", help="the trained bundles' root")
     parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
-    parser.add_argument("--tuning", required=True, help="lsqml_tuning.json of tune@<dose>: LSQML's settings")
+    parser.add_argument("--tuning", required=True, help="lsqml_tuning.json of tune@<dose>-<view>: LSQML's settings")
     parser.add_argument("--out", required=True, help="output folder, data/hybrid/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
@@ -52,7 +52,7 @@ def main(argv=None):
     starts = start_fields(test, bundles, params, device)
     pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
     out = Path(args.out)
-    entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose), out_dir=out,
+    entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose, args.view), out_dir=out,
                                  dose=args.dose, view=args.view, test_path=str(test_path), device=device,
                                  deterministic=args.deterministic)
     write_json(out / MANIFEST, run_manifest(entries, device, args.deterministic))

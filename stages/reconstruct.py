@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
     parser.add_argument("--out", required=True, help="output folder, data/phase_f/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--tuning", help="lsqml_tuning.json of tune@<dose>: its chosen noise model, total "
+    parser.add_argument("--tuning", help="lsqml_tuning.json of tune@<dose>-<view>: its chosen noise model, total "
                         "variation and step size (default: Gaussian, none, 1)")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records (wall times, host)")
     parser.add_argument("--deterministic", action="store_true",
@@ -44,7 +44,7 @@ def main(argv=None):
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
     out = Path(args.out)
-    choice = Choice.load(args.tuning, args.dose) if args.tuning else Choice()
+    choice = Choice.load(args.tuning, args.dose, args.view) if args.tuning else Choice()
     entry, seconds = run_reconstruction(test, params.reconstruct, out_dir=out, dose=args.dose, view=args.view,
                                         test_path=str(test_path), device=device, deterministic=args.deterministic,
                                         choice=choice)

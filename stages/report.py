@@ -18,7 +18,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--phase-f", default="data/phase_f",
-                        help="dose_<d>/<view>/reconstruction_manifest.json, tune/dose_<d>/lsqml_tuning.json")
+                        help="dose_<d>/<view>/reconstruction_manifest.json, tune/dose_<d>/<view>/lsqml_tuning.json")
     parser.add_argument("--phase-g", default="data/phase_g", help="dose_<d>/<view>/comparison.json")
     parser.add_argument("--out", default="data/report")
     parser.add_argument("--timing-dir", default="data/timing", help="untracked run records; the timing table goes there")
@@ -29,7 +29,8 @@ def main(argv=None):
                    for d in doses for v in params.compare.views]
     runs = [job for d in doses for v in params.compare.views
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
-    tunings = [read_json(Path(args.phase_f) / "tune" / f"dose_{d}" / "lsqml_tuning.json") for d in doses]
+    tunings = [read_json(Path(args.phase_f) / "tune" / f"dose_{d}" / v / "lsqml_tuning.json")
+               for d in doses for v in params.compare.views]
     summary = summarise(comparisons, runs, tunings)
     write_report(args.out, summary)
     timing = {}

@@ -263,14 +263,15 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
 def test_the_report_says_where_lsqml_stopped_before_converging():
     """tune@'s record gives LSQML's epochs: at the cap with a score still rising by more than
     FLAT_GAIN_PER_EPOCH is a run stopped early, and the report says the ratios to it likely flatter
-    the PINN; a choice below the cap peaked; a record it cannot read is refused by name."""
+    the PINN (on that view only: each view is tuned on its own); a choice below the cap peaked; a
+    record it cannot read is refused by name."""
     from fly64study.contract import ContractError
 
-    def record(dose, curves, chosen_epochs, cap=30):
+    def record(dose, curves, chosen_epochs, cap=30, view="wide"):
         grid = [{"noise_model": "gaussian", "tv_weight": tv, "step_size": 1.0,
                  "ms_ssim_phase_by_epoch": [[e, ms] for e, ms in curve], "epochs": chosen_epochs if tv else 10,
                  "ms_ssim_phase": max(ms for _, ms in curve if ms is not None)} for tv, curve in curves]
-        return {"dose": dose, "max_epochs": cap, "grid": grid,
+        return {"dose": dose, "view": view, "max_epochs": cap, "grid": grid,
                 "chosen": {"noise_model": "gaussian", "tv_weight": 0.1, "step_size": 1.0, "epochs": chosen_epochs}}
 
     flat = [(0.0, [(10, 0.9), (20, 0.8), (30, 0.7)])]
@@ -288,23 +289,26 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     assert rows["1e7"]["still_rising_at_cap"] and rows["1e7"]["gain_per_epoch"] == pytest.approx(0.005)  # over 20
     assert summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8))], [], [rising])["lsqml_tuning"] == [rows["1e3"]]
     md = "\n".join(report._tuning_markdown(list(rows.values())))
-    assert "| 1e3 | gaussian | 0.100 | 1.000 | 30 (30) | 0.8000 | +0.00200 | **still rising** |" in md
-    assert "| 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.00100 | below it: the score peaked earlier |" in md
-    assert "| 1e4 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9000 | — | — |" in md
-    assert "| 1e6 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9865 | +0.00016 | flat |" in md
+    assert "| wide | 1e3 | gaussian | 0.100 | 1.000 | 30 (30) | 0.8000 | +0.00200 | **still rising** |" in md
+    assert "| wide | 1e5 | gaussian | 0.100 | 1.000 | 20 (30) | 0.9700 | -0.00100 | below it: the score peaked earlier |" in md
+    assert "| wide | 1e4 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9000 | — | — |" in md
+    assert "| wide | 1e6 | gaussian | 0.100 | 1.000 | 30 (30) | 0.9865 | +0.00016 | flat |" in md
     note = "".join(report._unconverged_note(list(rows.values())))
-    assert "while still improving on the training split at dose 1e3, 1e7 (" in note
+    assert "while still improving on the training split at wide@1e3, wide@1e7 (" in note
     assert report._unconverged_note([rows["1e5"], rows["1e4"], rows["1e6"]]) == []
     # the targets' cells at that dose say so too
-    summary = summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8)), _job("wide", 0.7, "1e5", (0.9, 0.9, 0.5, 0.95))],
-                        [], [rising, peaked])
-    early = {r["dose"]: r["ptychi_stopped_early"] for r in summary["targets"]["ratios"]}
-    assert early == {"1e3": True, "1e5": False}
+    narrow_1e3 = record("1e3", flat + [(0.1, [(10, 0.7), (20, 0.8), (30, 0.8)])], 20, view="narrow")  # peaked
+    summary = summarise([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.5, 0.8)), _job("wide", 0.7, "1e5", (0.9, 0.9, 0.5, 0.95)),
+                         _job("narrow", 0.2, "1e3", (0.3, 0.3, 0.2, 0.4))], [], [rising, peaked, narrow_1e3])
+    early = {(r["view"], r["dose"]): r["ptychi_stopped_early"] for r in summary["targets"]["ratios"]}
+    assert early == {("wide", "1e3"): True, ("wide", "1e5"): False, ("narrow", "1e3"): False}
     md = "\n".join(report._targets_markdown(summary["targets"]))
     assert "| wide | 1e3 | PtychoPINN | 0.8750 (PtyChi stopped early) | ≥ 0.95 | **missed** |" in md
     assert "| wide | 1e5 | PtychoPINN | 0.9474 | ≥ 0.95 | **missed** |" in md
     assert "(target ≥ 1.0×: **missed**, PtyChi stopped early)." in md
     for broken, message in (({**rising, "chosen": {**rising["chosen"], "tv_weight": 0.3}}, "not in its grid"),
                             ({k: v for k, v in rising.items() if k != "max_epochs"}, "no 'max_epochs'")):
-        with pytest.raises(ContractError, match=f"dose 1e3: .*{message}.*tune@1e3"):
+        with pytest.raises(ContractError, match=f"of wide@1e3: .*{message}.*tune@1e3-wide"):
             report.lsqml_tuning(broken)
+    with pytest.raises(ContractError, match="no view .*tune@1e3-<view>"):  # a record from before 2026-12-01
+        report.lsqml_tuning({k: v for k, v in rising.items() if k != "view"})

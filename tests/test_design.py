@@ -85,6 +85,8 @@ BAD = [
     ("design.metrics.frc_threshold", 1.5, "design.metrics.frc_threshold"),
     ("design.metrics.components", ["phase", "colour"], "design.metrics.components"),
     ("design.colour", 1, "design.colour: unknown key"),
+    ("reconstruct.tune.view", "dense", "reconstruct.tune.view: no longer a parameter: since 2026-12-01 every "
+                                       "compared view (compare.views) is tuned on its own training split"),
     ("design.N", _DELETE, "design.N: missing"),
     ("design.N", "64", "design.N: expected an integer"),
     ("generate.object_size", 20, "generate.object_size: M=20 leaves no room"),

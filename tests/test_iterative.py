@@ -162,7 +162,7 @@ def test_a_cost_curve_is_flat_from_its_last_steep_epoch():
 
 
 def test_tuning_reads_the_training_split_only(tiny, tmp_path):
-    """tune@<dose> on the tiny profile: a test split replaced by garbage changes nothing, while a
+    """tune@<dose>-<view> on the tiny profile: a test split replaced by garbage changes nothing, while a
     poisoned truth of the training split changes the scores (the criterion reads that truth)."""
     import subprocess
     import sys
@@ -183,16 +183,17 @@ def test_tuning_reads_the_training_split_only(tiny, tmp_path):
 
     def tune_cli(out: str) -> dict:
         proc = subprocess.run([sys.executable, str(REPO / "stages" / "tune.py"), "--params", str(params), "--dose",
-                               "1e5", "--phase-d", str(phase_d), "--out", str(tmp_path / out)],
+                               "1e5", "--view", "dense", "--phase-d", str(phase_d), "--out", str(tmp_path / out)],
                               capture_output=True, text=True, env=dict(host_env(), PYTHONPATH=str(REPO / "src")))
         assert proc.returncode == 0, proc.stderr
-        assert "tune (dose=1e5) → LSQML gaussian" in proc.stdout
+        assert "tune (dense, dose=1e5) → LSQML gaussian" in proc.stdout
         return json.loads((tmp_path / out / "lsqml_tuning.json").read_text())
 
     first = tune_cli("a")
     scores = [row["ms_ssim_phase"] for row in first["grid"]]
     assert [(r["noise_model"], r["tv_weight"]) for r in first["grid"]] == [("gaussian", 0.0), ("gaussian", 0.1)]
     assert all(0 < s <= 1 for s in scores) and first["max_epochs"] == 4
+    assert (first["dose"], first["view"]) == ("1e5", "dense")
     assert first["chosen"]["tv_weight"] == first["grid"][int(np.argmax(scores))]["tv_weight"]
     # score_every 5 > 4 epochs: the last epoch only, so that is the choice
     assert [r["ms_ssim_phase_by_epoch"] for r in first["grid"]] == [[[4, s]] for s in scores]
@@ -212,20 +213,26 @@ def test_a_tuning_record_is_checked_before_reconstruct_uses_it(tmp_path):
     from fly64study.iterative import Choice
 
     path = tmp_path / "lsqml_tuning.json"
-    good = {"dose": "1e3", "chosen": {"noise_model": "poisson", "tv_weight": 0.1, "step_size": 1.0, "epochs": 20}}
+    good = {"dose": "1e3", "view": "dense", "chosen": {"noise_model": "poisson", "tv_weight": 0.1, "step_size": 1.0, "epochs": 20}}
     path.write_text(json.dumps(good))
-    assert Choice.load(path, "1e3") == Choice("poisson", 0.1, 1.0, 20)
-    with pytest.raises(ContractError, match="the tuning of dose '1e3', not '1e5'.*tune@1e5"):
-        Choice.load(path, "1e5")
+    assert Choice.load(path, "1e3", "dense") == Choice("poisson", 0.1, 1.0, 20)
+    with pytest.raises(ContractError, match="the tuning of dose '1e3', not '1e5'.*tune@1e5-dense"):
+        Choice.load(path, "1e5", "dense")
+    # one view's settings are not another's: sparse runs its own tune@
+    with pytest.raises(ContractError, match="the tuning of view 'dense', not 'sparse'.*tune@1e3-sparse"):
+        Choice.load(path, "1e3", "sparse")
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "view"}))  # a record from before 2026-12-01
+    with pytest.raises(ContractError, match="the tuning of view None, not 'dense'"):
+        Choice.load(path, "1e3", "dense")
     for key, value, message in (("noise_model", "laplace", "noise_model 'laplace'"),
                                 ("tv_weight", -0.1, "tv_weight -0.1"), ("step_size", float("nan"), "step_size nan"),
                                 ("epochs", 0, "epochs 0 must be an integer >= 1"), ("epochs", 2.5, "epochs 2.5")):
         path.write_text(json.dumps({**good, "chosen": {**good["chosen"], key: value}}))
         with pytest.raises(ContractError, match=message):
-            Choice.load(path, "1e3")
+            Choice.load(path, "1e3", "dense")
     path.write_text("{")
     with pytest.raises(ContractError, match="cannot read the LSQML tuning"):
-        Choice.load(path, "1e3")
+        Choice.load(path, "1e3", "dense")
 
 
 def test_tuning_side_by_side_equals_one_after_another_and_a_nan_score_never_wins(tiny, monkeypatch):

@@ -40,7 +40,7 @@ def _edit(root: Path, old: str, new: str) -> None:
 # the tiny profile: every view is built, the sparse one is not trained (the full study trains and compares it)
 DOSES, VIEWS, JOBS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("baseline", "dense"), ("dense",)
 MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
-STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}" for d in DOSES),
+STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}-{v}" for d in DOSES for v in COMPARED),
           *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS), *(f"train@{d}-{j}" for d in DOSES for j in JOBS),
           *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "hybrid", "compare") for d in DOSES for v in COMPARED),
           "report"}
@@ -176,7 +176,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     assert stale(project) == {"design", *(f"overlap@{d}-dense" for d in DOSES)}  # report: compare.views only
     one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-dense")
     assert ran(one_view) == {"overlap@1e3-dense"}
-    assert stale(project) == {"design", "overlap@1e5-dense", "tune@1e3",  # tune@ reads the dense training split
+    assert stale(project) == {"design", "overlap@1e5-dense", "tune@1e3-dense",  # it reads the dense training split
                               *(f"{s}@1e3-dense" for s in ("train", "reconstruct", "refine", "hybrid", "compare"))}
     spacing = json.loads((project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.4 * json.loads(

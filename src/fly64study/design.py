@@ -361,18 +361,16 @@ NOISE_MODELS = ("gaussian", "poisson")  # pty-chi's LSQML noise models
 
 @dataclass(frozen=True)
 class Tune(_Section):
-    """The LSQML settings tried per dose on a view's training split (tune@<dose>); the best by phase
-    MS-SSIM against that split's own truth is what reconstruct uses on the test split."""
+    """The LSQML settings tried per dose and compared view on that view's training split
+    (tune@<dose>-<view>); the best by phase MS-SSIM against the split's own truth is what reconstruct
+    and hybrid use on the view's test split."""
 
-    view: str  # whose training split (a view of design.views)
     noise_models: tuple[str, ...]  # of gaussian, poisson
     tv_weights: tuple[float, ...]  # object total-variation weights (0 = none)
     step_sizes: tuple[float, ...]  # object step sizes
     score_every: int  # epochs between scorings; the chosen epochs is one of them or reconstruct.epochs
 
     def check(self, design: Design) -> None:
-        if self.view not in design.views:
-            raise ParamsError(f"reconstruct.tune.view: {self.view!r} is not a view of design.views {list(design.views)}")
         for name, values in (("noise_models", self.noise_models), ("tv_weights", self.tv_weights),
                              ("step_sizes", self.step_sizes)):
             if not values or len(set(values)) != len(values):
@@ -393,7 +391,7 @@ class Tune(_Section):
 class Reconstruct(_Section):
     """pty-chi LSQML on each view's test split (phase F)."""
 
-    epochs: int  # at most this many LSQML epochs (every pattern once per epoch); tune@<dose> chooses how many
+    epochs: int  # at most this many LSQML epochs (every pattern once per epoch); tune@<dose>-<view> chooses how many
     batch_size: int  # patterns per LSQML update
     seed: int  # pty-chi's batch order
     refine_probe: bool  # false: the known probe stays fixed (as the PINN's does)
@@ -431,7 +429,7 @@ class Refine(_Section):
 # --------------------------------------------------------------------------- hybrid section
 @dataclass(frozen=True)
 class Hybrid(_Section):
-    """PtychoPINN+LSQML: LSQML with tune@<dose>'s settings, started from each trained compared PINN
+    """PtychoPINN+LSQML: LSQML with tune@<dose>-<view>'s settings, started from each trained compared PINN
     model's stitched test field instead of a flat object (hybrid@<dose>-<view>); no truth read."""
 
     epochs: int  # LSQML epochs from the PINN's start (or tune@'s chosen epochs, where fewer)
@@ -439,7 +437,7 @@ class Hybrid(_Section):
     def check(self, reconstruct: Reconstruct) -> None:
         if not 1 <= self.epochs <= reconstruct.epochs:
             raise ParamsError(f"hybrid.epochs: {self.epochs}; must lie in [1, reconstruct.epochs = {reconstruct.epochs}] "
-                              "(a warm start; hybrid@ runs fewer where tune@<dose> chose fewer)")
+                              "(a warm start; hybrid@ runs fewer where tune@<dose>-<view> chose fewer)")
 
 
 # -------------------------------------------------------------------------- compare section
@@ -546,6 +544,13 @@ def _check_label(label: str, where: str) -> None:
         )
 
 
+# keys that were parameters once: a params file that still has one is told what replaced it
+RETIRED = {
+    "reconstruct.tune.view": "since 2026-12-01 every compared view (compare.views) is tuned on its own "
+                             "training split (tune@<dose>-<view>); delete the key",
+}
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     prefix = f"{where}." if where else ""
     if not isinstance(raw, Mapping):
@@ -553,6 +558,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in raw:
+        if f"{prefix}{key}" in RETIRED:
+            raise ParamsError(f"{prefix}{key}: no longer a parameter: {RETIRED[prefix + key]}")
         if key not in names:
             raise ParamsError(f"{prefix}{key}: unknown key; expected one of {names}")
     for name in names:

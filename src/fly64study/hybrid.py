@@ -1,7 +1,7 @@
 """PtychoPINN+LSQML: LSQML started from a trained network's reconstruction instead of a flat object.
 
 The network's stitched test field (phase G's PtychoPINN row, :func:`fly64study.inference.pinn_field`)
-becomes LSQML's initial object; LSQML then runs tune@<dose>'s noise model, total variation and step
+becomes LSQML's initial object; LSQML then runs tune@<dose>-<view>'s noise model, total variation and step
 size for ``hybrid.epochs`` (or tune@'s own epochs, where it chose fewer: never longer than PtyChi's
 run) on the same test split's counts, the probe known and the positions fixed. One run per training
 seed, each in its own folder. Like PtyChi it fits the measured counts and never reads the truth: the

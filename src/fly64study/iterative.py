@@ -58,7 +58,7 @@ def ptychi_version() -> str:
 
 @dataclass(frozen=True)
 class Choice:
-    """What tune@<dose> chooses; the default is LSQML as configured before tuning existed."""
+    """What tune@<dose>-<view> chooses; the default is LSQML as configured before tuning existed."""
 
     noise_model: str = "gaussian"
     tv_weight: float = 0.0
@@ -66,9 +66,9 @@ class Choice:
     epochs: int | None = None  # None: reconstruct.epochs
 
     @classmethod
-    def load(cls, path: str | Path, dose: str) -> "Choice":
-        """The choice a ``lsqml_tuning.json`` of tune@``dose`` recorded, checked as the params are."""
-        fix = f"run `dvc repro tune@{dose}`"
+    def load(cls, path: str | Path, dose: str, view: str) -> "Choice":
+        """The choice a ``lsqml_tuning.json`` of tune@``dose``-``view`` recorded, checked as the params are."""
+        fix = f"run `dvc repro tune@{dose}-{view}`"
         try:
             record = json.loads(Path(path).read_text())
             chosen = record["chosen"]
@@ -78,6 +78,8 @@ class Choice:
             raise ContractError(f"{path}: cannot read the LSQML tuning ({err}); {fix}") from None
         if record.get("dose") != dose:
             raise ContractError(f"{path}: the tuning of dose {record.get('dose')!r}, not {dose!r}; {fix}")
+        if record.get("view") != view:  # a view's settings were chosen on its own training split
+            raise ContractError(f"{path}: the tuning of view {record.get('view')!r}, not {view!r}; {fix}")
         if choice.noise_model not in NOISE_MODELS:
             raise ContractError(f"{path}: chosen.noise_model {choice.noise_model!r} is not one of {list(NOISE_MODELS)}; {fix}")
         if not (math.isfinite(choice.tv_weight) and choice.tv_weight >= 0):
@@ -95,7 +97,7 @@ def run_epochs(cfg: Reconstruct, choice: Choice) -> int:
         return cfg.epochs
     if choice.epochs > cfg.epochs:
         raise ContractError(f"the LSQML choice runs {choice.epochs} epochs, more than reconstruct.epochs "
-                            f"{cfg.epochs}: rerun tune@<dose> (`dvc repro`), which chooses at most that many")
+                            f"{cfg.epochs}: rerun tune@<dose>-<view> (`dvc repro`), which chooses at most that many")
     return choice.epochs
 
 

@@ -29,7 +29,7 @@ DELTAS = (("PtychoPINN", "Baseline"), ("PtychoPINN", "PtyChi"), ("PtychoPINN+ref
           ("PtychoPINN+refine", "PtyChi"), ("PtychoPINN+LSQML", "PtychoPINN"), ("PtychoPINN+LSQML", "PtyChi"))
 # the first is made from the second, seed by seed
 PAIRED = {("PtychoPINN+refine", "PtychoPINN"), ("PtychoPINN+LSQML", "PtychoPINN")}
-# The study's quality targets, on phase MS-SSIM against PtyChi (LSQML as tune@<dose> chose it), on the
+# The study's quality targets, on phase MS-SSIM against PtyChi (LSQML as tune@<dose>-<view> chose it), on the
 # compared view of the largest overlap: the plain network at every dose, the best PINN-based model at
 # the lowest dose, and the plain network's spread over seeds. The report gives every measured value
 # beside its target, met or not: the study's answer is an honest one.
@@ -125,10 +125,11 @@ FLAT_GAIN_PER_EPOCH = 0.0002
 
 
 def lsqml_tuning(record: dict) -> dict:
-    """What one tune@<dose> record says of its choice: the settings, the epochs against the cap, the
+    """What one tune@<dose>-<view> record says of its choice: the settings, the epochs against the cap, the
     score, and its gain per epoch over the last scored interval. Where the epochs are the cap and it
     still rose by more than :data:`FLAT_GAIN_PER_EPOCH`, LSQML stopped before converging."""
-    dose = record.get("dose")
+    dose, view = record.get("dose"), record.get("view")
+    what, fix = f"lsqml_tuning.json of {view}@{dose}", f"run `dvc repro tune@{dose}-{view or '<view>'}`"
     try:
         chosen, cap = record["chosen"], record["max_epochs"]
         row = next((r for r in record["grid"] if all(r[k] == chosen[k] for k in ("noise_model", "tv_weight",
@@ -136,20 +137,20 @@ def lsqml_tuning(record: dict) -> dict:
         curve = [(e, ms) for e, ms in row["ms_ssim_phase_by_epoch"] if ms is not None] if row else None
         epochs = chosen["epochs"]
     except (KeyError, TypeError) as err:
-        raise ContractError(f"lsqml_tuning.json of dose {dose}: no {err} (a record from before LSQML's epochs were "
-                            f"tuned?); run `dvc repro tune@{dose}`") from None
+        raise ContractError(f"{what}: no {err} (a record from before LSQML's epochs were tuned?); {fix}") from None
     if row is None:
-        raise ContractError(f"lsqml_tuning.json of dose {dose}: the chosen point {chosen} is not in its grid; "
-                            f"run `dvc repro tune@{dose}`")
+        raise ContractError(f"{what}: the chosen point {chosen} is not in its grid; {fix}")
     gain = (curve[-1][1] - curve[-2][1]) / (curve[-1][0] - curve[-2][0]) if len(curve) > 1 else None
-    return {"dose": dose, **chosen, "max_epochs": cap, "ms_ssim_phase": row["ms_ssim_phase"],
+    if view is None:
+        raise ContractError(f"{what}: no view (a record from before each view was tuned on its own); {fix}")
+    return {"dose": dose, "view": view, **chosen, "max_epochs": cap, "ms_ssim_phase": row["ms_ssim_phase"],
             "gain_per_epoch": gain,
             "still_rising_at_cap": bool(epochs == cap and gain is not None and gain > FLAT_GAIN_PER_EPOCH)}
 
 
 def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: list[dict] = ()) -> dict:
     """The report's content from the comparison summaries (one per dose and view), the phase F
-    manifest entries (every dose and compared view) and the tune@<dose> records."""
+    manifest entries (every dose and compared view) and the tune@<dose>-<view> records."""
     jobs = sorted(comparisons, key=lambda c: (c["view"], c["nphotons"]))
     failed = [{"dose": c["dose"], "view": c["view"], "model": m, "note": s.get("note", "")}
               for c in jobs for m, s in c["models"].items() if s["status"] != "completed"]
@@ -190,11 +191,11 @@ def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: lis
                 variants.append(match := {"settings": setting, "jobs": []})
             match["jobs"].append(f"{c['view']}@{c['dose']}")
     lsqml_rows = [lsqml_tuning(t) for t in tunings]
-    stopped_early = {t["dose"] for t in lsqml_rows if t["still_rising_at_cap"]}
+    stopped_early = {(t["dose"], t["view"]) for t in lsqml_rows if t["still_rising_at_cap"]}
     target_rows = targets(jobs)
     best = target_rows["best_pinn_at_lowest_dose"]
     for r in target_rows["ratios"] + ([best] if best else []):  # a ratio to an LSQML stopped while still
-        r["ptychi_stopped_early"] = r["dose"] in stopped_early  # improving likely flatters the model
+        r["ptychi_stopped_early"] = (r["dose"], r["view"]) in stopped_early  # improving likely flatters the model
     return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
             "targets": target_rows, "ptychi_runs": ptychi, "lsqml_tuning": lsqml_rows,
             "failed": failed, "registration_failures": registration}
@@ -284,23 +285,23 @@ def _targets_markdown(t: dict) -> list[str]:
 
 
 def _unconverged_note(tunings: list[dict]) -> list[str]:
-    unconverged = [t["dose"] for t in tunings if t["still_rising_at_cap"]]
+    unconverged = [f"{t['view']}@{t['dose']}" for t in tunings if t["still_rising_at_cap"]]
     if not unconverged:
         return []
     return ["", f"PtyChi is LSQML stopped at its cap (reconstruct.epochs) while still improving on the training "
-                f"split at dose {', '.join(unconverged)} (the LSQML tuning table below): a ratio to it there is "
+                f"split at {', '.join(unconverged)} (the LSQML tuning table below): a ratio to it there is "
                 "likely higher than a ratio to a converged LSQML would be."]
 
 
 def _tuning_markdown(tunings: list[dict]) -> list[str]:
     if not tunings:
         return []
-    lines = ["", "LSQML's choice per dose, on the training split (phase MS-SSIM against its own truth, scored every "
+    lines = ["", "LSQML's choice per view and dose, on the view's training split (phase MS-SSIM against its own truth, scored every "
              "reconstruct.tune.score_every epochs; gain: per epoch over the last scored interval). Where the chosen "
              f"epochs are the cap and the score still rose by more than {FLAT_GAIN_PER_EPOCH} per epoch (a judgement "
              "call), LSQML stopped before converging, and its rows here are likely below what it would reach.", "",
-             "| dose | noise model | TV weight | step | epochs (at most) | training-split MS-SSIM | gain / epoch | "
-             "at the cap |", "|---|---|---|---|---|---|---|---|"]
+             "| view | dose | noise model | TV weight | step | epochs (at most) | training-split MS-SSIM | gain / epoch | "
+             "at the cap |", "|---|---|---|---|---|---|---|---|---|"]
     for t in tunings:
         if t["gain_per_epoch"] is None:
             verdict = "—"
@@ -309,7 +310,7 @@ def _tuning_markdown(tunings: list[dict]) -> list[str]:
         else:
             verdict = "**still rising**" if t["still_rising_at_cap"] else "flat"
         gain = "—" if t["gain_per_epoch"] is None else f"{t['gain_per_epoch']:+.5f}"
-        lines.append(f"| {t['dose']} | {t['noise_model']} | {_fmt(t['tv_weight'])} | {_fmt(t['step_size'])} | "
+        lines.append(f"| {t['view']} | {t['dose']} | {t['noise_model']} | {_fmt(t['tv_weight'])} | {_fmt(t['step_size'])} | "
                      f"{t['epochs']} ({t['max_epochs']}) | {_fmt(t['ms_ssim_phase'], 4)} | {gain} | {verdict} |")
     return lines
 
@@ -381,8 +382,8 @@ def markdown(summary: dict) -> str:
               "seed) a delta is not tested.", "",
               "## pty-chi runs (phase F)", "",
               "Noise model, total-variation weight, step size and epochs (at most reconstruct.epochs) as "
-              "tune@<dose> chose them on one view's training split (reconstruct.tune.view; its own truth, never "
-              "the test split): `data/phase_f/tune/dose_<d>/lsqml_tuning.json`.",
+              "tune@<dose>-<view> chose them on the view's training split (its own truth, never the test split): "
+              "`data/phase_f/tune/dose_<d>/<view>/lsqml_tuning.json`.",
               "", "| view | dose | positions | status | epochs | noise model | TV weight | step | final cost |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["ptychi_runs"]:

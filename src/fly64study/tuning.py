@@ -1,8 +1,8 @@
-"""Phase F, before the baseline runs: LSQML's settings per dose, chosen on training data.
+"""Phase F, before the baseline runs: LSQML's settings per dose and view, chosen on training data.
 
 The iterative baseline deserves the same care as the network, and the same rule: nothing is
-chosen on the test split. ``tune@<dose>`` runs LSQML over the grid of ``reconstruct.tune``
-(noise model × total-variation weight × step size) on the *training* split of one view, for
+chosen on the test split. ``tune@<dose>-<view>`` runs LSQML over the grid of ``reconstruct.tune``
+(noise model × total-variation weight × step size) on the *training* split of that view, for
 ``reconstruct.epochs``, and scores its object every ``reconstruct.tune.score_every`` epochs by
 the phase MS-SSIM against that split's own ground truth (aligned exactly as phase G aligns). The
 best (point, epochs) is the choice that ``reconstruct@<dose>-<view>`` runs on the test split:
@@ -10,6 +10,10 @@ more epochs only where they still improved the object (at 1e3 the Gaussian runs 
 their cost by fitting the noise after 25 epochs). Ties go to the earlier grid point (the order of the params lists),
 then to fewer epochs, so the choice is reproducible. Each run's cost curve is summarised too
 (``flat_from_epoch``): where it is the last epoch, the cost was still falling at the cap.
+
+Each view is tuned on its own training split: one view's best is not another's (default profile,
+sparse training splits: the dense view's choice scored 0.54 and 0.74 at 1e4 and 1e5, sparse's own,
+Gaussian with TV 0.1, 0.77 and 0.85; bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ from fly64study.numerics import pin_torch
 log = logging.getLogger(__name__)
 
 FLAT = 1e-3  # a cost curve is flat from the first epoch after which no epoch lowers it by more than this share
-# a worker process costs about 4 s of imports: grid points below this many pattern-epochs each run in turn
-POOL_FROM = 5000
+# a worker process costs about 4 s of imports: grid points below this many pattern-epochs each run in
+# turn (the default profile's sparse 1e4 grid, 4 points of 86 positions x 30 epochs: 19-24 s in turn,
+# 15 s two at a time, Xeon 2 cores)
+POOL_FROM = 2000
 
 
 def flat_from(cost: np.ndarray) -> int | None:
