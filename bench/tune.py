@@ -3,7 +3,7 @@
 Reads the pipeline's phase D training split (run `dvc repro` first); prints both wall times, the
 host, and whether the two grids are equal (they must be: each LSQML run is single-threaded).
 
-    python bench/tune.py [--dose 1e3]
+    python bench/tune.py [--dose 1e3] [--view dense]
 """
 from __future__ import annotations
 

@@ -88,3 +88,19 @@ def test_every_uncached_output_is_kept_by_git():
     assert uncached
     proc = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True, text=True)
     assert proc.stdout == "", f"git ignores these cache: false outputs: {proc.stdout}"
+
+
+def test_each_view_is_tuned_on_its_own_training_split_and_read_by_its_own_stages():
+    """tune@<dose>-<view> reads that view's training split and never a test split; reconstruct@ and
+    hybrid@ read their own view's choice. (The tiny profile compares one view, so a path with the
+    view written in would pass every pipeline test: this checks the declaration itself.)"""
+    tune = STAGES["tune"]
+    assert set(tune["matrix"]) == {"dose", "view"}
+    data = [d for d in tune["deps"] if d.startswith("data/")]
+    assert data == ["data/phase_d/dose_${item.dose}/${item.view}/train.npz"]
+    assert "--view ${item.view}" in tune["cmd"] and "test.npz" not in tune["cmd"]
+    choice = "data/phase_f/tune/dose_${item.dose}/${item.view}/lsqml_tuning.json"
+    assert tune["outs"] == [choice]
+    for name in ("reconstruct", "hybrid"):
+        assert f"--tuning {choice}" in " ".join(STAGES[name]["cmd"].split()), name
+        assert choice in STAGES[name]["deps"], name

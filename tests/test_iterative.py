@@ -174,26 +174,31 @@ def test_tuning_reads_the_training_split_only(tiny, tmp_path):
     d = tiny.design
     phase_d = tmp_path / "phase_d"
     for part, split in zip(("train", "test"), generate_dose(d, tiny.generate, "1e5")):
-        view, _ = build_view(split, view="dense", fraction=d.views["dense"], neighbor_count=d.neighbor_count,
-                             subsampling_seed=d.seeds.subsampling, grouping_seed=d.seeds.grouping,
-                             min_positions=tiny.overlap.min_positions)
-        save_dataset(phase_d / "dose_1e5" / "dense" / f"{part}.npz", view)
+        for name in ("dense", "sparse"):
+            view, _ = build_view(split, view=name, fraction=d.views[name], neighbor_count=d.neighbor_count,
+                                 subsampling_seed=d.seeds.subsampling, grouping_seed=d.seeds.grouping,
+                                 min_positions=tiny.overlap.min_positions)
+            save_dataset(phase_d / "dose_1e5" / name / f"{part}.npz", view)
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("epochs: 10 ", "epochs: 4 "))
 
-    def tune_cli(out: str) -> dict:
+    def tune_cli(out: str, view: str = "dense") -> dict:
         proc = subprocess.run([sys.executable, str(REPO / "stages" / "tune.py"), "--params", str(params), "--dose",
-                               "1e5", "--view", "dense", "--phase-d", str(phase_d), "--out", str(tmp_path / out)],
+                               "1e5", "--view", view, "--phase-d", str(phase_d), "--out", str(tmp_path / out)],
                               capture_output=True, text=True, env=dict(host_env(), PYTHONPATH=str(REPO / "src")))
         assert proc.returncode == 0, proc.stderr
-        assert "tune (dense, dose=1e5) → LSQML gaussian" in proc.stdout
+        assert f"tune ({view}, dose=1e5) → LSQML gaussian" in proc.stdout
         return json.loads((tmp_path / out / "lsqml_tuning.json").read_text())
 
     first = tune_cli("a")
     scores = [row["ms_ssim_phase"] for row in first["grid"]]
     assert [(r["noise_model"], r["tv_weight"]) for r in first["grid"]] == [("gaussian", 0.0), ("gaussian", 0.1)]
     assert all(0 < s <= 1 for s in scores) and first["max_epochs"] == 4
-    assert (first["dose"], first["view"]) == ("1e5", "dense")
+    assert (first["dose"], first["view"]) == ("1e5", "dense") and first["train_data"].endswith("dense/train.npz")
+    sparse = tune_cli("s", view="sparse")  # each view on its own training split: other positions, other scores
+    assert (sparse["view"], sparse["n_positions"]) == ("sparse", load_dataset(phase_d / "dose_1e5/sparse/train.npz").n)
+    assert sparse["train_data"].endswith("sparse/train.npz") and sparse["n_positions"] < first["n_positions"]
+    assert [row["ms_ssim_phase"] for row in sparse["grid"]] != scores
     assert first["chosen"]["tv_weight"] == first["grid"][int(np.argmax(scores))]["tv_weight"]
     # score_every 5 > 4 epochs: the last epoch only, so that is the choice
     assert [r["ms_ssim_phase_by_epoch"] for r in first["grid"]] == [[[4, s]] for s in scores]
@@ -222,7 +227,7 @@ def test_a_tuning_record_is_checked_before_reconstruct_uses_it(tmp_path):
     with pytest.raises(ContractError, match="the tuning of view 'dense', not 'sparse'.*tune@1e3-sparse"):
         Choice.load(path, "1e3", "sparse")
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "view"}))  # a record from before 2026-12-01
-    with pytest.raises(ContractError, match="the tuning of view None, not 'dense'"):
+    with pytest.raises(ContractError, match="no view .*tune@1e3-dense"):
         Choice.load(path, "1e3", "dense")
     for key, value, message in (("noise_model", "laplace", "noise_model 'laplace'"),
                                 ("tv_weight", -0.1, "tv_weight -0.1"), ("step_size", float("nan"), "step_size nan"),

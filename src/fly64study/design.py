@@ -395,7 +395,7 @@ class Reconstruct(_Section):
     batch_size: int  # patterns per LSQML update
     seed: int  # pty-chi's batch order
     refine_probe: bool  # false: the known probe stays fixed (as the PINN's does)
-    tune: Tune  # the settings grid chosen from per dose, on training data only
+    tune: Tune  # the settings grid chosen from per dose and view, on that view's training data only
 
     def check(self, design: Design) -> None:
         self.tune.check(design)

@@ -78,8 +78,10 @@ class Choice:
             raise ContractError(f"{path}: cannot read the LSQML tuning ({err}); {fix}") from None
         if record.get("dose") != dose:
             raise ContractError(f"{path}: the tuning of dose {record.get('dose')!r}, not {dose!r}; {fix}")
-        if record.get("view") != view:  # a view's settings were chosen on its own training split
-            raise ContractError(f"{path}: the tuning of view {record.get('view')!r}, not {view!r}; {fix}")
+        if "view" not in record:
+            raise ContractError(f"{path}: no view (a record from before each view was tuned on its own); {fix}")
+        if record["view"] != view:  # a view's settings were chosen on its own training split
+            raise ContractError(f"{path}: the tuning of view {record['view']!r}, not {view!r}; {fix}")
         if choice.noise_model not in NOISE_MODELS:
             raise ContractError(f"{path}: chosen.noise_model {choice.noise_model!r} is not one of {list(NOISE_MODELS)}; {fix}")
         if not (math.isfinite(choice.tv_weight) and choice.tv_weight >= 0):

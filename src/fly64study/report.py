@@ -129,7 +129,9 @@ def lsqml_tuning(record: dict) -> dict:
     score, and its gain per epoch over the last scored interval. Where the epochs are the cap and it
     still rose by more than :data:`FLAT_GAIN_PER_EPOCH`, LSQML stopped before converging."""
     dose, view = record.get("dose"), record.get("view")
-    what, fix = f"lsqml_tuning.json of {view}@{dose}", f"run `dvc repro tune@{dose}-{view or '<view>'}`"
+    what, fix = f"lsqml_tuning.json of {view or '<view>'}@{dose}", f"run `dvc repro tune@{dose}-{view or '<view>'}`"
+    if view is None:
+        raise ContractError(f"{what}: no view (a record from before each view was tuned on its own); {fix}")
     try:
         chosen, cap = record["chosen"], record["max_epochs"]
         row = next((r for r in record["grid"] if all(r[k] == chosen[k] for k in ("noise_model", "tv_weight",
@@ -141,8 +143,6 @@ def lsqml_tuning(record: dict) -> dict:
     if row is None:
         raise ContractError(f"{what}: the chosen point {chosen} is not in its grid; {fix}")
     gain = (curve[-1][1] - curve[-2][1]) / (curve[-1][0] - curve[-2][0]) if len(curve) > 1 else None
-    if view is None:
-        raise ContractError(f"{what}: no view (a record from before each view was tuned on its own); {fix}")
     return {"dose": dose, "view": view, **chosen, "max_epochs": cap, "ms_ssim_phase": row["ms_ssim_phase"],
             "gain_per_epoch": gain,
             "still_rising_at_cap": bool(epochs == cap and gain is not None and gain > FLAT_GAIN_PER_EPOCH)}
