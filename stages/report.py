@@ -9,9 +9,9 @@ from pathlib import Path
 
 from fly64study.cli import run
 from fly64study.design import load_params
-from fly64study.contract import ContractError, read_json
+from fly64study.contract import read_json
 from fly64study.files import atomic_path
-from fly64study.report import summarise, timing_markdown, write_report
+from fly64study.report import load_tunings, summarise, timing_markdown, write_report
 
 
 def main(argv=None):
@@ -29,15 +29,7 @@ def main(argv=None):
                    for d in doses for v in params.compare.views]
     runs = [job for d in doses for v in params.compare.views
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
-    tunings = []  # in the tables' order: view, then dose
-    for v in params.compare.views:
-        for d in doses:
-            path = Path(args.phase_f) / "tune" / f"dose_{d}" / v / "lsqml_tuning.json"
-            record = read_json(path)
-            if (record.get("dose"), record.get("view", v)) != (d, v):  # no view: lsqml_tuning says why
-                raise ContractError(f"{path}: the tuning of {record.get('view')}@{record.get('dose')}, not {v}@{d}; "
-                                    f"run `dvc repro tune@{d}-{v}`")
-            tunings.append(record)
+    tunings = load_tunings(Path(args.phase_f) / "tune", doses, params.compare.views)
     summary = summarise(comparisons, runs, tunings)
     write_report(args.out, summary)
     timing = {}

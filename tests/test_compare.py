@@ -312,3 +312,28 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
             report.lsqml_tuning(broken)
     with pytest.raises(ContractError, match="no view .*tune@1e3-<view>"):  # a record from before 2026-12-01
         report.lsqml_tuning({k: v for k, v in rising.items() if k != "view"})
+
+
+def test_the_report_reads_each_views_tuning_from_its_own_path(tmp_path):
+    """load_tunings: view by view, as the tables list them; a record whose dose or view is not its
+    path's, or that has no view (written before each view was tuned on its own), is refused by path."""
+    from fly64study.contract import ContractError
+
+    def put(at_dose, at_view, **record):
+        path = tmp_path / f"dose_{at_dose}" / at_view / "lsqml_tuning.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        return path
+
+    for d in ("1e3", "1e5"):
+        for v in ("dense", "sparse"):
+            put(d, v, dose=d, view=v)
+    got = report.load_tunings(tmp_path, ["1e3", "1e5"], ["dense", "sparse"])
+    assert [(r["view"], r["dose"]) for r in got] == [("dense", "1e3"), ("dense", "1e5"), ("sparse", "1e3"), ("sparse", "1e5")]
+    put("1e5", "sparse", dose="1e5", view="dense")  # dense's record copied into sparse's place
+    with pytest.raises(ContractError, match=r"sparse/lsqml_tuning.json: the tuning of dense@1e5, not sparse@1e5; "
+                                            r"run `dvc repro tune@1e5-sparse`"):
+        report.load_tunings(tmp_path, ["1e3", "1e5"], ["dense", "sparse"])
+    put("1e5", "sparse", dose="1e5")
+    with pytest.raises(ContractError, match="sparse/lsqml_tuning.json: no view .*tune@1e5-sparse"):
+        report.load_tunings(tmp_path, ["1e3", "1e5"], ["dense", "sparse"])

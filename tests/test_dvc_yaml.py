@@ -104,3 +104,16 @@ def test_each_view_is_tuned_on_its_own_training_split_and_read_by_its_own_stages
     for name in ("reconstruct", "hybrid"):
         assert f"--tuning {choice}" in " ".join(STAGES[name]["cmd"].split()), name
         assert choice in STAGES[name]["deps"], name
+
+
+def test_the_old_single_view_tuning_files_are_ignored_and_the_new_ones_are_not():
+    """tune@<dose> wrote dose_<d>/lsqml_tuning.json until 2026-12-01; a workspace that ran it keeps
+    the file (DVC leaves a removed stage's outputs), which must not change the report's data/phase_f
+    hash, while every tune@<dose>-<view> file must still count."""
+    import subprocess
+    import sys
+
+    old, new = "data/phase_f/tune/dose_1e3/lsqml_tuning.json", "data/phase_f/tune/dose_1e3/sparse/lsqml_tuning.json"
+    dvc = [sys.executable, "-m", "dvc", "check-ignore"]
+    assert subprocess.run([*dvc, old], cwd=REPO, capture_output=True).returncode == 0  # 0: ignored
+    assert subprocess.run([*dvc, new], cwd=REPO, capture_output=True).returncode == 1

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from fly64study.compare import MODELS
-from fly64study.contract import ContractError
+from fly64study.contract import ContractError, read_json
 from fly64study.files import atomic_path, write_json
 from fly64study.plots import plot_report
 
@@ -146,6 +146,22 @@ def lsqml_tuning(record: dict) -> dict:
     return {"dose": dose, "view": view, **chosen, "max_epochs": cap, "ms_ssim_phase": row["ms_ssim_phase"],
             "gain_per_epoch": gain,
             "still_rising_at_cap": bool(epochs == cap and gain is not None and gain > FLAT_GAIN_PER_EPOCH)}
+
+
+def load_tunings(root: Path, doses, views) -> list[dict]:
+    """Every tune@<dose>-<view> record under ``root`` (``dose_<d>/<view>/lsqml_tuning.json``), view by
+    view as the tables list them, each checked to be the tuning of the dose and view its path names."""
+    records = []
+    for view in views:
+        for dose in doses:
+            path = Path(root) / f"dose_{dose}" / view / "lsqml_tuning.json"
+            record, fix = read_json(path), f"run `dvc repro tune@{dose}-{view}`"
+            if "view" not in record:
+                raise ContractError(f"{path}: no view (a record from before each view was tuned on its own); {fix}")
+            if (record.get("dose"), record["view"]) != (dose, view):
+                raise ContractError(f"{path}: the tuning of {record['view']}@{record.get('dose')}, not {view}@{dose}; {fix}")
+            records.append(record)
+    return records
 
 
 def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: list[dict] = ()) -> dict:
