@@ -47,7 +47,7 @@ def emit() -> None:
 
     from fly64study.design import load_params
     from fly64study.iterative import Choice, lsqml
-    from fly64study.model import ModelConfig, PtychoPINN
+    from fly64study.networks import Autoencoder, network_config
     from fly64study.simulate import generate_dose
     from fly64study.numerics import pin_torch
     from fly64study.physics import make_probe
@@ -82,19 +82,21 @@ def emit() -> None:
         out[name] = hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
     torch.manual_seed(0)
     probe = torch.from_numpy(make_probe(64, aperture=0.4, central_stop=0.3, defocus=6.0))
-    model = PtychoPINN(ModelConfig(N=64, gridsize=2, intensity_scale=3.0, width=16, depth=3, stride=2,
-                                   skips="concat"), probe)
-    opt = make_optimiser(model, 1e-3)  # fly64study.train's optimiser (no clipping here)
     amp = torch.rand(4, 4, 64, 64, generator=g)
     counts = torch.poisson(9.0 * amp**2, generator=g)
     offsets = (torch.rand(4, 4, 2, generator=g) - 0.5) * 8
-    thin = torch.Generator().manual_seed(1)
-    for step in range(3):
-        loss = batch_loss(model, amp, counts, offsets, 0.5, thin)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        out[f"PINN step {step + 1} (weights)"] = digest(*model.parameters())
+    for name, net in (("BP-UNet", ("bp_unet", dict(width=16, depth=3, stride=2, skips="concat"))),
+                      ("PtychoPINN", ("ptychopinn", {"n_filters_scale": 1}))):
+        torch.manual_seed(0)
+        model = Autoencoder(network_config(64, 2, 3.0, *net), probe)
+        opt = make_optimiser(model, 1e-3)  # fly64study.train's optimiser (no clipping here)
+        thin = torch.Generator().manual_seed(1)
+        for step in range(3):
+            loss = batch_loss(model, amp, counts, offsets, 0.5, thin)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out[f"{name} step {step + 1} (weights)"] = digest(*model.parameters())
     # pty-chi's LSQML as phase F runs it (exact_sqrt, one thread): 2 epochs on the tiny profile's 1e5
     # test split, per noise model; its float32 square roots once differed between a Xeon and an EPYC
     tiny = load_params(Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml")

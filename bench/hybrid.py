@@ -43,13 +43,14 @@ def main() -> None:
             sys.exit(f"{tuning}: missing; run `dvc repro` first")
         choice = Choice.load(tuning, dose, args.view)
         choice = Choice(choice.noise_model, choice.tv_weight, choice.step_size)  # the cap, not the chosen epochs
-        bundle = trained_bundles(Path("data/phase_e/runs"), Path("data/phase_e"), dose, args.view,
-                                 params.train.jobs[args.view])[0]
+        bundle = trained_bundles(Path(f"data/phase_e/runs/{dose}-{args.view}/training_manifest.json"),
+                                 Path("data/phase_e"), dose, args.view, params.train.jobs[args.view])[0]
         for split in args.split or ["train"]:
             ds = load_dataset(Path("data/phase_d") / f"dose_{dose}" / args.view / f"{split}.npz")
             pin_torch(True)  # the field as hybrid@ and compare@ infer it
             pinn = pinn_field(bundle.path, ds, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
-                              expected_sha256=bundle.sha256)
+                              expected_sha256=bundle.sha256, stitching=params.compare.stitching,
+                              synchronise=params.compare.synchronise_phases)
             alone = score(pinn.field, ds, d.metrics.max_shift_px)
             pin_torch(True, threads=1)  # LSQML as hybrid@ and reconstruct@ run it
             for name, start in (("flat", None), ("PINN", pinn.field)):

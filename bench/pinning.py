@@ -34,7 +34,7 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
 
     from fly64study.design import load_params
     from fly64study.iterative import lsqml
-    from fly64study.model import ModelConfig, PtychoPINN
+    from fly64study.networks import Autoencoder, network_config
     from fly64study.overlap import build_view
     from fly64study.simulate import generate_dose
     from fly64study.train import batch_loss, make_groups, make_optimiser
@@ -57,9 +57,8 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
 
     cfg = params.train
     torch.manual_seed(0)
-    model = PtychoPINN(ModelConfig(N=d.N, gridsize=2, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
-                                   skips=cfg.skips, intensity_scale=float(view_train.metadata["intensity_scale"])),
-                       torch.from_numpy(view_train.probeGuess))
+    model = Autoencoder(network_config(d.N, 2, float(view_train.metadata["intensity_scale"]), "ptychopinn",
+                                       cfg.ptychopinn), torch.from_numpy(view_train.probeGuess))
     opt = make_optimiser(model, cfg.learning_rate)
     groups = make_groups(view_train.xcoords, view_train.ycoords, gridsize=2, neighbor_count=d.neighbor_count, seed=1)
     s = float(view_train.metadata["intensity_scale"])

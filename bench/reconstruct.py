@@ -53,8 +53,8 @@ def main() -> None:
             if not test_path.is_file():
                 sys.exit(f"{test_path}: missing; run `dvc repro` first")
             test = load_dataset(test_path)
-            first = trained_bundles(Path("data/phase_e/runs"), Path("data/phase_e"), dose, view,
-                                    params.train.jobs[view])[0]  # the first training seed's model
+            first = trained_bundles(Path(f"data/phase_e/runs/{dose}-{view}/training_manifest.json"), Path("data/phase_e"),
+                                    dose, view, params.train.jobs[view])[0]  # the first training seed's PtychoPINN
             net = load_inference_model(first.path, first.sha256)
             window = abs(test.probeGuess) ** 2
             fields = []

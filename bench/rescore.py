@@ -3,8 +3,8 @@
     .venv/bin/python bench/rescore.py            # after `dvc repro`; prints a table, exits 1 on a gap > 0.01
 
 Written apart from ``fly64study.metrics``: the fields are rebuilt (PtyChi from phase F's file,
-PtychoPINN+LSQML from hybrid@'s files, PtychoPINN, PtychoPINN+refine and Baseline from their verified
-bundles through the stitching of phase G), then
+the +LSQML models from hybrid@'s files, PtychoPINN, BP-UNet, the +refine models and Baseline from their
+verified bundles through the stitching of phase G), then
 registered with one call of ``skimage.registration.phase_cross_correlation`` on the crop (no
 iteration, the shift refused beyond design.metrics.max_shift_px), shifted with
 ``scipy.ndimage.fourier_shift``, freed of a phase plane fitted by ``numpy.linalg.lstsq`` to the
@@ -27,7 +27,8 @@ from skimage.registration import phase_cross_correlation
 
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
-from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
+from fly64study.inference import REFINE_MANIFEST, TRAINED_ROOTS, TRAINING_MANIFEST, pinn_field, trained_bundles
+from fly64study.models import model_of
 from fly64study.iterative import load_result
 
 TOLERANCE = 0.01
@@ -82,16 +83,21 @@ def main() -> None:
             report = json.loads(Path(f"data/phase_g/dose_{dose}/{view}/comparison.json").read_text())["models"]
             fields = {"PtyChi": [load_result(f"data/phase_f/dose_{dose}/{view}/ptychi_reconstruction.npz").object]}
             hybrid = Path(f"data/hybrid/dose_{dose}/{view}")
-            fields["PtychoPINN+LSQML"] = [load_result(hybrid / f"seed_{e['seed']}" / "ptychi_reconstruction.npz").object
-                                          for e in json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"]]
-            sources = (("PtychoPINN", view, "data/phase_e", TRAINING_MANIFEST),
-                       ("PtychoPINN+refine", view, "data/refine", REFINE_MANIFEST),
-                       ("Baseline", params.compare.baseline, "data/phase_e", TRAINING_MANIFEST))
-            for model, job, root, manifest in sources:
+            for e in json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"]:
+                fields.setdefault(model_of(e["network"], "hybrid").name, []).append(
+                    load_result(hybrid / e["network"] / f"seed_{e['seed']}" / "ptychi_reconstruction.npz").object)
+            sources = [(model_of(n, "trained").name, view, n, Path(r) / "runs" / f"{dose}-{view}" / TRAINING_MANIFEST, r)
+                       for n, r in TRAINED_ROOTS.items()]
+            sources += [(model_of(n, "refined").name, view, n,
+                         Path(f"data/refine/runs/{dose}-{view}") / REFINE_MANIFEST, "data/refine")
+                        for n in params.refine.networks]
+            sources.append(("Baseline", params.compare.baseline, "ptychopinn",
+                            Path(f"data/phase_e/runs/{dose}-{params.compare.baseline}") / TRAINING_MANIFEST, "data/phase_e"))
+            for model, job, network, manifest, root in sources:
                 fields[model] = [pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
-                                            expected_sha256=b.sha256).field
-                                 for b in trained_bundles(Path(root) / "runs", Path(root), dose, job,
-                                                          params.train.jobs[job], manifest)]
+                                            expected_sha256=b.sha256, stitching=params.compare.stitching,
+                                            synchronise=params.compare.synchronise_phases).field
+                                 for b in trained_bundles(manifest, Path(root), dose, job, params.train.jobs[job], network)]
             for model in fields:  # the report gives a model's mean over its seeds
                 scores = [phase_scores(f, test.objectGuess, crop_box(test), d.metrics.max_shift_px) for f in fields[model]]
                 ms, ss = (sum(sc[i] for sc in scores) / len(scores) for i in (0, 1))

@@ -1,19 +1,19 @@
-"""Phase G: PtychoPINN, PtychoPINN+refine, PtychoPINN+LSQML, Baseline and PtyChi on one view's test
-split, against the truth.
+"""Phase G: every model of fly64study.models on one view's test split, against the truth.
 
-PtychoPINN = the view's own bundles, PtychoPINN+refine = the same fitted further to the test split's
-counts (refine@<dose>-<view>), Baseline = the dose's compare.baseline (gridsize 1) bundles, one per
-training seed, each loaded through the verified loader against the SHA256 in its training manifest
-and scored on its own (comparison.json gives the mean and sd over seeds); PtychoPINN+LSQML = LSQML
-started from each PtychoPINN bundle (hybrid@<dose>-<view>, each file checked against its manifest,
-which must name those very bundles); PtyChi = phase F's reconstruction of the same patterns. Writes
-comparison_metrics.csv (tidy: dose, view, model, seed, alignment, metric, amplitude, phase, value,
-note), frc_curves.csv, comparison.json, comparison.png and frc_curves.png, and every reconstruction as
-a Ptychodus product in products/ (fly64study.products: <model>[_seed<s>].h5, positions in metres from
-the phase C geometry); the wall times (PINN inference; PtychoPINN+refine: refining and inference,
-PtychoPINN+LSQML: inference and LSQML, where refine@'s and hybrid@'s run records are there) go to an
-untracked run record, <timing-dir>/phase_g/<dose>-<view>.json (data/timing/ by default), not into
-DVC-tracked files.
+PtychoPINN and BP-UNet = the view's own bundles of the two networks (their training stages' roots,
+--trained), <network>+refine = the same fitted further to the test split's counts (refine@<dose>-<view>,
+the networks of refine.networks), Baseline = the dose's compare.baseline (gridsize 1) PtychoPINN
+bundles, each loaded through the verified loader against the SHA256 in its training manifest and
+scored per training seed (comparison.json gives the mean and sd over seeds); <network>+LSQML = LSQML
+started from each of that network's bundles (hybrid@<dose>-<view>, the networks of hybrid.networks,
+each file checked against its manifest, which must name those very bundles); PtyChi = phase F's
+reconstruction of the same patterns. Writes comparison_metrics.csv (tidy: dose, view, model, seed,
+alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json, comparison.png and
+frc_curves.png, and every reconstruction as a Ptychodus product in products/ (fly64study.products:
+<stem>[_seed<s>].h5, positions in metres from the phase C geometry); the wall times (PINN inference;
++refine: refining and inference, +LSQML: inference and LSQML, where refine@'s and hybrid@'s run
+records are there) go to an untracked run record, <timing-dir>/phase_g/<dose>-<view>.json
+(data/timing/ by default), not into DVC-tracked files.
 """
 import argparse
 from pathlib import Path
@@ -22,10 +22,12 @@ from fly64study.bundle import BundleError
 from fly64study.cli import run
 from fly64study.compare import Candidate, compare, write_comparison
 from fly64study.contract import ContractError, load_dataset, read_json
-from fly64study.design import ParamsError, load_params
+from fly64study.design import DEFAULT_NETWORK, NETWORKS, ParamsError, load_params
 from fly64study.files import write_timing
 from fly64study.hybrid import load_runs
-from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles
+from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles, trained_roots
+from fly64study.models import model_of
+from fly64study.refine import loss_columns
 from fly64study.iterative import RESULT_FILE, load_result
 from fly64study.products import seed_suffix, write_products
 from fly64study.train import read_loss_column
@@ -57,10 +59,11 @@ def main(argv=None):
     parser.add_argument("--dose", required=True)
     parser.add_argument("--view", required=True, help="a view of compare.views")
     parser.add_argument("--phase-d", default="data/phase_d")
-    parser.add_argument("--phase-e", default="data/phase_e",
-                        help="bundle root (dose_<d>/<job>/gs<g>/wts.h5.zip, further seeds in gs<g>/seed_<s>/)")
-    parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
-    parser.add_argument("--refine", default="data/refine", help="refined bundles' root (phase E's layout)")
+    parser.add_argument("--trained", action="append", metavar="NETWORK=ROOT", default=[],
+                        help="a network's trained bundles: ROOT/dose_<d>/<job>/gs<g>/wts.h5.zip (further seeds in "
+                             "gs<g>/seed_<s>/), manifests and losses in ROOT/runs/<d>-<job>/ (repeatable; default "
+                             "bp_unet=data/phase_e, ptychopinn=data/ptychopinn)")
+    parser.add_argument("--refine", default="data/refine", help="refined bundles' root: dose_<d>/<view>/<network>/gs<g>/")
     parser.add_argument("--refine-runs", default="data/refine/runs", help="<d>-<view>/refine_manifest.json")
     parser.add_argument("--phase-f", default="data/phase_f")
     parser.add_argument("--hybrid", default="data/hybrid", help="hybrid@'s root: dose_<d>/<view>/hybrid_manifest.json")
@@ -77,45 +80,64 @@ def main(argv=None):
     test = load_dataset(view_dir / "test.npz")
     overlap = read_json(view_dir / "metrics.json")
     candidates = []
+    roots = trained_roots(args.trained)
     refine_seconds = _seconds(Path(args.timing_dir) / "refine" / f"{args.dose}-{args.view}.json", "refine_seconds")
-    sources = (("PtychoPINN", args.view, args.runs, args.phase_e, TRAINING_MANIFEST),
-               ("PtychoPINN+refine", args.view, args.refine_runs, args.refine, REFINE_MANIFEST),
-               ("Baseline", params.compare.baseline, args.runs, args.phase_e, TRAINING_MANIFEST))
+    refine_runs = Path(args.refine_runs) / f"{args.dose}-{args.view}"
+    refine_losses = refine_runs / f"losses_{args.dose}_{args.view}.csv"
+
+    def trained(network: str, job: str) -> tuple:
+        runs = roots[network] / "runs" / f"{args.dose}-{job}"
+        return (runs / TRAINING_MANIFEST, roots[network], job, network, runs / f"losses_{args.dose}_{job}.csv",
+                lambda seed, first: "val_loss" + seed_suffix(seed, first))
+
+    # model -> (manifest, bundle root, job, network, loss table, its column of a seed)
+    sources = {model_of(n, "trained").name: trained(n, args.view) for n in NETWORKS}
+    sources |= {model_of(n, "refined").name: (refine_runs / REFINE_MANIFEST, Path(args.refine), args.view, n,
+                                              refine_losses, lambda seed, first, n=n: "val_loss" + loss_columns(n, seed, first))
+                for n in params.refine.networks}
+    sources["Baseline"] = trained(DEFAULT_NETWORK, params.compare.baseline)  # train@'s gridsize-1 job
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
-    bundles, fields = {}, {}  # model -> its bundles; PtychoPINN's seed -> its field (hybrid@'s start)
-    for model, job, runs, root, manifest in sources:
-        losses = Path(runs) / f"{args.dose}-{job}" / f"losses_{args.dose}_{job}.csv"
-        bundles[model] = trained_bundles(Path(runs), Path(root), args.dose, job, jobs[job], manifest)
+    bundles, fields = {}, {}  # model -> its bundles; (network, seed) -> a trained model's field (hybrid@'s start)
+    for model, (manifest, root, job, network, losses, column) in sources.items():
+        kind = "refined" if model.endswith("+refine") else "trained"
+        bundles[model] = trained_bundles(manifest, root, args.dose, job, jobs[job], network)
         for b in bundles[model]:
             first = firsts.setdefault(model, b.seed)
             try:
                 pinn = pinn_field(b.path, test, neighbor_count=design.neighbor_count,
-                                  grouping_seed=design.seeds.grouping, expected_sha256=b.sha256)
+                                  grouping_seed=design.seeds.grouping, expected_sha256=b.sha256,
+                                  stitching=params.compare.stitching,
+                                  synchronise=params.compare.synchronise_phases)
             except BundleError as err:
                 raise ContractError(str(err)) from None
-            if model == "PtychoPINN":
-                fields[b.seed] = pinn.field
+            if model == model_of(network, "trained").name:
+                fields[network, b.seed] = pinn.field
             seconds = pinn.seconds
-            if model == "PtychoPINN+refine":
+            if kind == "refined":
                 seconds = seconds + refine_seconds[b.sha256] if b.sha256 in refine_seconds else None
             candidates.append(Candidate(model, pinn.field, seconds, f"{job} gs{pinn.gridsize} bundle {b.sha256[:12]}",
                                         seed=b.seed, cost=b.training, settings=b.settings,
-                                        losses=read_loss_column(losses, "val_loss" + seed_suffix(b.seed, first)),
+                                        losses=read_loss_column(losses, column(b.seed, first)),
                                         loss_name="held-out Poisson NLL per epoch (epoch 0: before refining)"
-                                        if model == "PtychoPINN+refine" else "validation Poisson NLL per epoch"))
+                                        if kind == "refined" else "validation Poisson NLL per epoch"))
     hybrid_seconds = _seconds(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
                               "pinn_seconds", "lsqml_seconds")
-    for e, rec in load_runs(Path(args.hybrid) / f"dose_{args.dose}" / args.view, bundles["PtychoPINN"], fields):
-        firsts.setdefault("PtychoPINN+LSQML", e["seed"])
-        candidates.append(_lsqml_candidate("PtychoPINN+LSQML", rec, seed=e["seed"], seconds=hybrid_seconds.get(e["sha256"]),
-                                           note=f"LSQML {rec.settings.get('epochs')} epochs from PtychoPINN bundle "
-                                                f"{e['bundle_sha256'][:12]}"))
+    for network in params.hybrid.networks:
+        model, source = model_of(network, "hybrid").name, model_of(network, "trained").name
+        for e, rec in load_runs(Path(args.hybrid) / f"dose_{args.dose}" / args.view, network, bundles[source],
+                                {seed: f for (n, seed), f in fields.items() if n == network}):
+            firsts.setdefault(model, e["seed"])
+            candidates.append(_lsqml_candidate(model, rec, seed=e["seed"], seconds=hybrid_seconds.get(e["sha256"]),
+                                               note=f"LSQML {rec.settings.get('epochs')} epochs from {source} bundle "
+                                                    f"{e['bundle_sha256'][:12]}"))
     rec = load_result(Path(args.phase_f) / f"dose_{args.dose}" / args.view / RESULT_FILE)
     candidates.append(_lsqml_candidate("PtyChi", rec, note=f"LSQML {rec.settings.get('epochs')} epochs"))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}
-    result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics, overlap=measured)
+    result = compare(test, candidates, dose=args.dose, view=args.view, cfg=design.metrics, overlap=measured,
+                     stitching={"method": params.compare.stitching,
+                                "synchronise_phases": params.compare.synchronise_phases})
     write_comparison(args.out, result)
     write_products(Path(args.out) / "products", test, candidates, dose=args.dose, view=args.view,
                    probe_photon_count=result.summary["incident_photons_per_exposure"], firsts=firsts)

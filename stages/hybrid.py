@@ -1,9 +1,10 @@
-"""PtychoPINN+LSQML for one (dose, view): LSQML started from each of the view's trained PINN models
-(one per training seed), on the view's test split, with tune@<dose>-<view>'s settings for hybrid.epochs
-(fly64study.hybrid; the counts only, never the truth).
+"""<network>+LSQML for one (dose, view): LSQML started from each of the view's trained models of every
+network of hybrid.networks (one per training seed), on the view's test split, with tune@<dose>-<view>'s
+settings for hybrid.epochs (fly64study.hybrid; the counts only, never the truth).
 
-Writes <out>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per seed, and <out>/hybrid_manifest.json
-(phase F's entry fields plus the seed, the source bundle's SHA256 and the start field's). A pty-chi
+Writes <out>/<network>/seed_<s>/ptychi_reconstruction.npz and ptychi.log per network and seed, and
+<out>/hybrid_manifest.json (phase F's entry fields plus the network, the seed, the source bundle's
+SHA256 and the start field's). A pty-chi
 failure is recorded there (status "failed") and the stage still ends normally; phase G reports it.
 The wall times (inference, LSQML) go to the untracked <timing-dir>/hybrid/<dose>-<view>.json.
 """
@@ -17,7 +18,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json, write_timing
 from fly64study.hybrid import MANIFEST, run_hybrid, start_fields
-from fly64study.inference import trained_bundles
+from fly64study.inference import TRAINING_MANIFEST, trained_bundles, trained_roots
+from fly64study.models import model_of
 from fly64study.iterative import Choice, run_manifest
 from fly64study.numerics import pin_torch
 
@@ -28,8 +30,9 @@ def main(argv=None):
     parser.add_argument("--dose", required=True, help="dose label, a key of design.doses")
     parser.add_argument("--view", required=True, help="a view of compare.views (its training job's models start LSQML)")
     parser.add_argument("--phase-d", default="data/phase_d", help="phase D root: dose_<d>/<view>/test.npz")
-    parser.add_argument("--phase-e", default="data/phase_e", help="the trained bundles' root")
-    parser.add_argument("--runs", default="data/phase_e/runs", help="training manifests: <d>-<job>/training_manifest.json")
+    parser.add_argument("--trained", action="append", metavar="NETWORK=ROOT", default=[],
+                        help="a network's trained bundles (its manifests in ROOT/runs/<d>-<job>/), one per network of "
+                             "hybrid.networks (repeatable; default bp_unet=data/phase_e, ptychopinn=data/ptychopinn)")
     parser.add_argument("--tuning", required=True, help="lsqml_tuning.json of tune@<dose>-<view>: LSQML's settings")
     parser.add_argument("--out", required=True, help="output folder, data/hybrid/dose_<d>/<view>")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -47,20 +50,28 @@ def main(argv=None):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # pty-chi logs the GPUs it sees: a host detail in a tracked log
     test_path = Path(args.phase_d) / f"dose_{args.dose}" / args.view / "test.npz"
     test = load_dataset(test_path)
-    bundles = trained_bundles(Path(args.runs), Path(args.phase_e), args.dose, args.view, params.train.jobs[args.view])
-    # the networks' fields first, pinned as compare@ infers them: compare@ checks they are its PtychoPINN fields
-    starts = start_fields(test, bundles, params, device)
+    roots = trained_roots(args.trained)
+    # the networks' fields first, pinned as compare@ infers them: compare@ checks they are its fields
+    starts = {}
+    for network in params.hybrid.networks:
+        manifest = roots[network] / "runs" / f"{args.dose}-{args.view}" / TRAINING_MANIFEST
+        bundles = trained_bundles(manifest, roots[network], args.dose, args.view, params.train.jobs[args.view], network)
+        starts[network] = start_fields(test, bundles, params, device)
     pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
     out = Path(args.out)
-    entries, timing = run_hybrid(test, starts, params, Choice.load(args.tuning, args.dose, args.view), out_dir=out,
-                                 dose=args.dose, view=args.view, test_path=str(test_path), device=device,
-                                 deterministic=args.deterministic)
+    choice = Choice.load(args.tuning, args.dose, args.view)
+    entries, timing = [], []
+    for network, network_starts in starts.items():
+        e, t = run_hybrid(test, network_starts, params, choice, network=network, out_dir=out, dose=args.dose,
+                          view=args.view, test_path=str(test_path), device=device, deterministic=args.deterministic)
+        entries, timing = entries + e, timing + t
     write_json(out / MANIFEST, run_manifest(entries, device, args.deterministic))
     write_timing(Path(args.timing_dir) / "hybrid" / f"{args.dose}-{args.view}.json",
                  {"dose": args.dose, "view": args.view, "seeds": timing})
     for e in entries:
         name = f"{args.view} (dose={args.dose}) seed {e['seed']}"
-        print(f"{name} → PtychoPINN+LSQML {e['status']}: {e['output']}, final cost {e['final_cost']}")
+        print(f"{name} → {model_of(e['network'], 'hybrid').name} {e['status']}: {e['output']}, "
+              f"final cost {e['final_cost']}")
         print(f"{name} → SHA256: {e['sha256']}", flush=True)
 
 

@@ -1,4 +1,5 @@
-"""Phase E: train PtychoPINN for each (dose, job), write content-hashed bundles and the manifests.
+"""Phase E: train a PINN network (--network: BP-UNet, or the published PtychoPINN) for each (dose, job),
+write content-hashed bundles and the manifests.
 
 After each job three lines name the job and its dose, for example
     dense (dose=1e3) → Bundle: dose_1e3/dense/gs2/wts.h5.zip
@@ -6,7 +7,8 @@ After each job three lines name the job and its dose, for example
     dense (dose=1e3) → Size: <bytes> bytes
 for the first seed of train.seeds, and three more per further seed, naming it:
     dense (dose=1e3), seed 8 → Bundle: dose_1e3/dense/gs2/seed_8/wts.h5.zip
-with the same values as training_manifest.json (bundle paths relative to --artifact-root).
+with the same values as training_manifest.json (bundle paths relative to --artifact-root). Another
+network than the default (BP-UNet) is named in each line: `dense (dose=1e3, ptychopinn) → Bundle: ...`.
 
 Data-parallel on K processes, unchanged: `torchrun --nproc_per_node=K stages/train.py ...`
 (gloo on the CPU, nccl with --accelerator cuda; add --nnodes and a rendezvous for several
@@ -16,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from fly64study.cli import run
-from fly64study.design import ParamsError, load_params
+from fly64study.design import DEFAULT_NETWORK, NETWORKS, ParamsError, load_params
 from fly64study.files import write_json
 from fly64study.devices import select_device
 from fly64study.distributed import start, stop, world
@@ -32,6 +34,8 @@ def main(argv=None):
                         "(further seeds of train.seeds: .../gs<g>/seed_<s>/)")
     parser.add_argument("--manifest-dir", help="where training_manifest.json, skip_summary.json and each job's "
                         "eval_<d>_<view>.json and losses_<d>_<view>.csv go (default: the artifact root)")
+    parser.add_argument("--network", choices=NETWORKS, default=DEFAULT_NETWORK,
+                        help=f"which network to train: its settings are train.<network> (default: {DEFAULT_NETWORK})")
     parser.add_argument("--dose", action="append", help="only this dose label (repeatable)")
     parser.add_argument("--view", action="append", help="only this job / view (repeatable)")
     parser.add_argument("--accelerator", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -48,7 +52,7 @@ def main(argv=None):
                         "resumes it on the next run): for time-boxed runs")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    jobs = plan_jobs(params, args.dose, args.view)
+    jobs = plan_jobs(params, args.dose, args.view, args.network)
     phase_d, root = Path(args.phase_d), Path(args.artifact_root)
     manifest_dir = Path(args.manifest_dir) if args.manifest_dir else root
     w = world()
@@ -109,7 +113,7 @@ def train_jobs(args, params, jobs, phase_d, root, manifest_dir, device, w):
     # no timestamp or host here: a tracked output changes only when results do (times: --timing-dir)
     write_json(manifest_dir / "training_manifest.json", {
         "artifact_root": str(root), "phase_d_root": str(phase_d),
-        "filters": {"dose": args.dose or [], "view": args.view or []},
+        "network": args.network, "filters": {"dose": args.dose or [], "view": args.view or []},
         "options": {"accelerator": args.accelerator, "device": str(device), "deterministic": args.deterministic,
                     "num_workers": args.num_workers, "allow_missing": args.allow_missing,
                     "world_size": w.size},  # torchrun's processes (bits are reproducible for a fixed one)

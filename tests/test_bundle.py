@@ -14,14 +14,17 @@ import torch
 from fly64study import bundle as bundle_mod
 from fly64study.bundle import BundleError, load_inference_model, read_bundle, write_bundle
 from fly64study.files import sha256_file
-from fly64study.model import ModelConfig, PtychoPINN
+from fly64study.networks import Autoencoder, network_config
 from fly64study.physics import make_probe
 
 
-def _model(seed=0):
+SETTINGS = {"bp_unet": {"width": 4, "depth": 2, "stride": 1, "skips": "concat"}, "ptychopinn": {"n_filters_scale": 0.25}}
+
+
+def _model(seed=0, network="bp_unet"):
     torch.manual_seed(seed)
-    cfg = ModelConfig(N=16, gridsize=2, width=4, depth=2, intensity_scale=3.0)
-    return PtychoPINN(cfg, torch.from_numpy(make_probe(16, aperture=0.4, central_stop=0.3, defocus=2.0)))
+    cfg = network_config(16, 2, 3.0, network, SETTINGS[network])
+    return Autoencoder(cfg, torch.from_numpy(make_probe(16, aperture=0.4, central_stop=0.3, defocus=2.0)))
 
 
 @pytest.fixture

@@ -197,8 +197,24 @@ def test_train_jobs_must_name_a_view():
     for key, value in (("refine.epochs", 0), ("refine.learning_rate", 0.0), ("refine.patience", 0)):
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             params_from_dict(_set(_raw(), key, value))
-    with pytest.raises(ParamsError, match="train.depth"):
-        params_from_dict(_set(_raw(), "train.depth", 6))
+    with pytest.raises(ParamsError, match="train.bp_unet.depth"):
+        params_from_dict(_set(_raw(), "train.bp_unet.depth", 6))
+    # the published network halves N down to 8 pixels: a power of two
+    with pytest.raises(ParamsError, match="design.N: 48; the published PtychoPINN network needs a power of two"):
+        params_from_dict(_set(_set(_raw(), "design.N", 48), "train.bp_unet.depth", 1))
+    # the U-Net's settings moved into its own section: the old keys say where
+    raw = _raw()
+    raw["train"]["width"] = 16
+    with pytest.raises(ParamsError, match=r"train.width: no longer a parameter: .* train.bp_unet.width"):
+        params_from_dict(raw)
+    for key, bads in (("refine.networks", ([], ["ptychopinn", "ptychopinn"], ["unet"])),
+                      ("hybrid.networks", ([], ["ptychopinn", "ptychopinn"], ["unet"]))):
+        for bad in bads:
+            if bad == [] and key == "refine.networks":
+                params_from_dict(_set(_raw(), key, bad))  # refine nothing: the refine stages write empty manifests
+                continue
+            with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ": expected distinct network names"):
+                params_from_dict(_set(_raw(), key, bad))
     # a warm start longer than LSQML's own cap would compare more epochs against fewer
     for value in (0, 11):  # tiny: reconstruct.epochs 10
         with pytest.raises(ParamsError, match=r"hybrid\.epochs: .*\[1, reconstruct\.epochs = 10\]"):

@@ -1,4 +1,4 @@
-"""PtychoPINN+LSQML: LSQML started from a trained network's stitched field, on the test split's counts."""
+"""<network>+LSQML: LSQML started from a trained network's stitched field, on the test split's counts."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,9 +65,10 @@ def bundles(tiny, splits, tmp_path_factory):
                        extra={"view": "dense"})
     (root / "runs" / "1e5-dense").mkdir(parents=True)
     (root / "runs" / "1e5-dense" / "training_manifest.json").write_text(json.dumps({"jobs": [{
-        "dose": "1e5", "view": "dense", "gridsize": 2, "seed": 7, "bundle_path": str(job.relative_dir() / "wts.h5.zip"),
-        "sha256": sha, "epochs": 1, "best_epoch": 1, "final_val_loss": 0.0, "settings": {}}]}))
-    return trained_bundles(root / "runs", root, "1e5", "dense", 2)
+        "dose": "1e5", "view": "dense", "gridsize": 2, "network": "bp_unet", "seed": 7,
+        "bundle_path": str(job.relative_dir() / "wts.h5.zip"), "sha256": sha, "epochs": 1, "best_epoch": 1,
+        "final_val_loss": 0.0, "settings": {}}]}))
+    return trained_bundles(root / "runs" / "1e5-dense" / "training_manifest.json", root, "1e5", "dense", 2)
 
 
 def _run(tiny, split, bundles, out, choice=Choice(), epochs=2):
@@ -77,8 +78,8 @@ def _run(tiny, split, bundles, out, choice=Choice(), epochs=2):
     try:
         starts = start_fields(split, bundles, params)
         torch.set_num_threads(1)
-        entries, timing = run_hybrid(split, starts, params, choice, out_dir=out, dose="1e5", view="dense",
-                                     test_path="test.npz")
+        entries, timing = run_hybrid(split, starts, params, choice, network="bp_unet", out_dir=out, dose="1e5",
+                                     view="dense", test_path="test.npz")
     finally:
         torch.set_num_threads(before)
     write_json(out / MANIFEST, {"jobs": entries})
@@ -98,12 +99,14 @@ def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, spli
     starts, (entry,), (record,) = _run(tiny, test, bundles, tmp_path / "true")
     _, (other,), _ = _run(tiny, poisoned, bundles, tmp_path / "poisoned")
     assert entry["sha256"] == other["sha256"] and entry["status"] == "completed"
-    assert (entry["seed"], entry["bundle_sha256"], entry["epochs_run"]) == (7, bundles[0].sha256, 2)
+    assert (entry["network"], entry["seed"], entry["bundle_sha256"], entry["epochs_run"]) == (
+        "bp_unet", 7, bundles[0].sha256, 2)
     assert entry["settings"]["object_init"] == START  # the same for every seed: the report's settings
     assert entry["start_sha256"] == field_digest(starts[0][1].field)
-    assert record == {"seed": 7, "sha256": entry["sha256"], "pinn_seconds": starts[0][1].seconds,
+    assert record == {"network": "bp_unet", "seed": 7, "sha256": entry["sha256"], "pinn_seconds": starts[0][1].seconds,
                       "lsqml_seconds": record["lsqml_seconds"]} and record["lsqml_seconds"] > 0
-    ((e, started),) = load_runs(tmp_path / "true", bundles, {7: starts[0][1].field})
+    ((e, started),) = load_runs(tmp_path / "true", "bp_unet", bundles, {7: starts[0][1].field})
+    assert load_runs(tmp_path / "true", "ptychopinn", [], {}) == []  # another network's runs are its own
     flat = lsqml(test, tiny.reconstruct, choice=Choice(epochs=2))
     assert started.object.shape == flat.object.shape and not np.array_equal(started.object, flat.object)
     # tune@ chose 1 epoch: the warm start runs 1, not hybrid.epochs' 2
@@ -118,26 +121,28 @@ def test_compare_takes_only_the_hybrid_runs_of_the_views_bundles(tiny, splits, b
     out = tmp_path / "hybrid"
     starts, _, _ = _run(tiny, splits[1], bundles, out, epochs=1)
     fields = {7: starts[0][1].field}
-    ((entry, result),) = load_runs(out, bundles, fields)
+    ((entry, result),) = load_runs(out, "bp_unet", bundles, fields)
     assert entry["seed"] == 7 and result.status == "completed"
     other = [dataclasses.replace(bundles[0], sha256="0" * 64)]
-    with pytest.raises(ContractError, match=r"hybrid_manifest.json: its runs started from other PtychoPINN "
+    with pytest.raises(ContractError, match=r"hybrid_manifest.json: its bp_unet runs started from other "
                                             r"bundles than the view's \(seeds \[7\]\); run `dvc repro`"):
-        load_runs(out, other, fields)
+        load_runs(out, "bp_unet", other, fields)
+    with pytest.raises(ContractError, match=r"its ptychopinn runs started from other bundles than the view's \(seeds \[\]\)"):
+        load_runs(out, "ptychopinn", bundles, fields)
     moved = fields[7].copy()
     moved[0, 0] += 1e-3  # one pixel of another inference
-    with pytest.raises(ContractError, match="seed 7 started from another field than the PtychoPINN one"):
-        load_runs(out, bundles, {7: moved})
-    npz = out / "seed_7" / "ptychi_reconstruction.npz"
+    with pytest.raises(ContractError, match="bp_unet seed 7 started from another field than the one scored"):
+        load_runs(out, "bp_unet", bundles, {7: moved})
+    npz = out / "bp_unet" / "seed_7" / "ptychi_reconstruction.npz"
     npz.write_bytes(npz.read_bytes() + b"\0")
-    with pytest.raises(ContractError, match="seed_7/ptychi_reconstruction.npz: its SHA256 is not the one"):
-        load_runs(out, bundles, fields)
+    with pytest.raises(ContractError, match="bp_unet/seed_7/ptychi_reconstruction.npz: its SHA256 is not the one"):
+        load_runs(out, "bp_unet", bundles, fields)
     npz.unlink()
     with pytest.raises(ContractError, match="ptychi_reconstruction.npz: cannot read it .*hybrid@"):
-        load_runs(out, bundles, fields)
+        load_runs(out, "bp_unet", bundles, fields)
     (out / MANIFEST).write_text(json.dumps({"jobs": [{"seed": 7}]}))
     with pytest.raises(ContractError, match="cannot read the hybrid manifest .*an entry without all of"):
-        load_runs(out, bundles, fields)
+        load_runs(out, "bp_unet", bundles, fields)
     (out / MANIFEST).unlink()
     with pytest.raises(ContractError, match="cannot read the hybrid manifest"):
-        load_runs(out, bundles, fields)
+        load_runs(out, "bp_unet", bundles, fields)

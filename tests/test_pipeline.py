@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, clone_run, copy_project, sh
 from fly64study.contract import load_dataset
 from fly64study.files import sha256_file
+from fly64study.models import NAMES, STEMS
 
 pytestmark = pytest.mark.pipeline
 
@@ -39,9 +40,10 @@ def _edit(root: Path, old: str, new: str) -> None:
 
 # the tiny profile: every view is built, the sparse one is not trained (the full study trains and compares it)
 DOSES, VIEWS, JOBS, COMPARED = ("1e3", "1e5"), ("baseline", "dense", "sparse"), ("baseline", "dense"), ("dense",)
-MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
+MODELS = NAMES  # the tiny profile refines and starts LSQML from both networks: every model of the table
 STAGES = {"design", *(f"generate@{d}" for d in DOSES), *(f"tune@{d}-{v}" for d in DOSES for v in COMPARED),
           *(f"overlap@{d}-{v}" for d in DOSES for v in VIEWS), *(f"train@{d}-{j}" for d in DOSES for j in JOBS),
+          *(f"train_ptychopinn@{d}-{v}" for d in DOSES for v in COMPARED),
           *(f"{s}@{d}-{v}" for s in ("reconstruct", "refine", "hybrid", "compare") for d in DOSES for v in COMPARED),
           "report"}
 
@@ -67,11 +69,10 @@ def check_report(root: Path) -> None:
         assert (root / "data/report" / png).stat().st_size > 20_000
     for v in COMPARED:
         rows = (root / f"data/report/plots/ms_ssim_phase_{v}.csv").read_text().splitlines()
-        assert rows[0] == ("nphotons,photons_per_pixel,PtychoPINN,PtychoPINN+refine,PtychoPINN+LSQML,Baseline,PtyChi,"
-                           "PtychoPINN_sd,PtychoPINN+refine_sd,PtychoPINN+LSQML_sd,Baseline_sd,PtyChi_sd"
-                           ) and len(rows) == 1 + len(DOSES)
+        assert rows[0] == ",".join(["nphotons", "photons_per_pixel", *MODELS, *(f"{m}_sd" for m in MODELS)]
+                                   ) and len(rows) == 1 + len(DOSES)
         # a number for every model; no sd with one training seed (and never for LSQML's one run)
-        assert all(r.split(",")[:7].count("") == 0 and r.endswith(",,,,,") for r in rows[1:])
+        assert all(r.split(",")[:2 + len(MODELS)].count("") == 0 and r.endswith("," * len(MODELS)) for r in rows[1:])
         with open(root / f"data/phase_g/dose_1e3/{v}/comparison_metrics.csv") as fh:
             assert {r["model"] for r in csv.DictReader(fh)} == set(MODELS)
 
@@ -162,7 +163,7 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     assert (change["old"], change["new"]) == (100000.0, 120000.0)
     # design records the whole design, report and the 1e5 trainings read the dose value itself
     # (refinements too: they write the dose into their bundles)
-    refines = {f"refine@1e5-{v}" for v in COMPARED}
+    refines = {f"refine@1e5-{v}" for v in COMPARED} | {f"train_ptychopinn@1e5-{v}" for v in COMPARED}
     assert stale(project) == {"design", "report", "generate@1e5", *(f"train@1e5-{j}" for j in JOBS), *refines}
     sh(project, "dvc", "repro", "-s", "generate@1e5")
     assert load_dataset(project / "data/phase_c/dose_1e5/patched_test.npz").metadata["nphotons"] == 120000.0
@@ -177,7 +178,8 @@ def test_repro_caches_and_reruns_only_what_changed(tiny_pipeline, tmp_path):
     one_view = sh(project, "dvc", "repro", "-s", "overlap@1e3-dense")
     assert ran(one_view) == {"overlap@1e3-dense"}
     assert stale(project) == {"design", "overlap@1e5-dense", "tune@1e3-dense",  # it reads the dense training split
-                              *(f"{s}@1e3-dense" for s in ("train", "reconstruct", "refine", "hybrid", "compare"))}
+                              *(f"{s}@1e3-dense" for s in ("train", "train_ptychopinn", "reconstruct", "refine",
+                                                           "hybrid", "compare"))}
     spacing = json.loads((project / "data/phase_d/dose_1e3/dense/metrics.json").read_text())["spacing_px"]
     assert spacing == pytest.approx(0.4 * json.loads(
         (project / "data/phase_d/dose_1e3/sparse/metrics.json").read_text())["probe_diameter_px"])
@@ -252,8 +254,7 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
     for view_dir in sorted((root / "phase_g").glob("dose_*/*")):
         dose, view = view_dir.parent.name[5:], view_dir.name
         names = sorted(p.name for p in (view_dir / "products").iterdir())
-        assert {"baseline.h5", "ptychi_lsqml.h5", "ptychopinn.h5", "ptychopinn_refine.h5",
-                "ptychopinn_lsqml.h5"} <= set(names), names
+        assert {f"{stem}.h5" for stem in STEMS.values()} <= set(names), names  # every model of the table
         test = load_dataset(root / "phase_d" / f"dose_{dose}" / view / "test.npz")
         dx = test.metadata["source"]["geometry"]["pixel_size_m"]
         rec = load_result(root / "phase_f" / f"dose_{dose}" / view / "ptychi_reconstruction.npz")
@@ -272,13 +273,18 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
             if name == "ptychopinn_lsqml.h5":  # hybrid@'s object: LSQML from the network's field
                 hybrid = root / "hybrid" / f"dose_{dose}" / view
                 first = json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"][0]
-                started = load_result(hybrid / f"seed_{first['seed']}" / "ptychi_reconstruction.npz")
+                assert first["network"] == "ptychopinn"
+                started = load_result(hybrid / "ptychopinn" / f"seed_{first['seed']}" / "ptychi_reconstruction.npz")
                 np.testing.assert_array_equal(obj, started.object)
-                assert started.settings["object_init"] == "PtychoPINN's stitched test field"
+                assert started.settings["object_init"] == "the PINN's stitched test field"
                 assert [v for _, v in losses] == pytest.approx(list(started.cost))
-            if name == "ptychopinn.h5":  # the training's validation loss, epoch by epoch
-                table = root / "phase_e" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
-                assert losses == list(read_loss_column(table, "val_loss"))
+            for stem, trained in (("bp_unet.h5", "phase_e"), ("ptychopinn.h5", "ptychopinn")):
+                if name == stem:  # the training's validation loss, epoch by epoch
+                    table = root / trained / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
+                    assert losses == list(read_loss_column(table, "val_loss"))
+            if name == "ptychopinn_refine.h5":  # refine@'s table holds both networks' columns
+                table = root / "refine" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
+                assert losses == list(read_loss_column(table, "val_loss_ptychopinn"))
 
 
 def test_a_queued_sweep_runs_each_point_and_exp_show_lists_its_metrics(tiny_pipeline, tmp_path):

@@ -1,4 +1,4 @@
-"""PtychoPINN+refine: a trained network fitted further to the counts of the split it reconstructs."""
+"""<network>+refine: a trained network fitted further to the counts of the split it reconstructs."""
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +45,7 @@ def test_no_better_held_out_loss_keeps_the_trained_network(splits, trained):
     result = train_model(splits[1], gridsize=2, cfg=_schedule(learning_rate=10.0), seed=7, neighbor_count=7,
                          grouping_seed=123, device=CPU, init=trained.model.net, fixed_split=True)
     assert result.best_epoch == 0 and len(result.history) == 1  # patience 1: one epoch tried
-    assert result.history[0]["val_loss"] > result.start_val_loss
+    assert not result.history[0]["val_loss"] <= result.start_val_loss  # higher, or NaN: diverged
     after = result.model.net.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     with pytest.raises(ValueError, match="keep no checkpoint"):
@@ -87,8 +87,9 @@ def test_refining_never_reads_the_truth(tiny, splits, trained, tmp_path):
     runs = train_dir / "runs"
     (runs / "1e5-dense").mkdir(parents=True)
     (runs / "1e5-dense" / "training_manifest.json").write_text(json.dumps({"jobs": [{
-        "dose": "1e5", "view": "dense", "gridsize": 2, "seed": 7, "bundle_path": str(job.relative_dir() / "wts.h5.zip"),
-        "sha256": sha, "epochs": 1, "best_epoch": 1, "final_val_loss": 0.0, "settings": {"width": 8}}]}))
+        "dose": "1e5", "view": "dense", "gridsize": 2, "network": "bp_unet", "seed": 7,
+        "bundle_path": str(job.relative_dir() / "wts.h5.zip"), "sha256": sha, "epochs": 1, "best_epoch": 1,
+        "final_val_loss": 0.0, "settings": {"width": 8}}]}))
     test = splits[1]
     rng = np.random.default_rng(0)
     poisoned = dataclasses.replace(
@@ -98,10 +99,12 @@ def test_refining_never_reads_the_truth(tiny, splits, trained, tmp_path):
     shas = []
     for name, split in (("true", test), ("poisoned", poisoned)):
         save_dataset(tmp_path / name / "phase_d" / "dose_1e5" / "dense" / "test.npz", split)
-        entries, _ = refine_job(job, params, phase_d=tmp_path / name / "phase_d", runs=runs, phase_e=train_dir,
-                                artifact_root=tmp_path / name / "refine", records=tmp_path / name / "runs", device=CPU)
+        entries, _, histories = refine_job(job, params, phase_d=tmp_path / name / "phase_d",
+                                           manifest=runs / "1e5-dense" / "training_manifest.json",
+                                           trained_root=train_dir, artifact_root=tmp_path / name / "refine", device=CPU)
         (entry,) = entries
-        assert entry["refined_from"] == sha and entry["bundle_path"] == "dose_1e5/dense/gs2/wts.h5.zip"
+        assert entry["refined_from"] == sha and entry["bundle_path"] == "dose_1e5/dense/bp_unet/gs2/wts.h5.zip"
+        assert list(histories) == [""] and histories[""][0]["epoch"] == 0  # epoch 0: before refining
         shas.append(entry["sha256"])
         assert load_inference_model(tmp_path / name / "refine" / entry["bundle_path"], entry["sha256"]).cfg.gridsize == 2
     assert shas[0] == shas[1]

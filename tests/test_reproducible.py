@@ -21,7 +21,7 @@ from fly64study.files import sha256_file
 pytestmark = pytest.mark.pipeline
 
 GOLDEN = REPO / "tests" / "golden" / "tiny_sha256.txt"
-PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "phase_f", "refine", "hybrid", "phase_g", "report")
+PHASES = ("design.json", "phase_c", "phase_d", "phase_e", "ptychopinn", "phase_f", "refine", "hybrid", "phase_g", "report")
 # a host's own settings that would change the bits if the pinning did not override them
 FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
                 "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "TRUE", "OMP_DYNAMIC": "TRUE", "ONEDNN_MAX_CPU_ISA": "SSE41",
@@ -140,14 +140,16 @@ def test_pinning_torch_is_deterministic_without_loading_the_compiler():
 _STEP = """
 import fly64study, torch
 from fly64study.numerics import pin_torch
-from fly64study.model import ModelConfig, PtychoPINN
+from fly64study.networks import Autoencoder, network_config
 from fly64study.train import batch_loss
 pin_torch(True)
-# the default profile's network at its batch (8 groups), a small summed-skip one, gridsize 1
-for N, g, width, depth, stride, skips, batch in ((64, 2, 16, 3, 2, "concat", 8), (32, 2, 8, 2, 1, "add", 2),
-                                                 (64, 1, 16, 3, 2, "concat", 8)):
-    cfg = ModelConfig(N=N, gridsize=g, width=width, depth=depth, intensity_scale=3.0, stride=stride, skips=skips)
-    model = PtychoPINN(cfg, torch.ones(N, N, dtype=torch.complex64))
+# the default profile's networks at its batch (8 groups), a small summed-skip one, gridsize 1
+bp = lambda width, depth, stride, skips: ("bp_unet", dict(width=width, depth=depth, stride=stride, skips=skips))
+for N, g, (network, settings), batch in ((64, 2, bp(16, 3, 2, "concat"), 8), (32, 2, bp(8, 2, 1, "add"), 2),
+                                         (64, 1, bp(16, 3, 2, "concat"), 8), (64, 2, ("ptychopinn", {"n_filters_scale": 1}), 8),
+                                         (64, 1, ("ptychopinn", {"n_filters_scale": 1}), 8)):
+    cfg = network_config(N, g, 3.0, network, settings)
+    model = Autoencoder(cfg, torch.ones(N, N, dtype=torch.complex64))
     amp = torch.rand(batch, g * g, N, N)
     offsets = torch.zeros(batch, g * g, 2)
     batch_loss(model, amp, torch.poisson(9 * amp ** 2), offsets, 0.5, torch.Generator()).backward()

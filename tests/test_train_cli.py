@@ -1,6 +1,7 @@
 """The training command line: evidence lines, manifests, determinism, skip and strict modes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import REPO, finish_logged, host_env, start_logged
 from fly64study.bundle import load_inference_model
-from fly64study.contract import save_dataset
+from fly64study.contract import load_dataset, save_dataset
 from fly64study.files import sha256_file
 from fly64study.overlap import build_view
 from fly64study.simulate import generate_dose
@@ -73,8 +74,58 @@ def test_cli_prints_bundle_sha_and_size_per_job_as_in_the_manifest(phase_d, tmp_
         assert (root / f"losses_1e3_{job['view']}.csv").read_text().startswith(
             "epoch,train_loss,val_loss,learning_rate\n1,")
         assert (root / f"losses_1e3_{job['view']}.png").stat().st_size > 5_000
+        assert job["network"] == "bp_unet" and job["settings"]["width"] == 8  # the default network
+        # validation groups as tight as training's (a compact held-out block), recorded beside them
+        groups = job["groups"]
+        if job["gridsize"] == 2:
+            ratio = groups["validation"]["mean_member_distance_px"] / groups["train"]["mean_member_distance_px"]
+            assert abs(ratio - 1) < 0.2, groups
+        # the likelihood gap on the training split, in the manifest and the metrics file
+        gap = job["likelihood_gap"]
+        assert gap["status"] == "completed" and gap["split_positions"] > 0
+        for kind in ("full_counts", "thinned"):
+            g = gap[kind]
+            assert g["nll_truth"] < g["nll_flat"] and g["closed"] == pytest.approx(
+                (g["nll_flat"] - g["nll_network"]) / (g["nll_flat"] - g["nll_truth"]))
+        metrics = json.loads((root / f"eval_1e3_{job['view']}.json").read_text())["seed_7"]
+        assert metrics["likelihood_gap_closed"] == gap["full_counts"]["closed"]
+        assert metrics["likelihood_gap_closed_thinned"] == gap["thinned"]["closed"]
     assert json.loads((root / "skip_summary.json").read_text()) == {"count": 0, "skipped": []}
-    assert manifest["options"]["deterministic"] is True
+    assert manifest["options"]["deterministic"] is True and manifest["network"] == "bp_unet"
+
+
+def test_the_published_network_trains_through_the_same_cli_under_its_own_name(phase_d, tmp_path):
+    root = tmp_path / "ptychopinn"
+    proc = train_cli("--network", "ptychopinn", "--phase-d", str(phase_d), "--artifact-root", str(root), "--dose",
+                     "1e3", "--view", "dense", "--deterministic")
+    assert proc.returncode == 0, proc.stderr
+    (job,) = json.loads((root / "training_manifest.json").read_text())["jobs"]
+    assert job["network"] == "ptychopinn" and job["settings"]["n_filters_scale"] == 0.25 and "width" not in job["settings"]
+    assert f"dense (dose=1e3, ptychopinn) → SHA256: {job['sha256']}" in proc.stdout
+    net = load_inference_model(root / job["bundle_path"], job["sha256"])
+    assert type(net).__name__ == "PtychoPINNNetwork" and net.cfg.network == "ptychopinn"
+    assert job["likelihood_gap"]["status"] == "completed"
+
+
+def test_the_likelihood_gap_reads_the_training_split_only(phase_d, tmp_path):
+    """The same job on a test split whose truth (objectGuess, Y) is noise: the bundle and the likelihood
+    gap are the same bytes and numbers; only the test-split evaluation moves."""
+    poisoned = tmp_path / "phase_d"
+    shutil.copytree(phase_d, poisoned)
+    test = load_dataset(poisoned / "dose_1e3" / "dense" / "test.npz")
+    rng = np.random.default_rng(0)
+    save_dataset(poisoned / "dose_1e3" / "dense" / "test.npz", dataclasses.replace(
+        test, objectGuess=np.exp(1j * rng.uniform(-3, 3, test.objectGuess.shape)).astype(np.complex64),
+        Y=np.exp(1j * rng.uniform(-3, 3, test.Y.shape)).astype(np.complex64)))
+    jobs = []
+    for name, data in (("true", phase_d), ("poisoned", poisoned)):
+        proc = train_cli("--phase-d", str(data), "--artifact-root", str(tmp_path / name), "--dose", "1e3",
+                         "--view", "dense", "--deterministic")
+        assert proc.returncode == 0, proc.stderr
+        (job,) = json.loads((tmp_path / name / "training_manifest.json").read_text())["jobs"]
+        jobs.append(job)
+    assert jobs[0]["sha256"] == jobs[1]["sha256"] and jobs[0]["likelihood_gap"] == jobs[1]["likelihood_gap"]
+    assert jobs[0]["evaluation"]["phase_rmse_rad"] != jobs[1]["evaluation"]["phase_rmse_rad"]
 
 
 def test_each_training_seed_is_its_own_bundle_manifest_line_and_metrics(phase_d, tmp_path):

@@ -6,8 +6,10 @@ A bundle is a zip with sorted members and a fixed date holding
     <model>/weights.h5                 the model's state (parameters and buffers), h5py, no timestamps
     <model>/config.json                how to rebuild it (ModelConfig, dose, intensity scale, probe)
 
-for the models ``autoencoder`` (the training model, PtychoPINN) and ``diffraction_to_obj``
-(the inference network). Loading refuses absolute or ``..`` member paths, members the
+for the models ``autoencoder`` (the training model: network and physics) and ``diffraction_to_obj``
+(the inference network: the published PtychoPINN or BP-UNet, as its config's ``model.network``
+says). Format 1 (before 2026-12-07) held BP-UNet alone, its settings at the top of ``model``; it
+still loads. Loading refuses absolute or ``..`` member paths, members the
 manifest does not list, oversized members, a member whose SHA256 differs from the manifest,
 and a bundle whose SHA256 differs from the one expected.
 """
@@ -26,9 +28,11 @@ import numpy as np
 import torch
 
 from fly64study.files import ZIP_EPOCH, atomic_path, sha256_file
-from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN
+from fly64study.model import ModelConfig
+from fly64study.networks import Autoencoder, build_network
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: BP-UNet's settings in ``model`` itself (no network, no settings)
 MODELS = ("autoencoder", "diffraction_to_obj")
 MAX_MEMBER_BYTES = 1 << 30  # a member larger than this (uncompressed) is refused: zip bombs
 MAX_MANIFEST_BYTES = 1 << 20
@@ -54,14 +58,15 @@ def _h5_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return buf.getvalue()
 
 
-def write_bundle(path: str | Path, model: PtychoPINN, *, dose: float, dose_label: str, extra: dict | None = None) -> str:
+def write_bundle(path: str | Path, model: Autoencoder, *, dose: float, dose_label: str, extra: dict | None = None) -> str:
     """Write ``model`` as a bundle, atomically; return its SHA256."""
     cfg = model.cfg
     common = {"model": cfg.to_json(), "N": cfg.N, "gridsize": cfg.gridsize,
               "intensity_scale": cfg.intensity_scale, "dose": dose, "dose_label": dose_label, **(extra or {})}
     parts = {
-        "autoencoder": ({"class": "PtychoPINN", **common, "probe": {"dataset": "net.probe"}}, model.state_dict()),
-        "diffraction_to_obj": ({"class": "DiffractionToObject", **common, "probe": {"dataset": "probe"}},
+        "autoencoder": ({"class": type(model).__name__, **common, "probe": {"dataset": "net.probe"}},
+                        model.state_dict()),
+        "diffraction_to_obj": ({"class": type(model.net).__name__, **common, "probe": {"dataset": "probe"}},
                                model.net.state_dict()),
     }
     members: dict[str, bytes] = {}
@@ -151,8 +156,9 @@ def read_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
             manifest = json.loads(_read_member(zf, "manifest.json", MAX_MANIFEST_BYTES))
         except json.JSONDecodeError as err:
             raise BundleError(f"{path}: manifest.json is not valid JSON ({err})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        if manifest.get("format_version") not in READABLE_VERSIONS:
+            raise BundleError(f"{path}: format_version {manifest.get('format_version')!r}, expected one of "
+                              f"{list(READABLE_VERSIONS)}")
         digests = manifest.get("sha256", {})
         unlisted = sorted(set(names) - set(digests) - {"manifest.json"})
         if unlisted:
@@ -174,12 +180,24 @@ def read_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
     return Bundle(manifest=manifest, configs=configs, states=states)
 
 
-def load_inference_model(path: str | Path, expected_sha256: str | None = None) -> DiffractionToObject:
+def model_config(config: dict, version: int) -> ModelConfig:
+    """A bundle config's ``model`` as a :class:`ModelConfig` (format 1's BP-UNet translated)."""
+    model = dict(config["model"])
+    if version == 1:
+        settings = {k: model.pop(k) for k in ("width", "depth", "stride", "skips") if k in model}
+        model.update(network="bp_unet", settings={"stride": 1, "skips": "concat", **settings})
+    return ModelConfig(**model)
+
+
+def load_inference_model(path: str | Path, expected_sha256: str | None = None) -> torch.nn.Module:
     """The verified ``diffraction_to_obj`` network of a bundle, ready for inference (eval mode, CPU)."""
     bundle = read_bundle(path, expected_sha256)
     if "diffraction_to_obj" not in bundle.configs:
         raise BundleError(f"{path}: holds no diffraction_to_obj model")
     config, state = bundle.configs["diffraction_to_obj"], bundle.states["diffraction_to_obj"]
-    net = DiffractionToObject(ModelConfig(**config["model"]), state["probe"])
-    net.load_state_dict(state, strict=True)
+    try:
+        net = build_network(model_config(config, bundle.manifest["format_version"]), state["probe"])
+        net.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise BundleError(f"{path}: its diffraction_to_obj config and weights do not make a network ({err})") from None
     return net.eval()

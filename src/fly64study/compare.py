@@ -1,10 +1,10 @@
-"""Phase G, one comparison: PtychoPINN, PtychoPINN+refine, PtychoPINN+LSQML, Baseline and PtyChi on one
-view's test split, against the truth.
+"""Phase G, one comparison: every model of :mod:`fly64study.models` on one view's test split, against the truth.
 
-PtychoPINN is the view's own gridsize-2 bundle, PtychoPINN+refine the same fitted further to the
-test split's own counts (:mod:`fly64study.refine`), PtychoPINN+LSQML LSQML started from its field
-(:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 bundle (trained on every position), PtyChi
-the view's LSQML reconstruction from a flat start; all five reconstruct the same patterns.
+PtychoPINN and BP-UNet are the view's own gridsize-2 bundles of the two networks, <network>+refine
+the same fitted further to the test split's own counts (:mod:`fly64study.refine`), <network>+LSQML
+LSQML started from its field (:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 PtychoPINN
+bundle (trained on every position), PtyChi the view's LSQML reconstruction from a flat start; all
+reconstruct the same patterns.
 Each field is aligned to the ground truth on the scanned area (:func:`fly64study.metrics.align`)
 and scored per component. A model that failed upstream keeps its rows, empty, with the reason.
 """
@@ -21,13 +21,12 @@ from fly64study import metrics
 from fly64study.contract import Dataset
 from fly64study.design import MetricsDesign
 from fly64study.files import atomic_path, write_json, write_metrics
+from fly64study.models import NAMES
 from fly64study.plots import plot_comparison, plot_frc
 
-MODELS = ("PtychoPINN", "PtychoPINN+refine", "PtychoPINN+LSQML", "Baseline", "PtyChi")
-# the numbers `dvc metrics show/diff` lists per comparison, six per model so that five models fit one
-# table (comparison.json, the CSV and the report hold all of them, rmse_phase and frc_low_frequency too)
-DVC_METRICS = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "mae_amplitude",
-               "frc_resolution_phase")
+# the numbers `dvc metrics show/diff` lists per comparison, four per model so that the eight models of
+# fly64study.models fit one table (comparison.json, the CSV and the report hold every metric)
+DVC_METRICS = ("ms_ssim_phase", "ms_ssim_amplitude", "mae_phase", "frc_resolution_phase")
 CSV_COLUMNS = ("dose", "view", "model", "seed", "alignment", "metric", "amplitude", "phase", "value", "note")
 FRC_COLUMNS = ("dose", "view", "model", "seed", "alignment", "component", "frequency", "frc", "half_bit")
 # a model summary's keys: "<metric>_<component>" at the aligned level, "fixed_frame_" before them in the fixed frame
@@ -36,7 +35,7 @@ LEVEL_PREFIX = {"aligned": "", "fixed-frame": "fixed_frame_"}
 
 @dataclass(frozen=True)
 class Candidate:
-    model: str  # one of MODELS
+    model: str  # a name of fly64study.models.MODELS
     field: np.ndarray | None  # (H, W) complex object in the truth's frame; None if the model failed
     seconds: float | None  # reconstruction wall time (PINN: inference + stitching; LSQML: its run); a run record
     note: str = ""  # where it came from, or why it failed
@@ -95,9 +94,10 @@ def over_seeds(entries: dict[int | None, dict]) -> dict:
 
 
 def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str, cfg: MetricsDesign,
-            overlap: dict | None = None) -> Comparison:
+            overlap: dict | None = None, stitching: dict | None = None) -> Comparison:
     """Align and score every candidate against ``test.objectGuess`` on the scanned area, at both
-    alignment levels; ``overlap`` is the view's measured overlap (phase D), shown beside its f."""
+    alignment levels; ``overlap`` is the view's measured overlap (phase D), shown beside its f;
+    ``stitching`` how the networks' patches became their fields (recorded)."""
     truth = test.objectGuess
     region = metrics.scanned_area(test.xcoords, test.ycoords, truth.shape)
     scale = float(test.metadata["intensity_scale"])
@@ -146,6 +146,7 @@ def compare(test: Dataset, candidates: list[Candidate], *, dose: str, view: str,
         "photons_per_pixel_mean": float(photons.mean()), "photons_per_pixel_min": float(photons.min()),
         "shot_noise_phase_bound_rad": _finite(metrics.shot_noise_phase_bound(photons)),
         "overlap": overlap or {},
+        "stitching": stitching or {},
         "components": list(cfg.components),
         "frc_threshold": cfg.frc_threshold,
         "models": {model: over_seeds(entries) for model, entries in per_seed.items()},
@@ -189,7 +190,7 @@ def write_comparison(out_dir: str | Path, comp: Comparison) -> None:
     s = comp.summary
     seeds = sorted({m["seeds"][0] for m in s["models"].values() if len(m.get("seeds", [])) > 1})
     shown = f"; PINN models: seed {', '.join(map(str, seeds))} of several" if seeds else ""
-    plot_comparison(out / "comparison.png", comp.aligned,
+    plot_comparison(out / "comparison.png", comp.aligned, [m for m in NAMES if m in s["models"]],
                     title=f"{s['view']} view, dose {s['dose']} ({s['nphotons']:.0f} photons/pattern, "
                           f"{s['photons_per_pixel_mean']:.3g} photons/pixel), {s['n_positions']} test positions{shown}")
     plot_frc(out / "frc_curves.png", comp.frc_rows, threshold=s["frc_threshold"], title=f"FRC against the truth: {s['view']} view, dose {s['dose']}")

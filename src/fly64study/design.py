@@ -298,22 +298,72 @@ class Overlap(_Section):
 
 
 # ---------------------------------------------------------------------------- train section
+NETWORKS = ("bp_unet", "ptychopinn")  # the PINN networks (fly64study.networks), each a train.<name> section
+# what train@<dose>-<job> trains (every job: its gridsize-1 job is the Baseline) and the training CLI's default;
+# names and file names carry another network's name (`dense (dose=1e3, ptychopinn)`)
+DEFAULT_NETWORK = "bp_unet"
+
+
 @dataclass(frozen=True)
-class Train(_Section):
-    jobs: dict[str, int]  # job -> gridsize; each job trains on the design view of its name
+class PtychoPINNNet(_Section):
+    """The published PtychoPINN network (fly64study.ptychopinn)."""
+
+    n_filters_scale: float  # s: widths s·(32, 64, 128) at N = 64 (published 2; a fraction only for tests)
+
+    def check(self, design: Design) -> None:
+        if not self.n_filters_scale > 0:
+            raise ParamsError("train.ptychopinn.n_filters_scale: must be > 0 (published: 2; 1 on a 2-core CPU)")
+        if design.N < 16 or design.N & (design.N - 1):
+            raise ParamsError(f"design.N: {design.N}; the published PtychoPINN network needs a power of two >= 16 "
+                              "(its encoder halves N down to 8 pixels)")
+
+
+@dataclass(frozen=True)
+class BPUNetNet(_Section):
+    """BP-UNet, the study's back-projection U-Net (fly64study.bp_unet)."""
+
     width: int  # channels of the first U-Net level
     depth: int  # U-Net down-sampling levels
     stride: int  # the U-Net works at N / stride (space-to-depth); 1 = full resolution
     skips: str  # how the decoder joins a skip: "add" (projected and summed) or "concat"
+    pupil: float  # detector pixels kept: the probe's far field above this share of its maximum; 0 = every pixel
+    phase_prior: bool  # the back-projection's phase (gated) under the learned correction, or the correction alone
+
+    def check(self, design: Design) -> None:
+        if not 0 <= self.pupil < 1:
+            raise ParamsError(f"train.bp_unet.pupil: {self.pupil}; must lie in [0, 1) (0.05: the probe's far field; "
+                              "0: every detector pixel)")
+        if self.width < 1:
+            raise ParamsError("train.bp_unet.width: must be >= 1")
+        if self.stride not in (1, 2, 4):
+            raise ParamsError(f"train.bp_unet.stride: {self.stride}; choose 1 (full resolution), 2 or 4")
+        if self.depth < 1 or design.N % (self.stride * 2 ** self.depth):
+            raise ParamsError(f"train.bp_unet.depth: must be >= 1 with design.N = {design.N} divisible by "
+                              f"train.bp_unet.stride * 2**depth = {self.stride} * 2**{self.depth}")
+        if self.skips not in ("add", "concat"):
+            raise ParamsError(f"train.bp_unet.skips: {self.skips!r}; choose add or concat")
+
+
+@dataclass(frozen=True)
+class Train(_Section):
+    jobs: dict[str, int]  # job -> gridsize; each job trains on the design view of its name
+    ptychopinn: PtychoPINNNet  # the published network: the compared views' jobs (train_ptychopinn@<dose>-<view>)
+    bp_unet: BPUNetNet  # the back-projection U-Net: every job (train@<dose>-<job>)
     epochs: int  # at most this many epochs (early stopping may end sooner)
     batch_size: int  # groups per optimiser step
     learning_rate: float  # Adam
     n_groups: int  # training groups per gridsize > 1 job (above the positions: K-choose-C oversampling); 0 = one per position
-    val_fraction: float  # positions held out for the validation loss
+    val_fraction: float  # share of the positions held out as one compact block, its groups formed inside it
     patience: int  # stop after this many epochs without a better validation loss
     lr_patience: int  # halve the learning rate after this many epochs without a better one; 0 = constant
     thinning: float  # fraction of each pattern's counts the network sees in training (binomial split), in (0, 1)
-    seeds: tuple[int, ...]  # one model per seed (network initialisation, validation split, batch order)
+    seeds: tuple[int, ...]  # one model per seed (network initialisation, validation block, batch order)
+
+    def network(self, name: str) -> _Section:
+        """A network's own settings section, ``train.<name>``."""
+        if name not in NETWORKS:
+            raise ParamsError(f"network {name!r}: unknown; choose from {list(NETWORKS)}")
+        return getattr(self, name)
 
     def check(self, design: Design) -> None:
         if not self.jobs:
@@ -323,15 +373,8 @@ class Train(_Section):
                 raise ParamsError(f"train.jobs.{job}: not a view of design.views {list(design.views)}")
             if g not in design.gridsizes:
                 raise ParamsError(f"train.jobs.{job}: gridsize {g} is not in design.gridsizes {list(design.gridsizes)}")
-        if self.width < 1:
-            raise ParamsError("train.width: must be >= 1")
-        if self.stride not in (1, 2, 4):
-            raise ParamsError(f"train.stride: {self.stride}; choose 1 (full resolution), 2 or 4")
-        if self.depth < 1 or design.N % (self.stride * 2 ** self.depth):
-            raise ParamsError(f"train.depth: must be >= 1 with design.N = {design.N} divisible by "
-                              f"train.stride * 2**depth = {self.stride} * 2**{self.depth}")
-        if self.skips not in ("add", "concat"):
-            raise ParamsError(f"train.skips: {self.skips!r}; choose add or concat")
+        self.ptychopinn.check(design)
+        self.bp_unet.check(design)
         if self.epochs < 1:
             raise ParamsError("train.epochs: must be >= 1")
         if self.batch_size < 1:
@@ -357,6 +400,7 @@ class Train(_Section):
 
 # ---------------------------------------------------------------------- reconstruct section
 NOISE_MODELS = ("gaussian", "poisson")  # pty-chi's LSQML noise models
+STITCHING = ("one_per_position", "every_group")  # how a PINN's patches become one field (compare.stitching)
 
 
 @dataclass(frozen=True)
@@ -407,17 +451,25 @@ class Reconstruct(_Section):
             raise ParamsError("reconstruct.seed: must be a non-negative integer")
 
 
+def _check_networks(names: tuple[str, ...], where: str, at_least: int = 1) -> None:
+    if len(names) < at_least or len(set(names)) != len(names) or not set(names) <= set(NETWORKS):
+        raise ParamsError(f"{where}: expected distinct network names{', at least one,' if at_least else ''} of "
+                          f"{list(NETWORKS)}; got {list(names)}")
+
+
 # --------------------------------------------------------------------------- refine section
 @dataclass(frozen=True)
 class Refine(_Section):
-    """PtychoPINN+refine: each trained compared model, fitted further to its test split's own counts
-    (train.thinning's split, train.val_fraction held out for stopping; never the truth)."""
+    """<network>+refine: each trained compared model of the listed networks, fitted further to its test
+    split's own counts (train.thinning's split, train.val_fraction held out for stopping; never the truth)."""
 
+    networks: tuple[str, ...]  # whose compared models refine@<dose>-<view> refines (of ptychopinn, bp_unet); [] = none
     epochs: int  # at most this many epochs on the test split (stopping on the held-out share may end sooner)
     learning_rate: float  # Adam, constant
     patience: int  # stop after this many epochs without a better held-out loss
 
     def check(self) -> None:
+        _check_networks(self.networks, "refine.networks", at_least=0)
         if self.epochs < 1:
             raise ParamsError("refine.epochs: must be >= 1")
         if not self.learning_rate > 0:
@@ -429,12 +481,15 @@ class Refine(_Section):
 # --------------------------------------------------------------------------- hybrid section
 @dataclass(frozen=True)
 class Hybrid(_Section):
-    """PtychoPINN+LSQML: LSQML with tune@<dose>-<view>'s settings, started from each trained compared PINN
-    model's stitched test field instead of a flat object (hybrid@<dose>-<view>); no truth read."""
+    """<network>+LSQML: LSQML with tune@<dose>-<view>'s settings, started from each trained compared model's
+    stitched test field of the listed networks instead of a flat object (hybrid@<dose>-<view>-<network>);
+    no truth read."""
 
+    networks: tuple[str, ...]  # whose fields start LSQML (of ptychopinn, bp_unet)
     epochs: int  # LSQML epochs from the PINN's start (or tune@'s chosen epochs, where fewer)
 
     def check(self, reconstruct: Reconstruct) -> None:
+        _check_networks(self.networks, "hybrid.networks")
         if not 1 <= self.epochs <= reconstruct.epochs:
             raise ParamsError(f"hybrid.epochs: {self.epochs}; must lie in [1, reconstruct.epochs = {reconstruct.epochs}] "
                               "(a warm start; hybrid@ runs fewer where tune@<dose>-<view> chose fewer)")
@@ -447,8 +502,13 @@ class Compare(_Section):
 
     views: tuple[str, ...]  # views with an overlap fraction and a training job of their own name
     baseline: str  # the training job whose bundle is the Baseline model (gridsize 1)
+    stitching: str  # a network's field: each position's patch once, or every member of a group at every position
+    synchronise_phases: bool  # turn each patch's constant phase (which no pattern fixes) to agree with its neighbours'
 
     def check(self, design: Design, train: Train) -> None:
+        if self.stitching not in STITCHING:
+            raise ParamsError(f"compare.stitching: {self.stitching!r}; choose one of {list(STITCHING)} (one_per_position: "
+                              "each position's patch once; every_group: upstream's reassembly)")
         if not self.views or len(set(self.views)) != len(self.views):
             raise ParamsError(f"compare.views: expected distinct view names, got {list(self.views)}")
         for v in self.views:
@@ -546,6 +606,9 @@ def _check_label(label: str, where: str) -> None:
 
 # keys that were parameters once: a params file that still has one is told what replaced it
 RETIRED = {
+    **{f"train.{key}": f"since 2026-12-07 the back-projection U-Net's settings live in its own section: move it to "
+                       f"train.bp_unet.{key} (train.ptychopinn holds the published network's)"
+       for key in ("width", "depth", "stride", "skips")},
     "reconstruct.tune.view": "since 2026-12-01 every compared view (compare.views) is tuned on its own "
                              "training split (tune@<dose>-<view>); delete the key",
 }

@@ -1,10 +1,10 @@
-"""PtychoPINN+LSQML: LSQML started from a trained network's reconstruction instead of a flat object.
+"""<network>+LSQML: LSQML started from a trained network's reconstruction instead of a flat object.
 
-The network's stitched test field (phase G's PtychoPINN row, :func:`fly64study.inference.pinn_field`)
+The network's stitched test field (phase G's PtychoPINN or BP-UNet row, :func:`fly64study.inference.pinn_field`)
 becomes LSQML's initial object; LSQML then runs tune@<dose>-<view>'s noise model, total variation and step
 size for ``hybrid.epochs`` (or tune@'s own epochs, where it chose fewer: never longer than PtyChi's
-run) on the same test split's counts, the probe known and the positions fixed. One run per training
-seed, each in its own folder. Like PtyChi it fits the measured counts and never reads the truth: the
+run) on the same test split's counts, the probe known and the positions fixed. One run per network of
+``hybrid.networks`` and training seed, each in its own folder. Like PtyChi it fits the measured counts and never reads the truth: the
 test split's objectGuess gives only the grid.
 """
 from __future__ import annotations
@@ -23,12 +23,13 @@ from fly64study.files import sha256_file
 from fly64study.inference import PinnField, TrainedBundle, pinn_field
 from fly64study.iterative import RESULT_FILE, Choice, LSQMLResult, load_result, run_epochs, run_reconstruction
 
-MANIFEST = "hybrid_manifest.json"  # in each hybrid@<dose>-<view> output folder
-START = "PtychoPINN's stitched test field"  # the settings' object_init (the seed and bundle: the manifest)
+MANIFEST = "hybrid_manifest.json"  # in each hybrid@<dose>-<view> output folder, every network's runs
+START = "the PINN's stitched test field"  # the settings' object_init (the network, seed and bundle: the manifest)
 
 
-def seed_dir(seed: int) -> str:
-    return f"seed_{seed}"
+def run_dir(network: str, seed: int) -> Path:
+    """A run's folder in hybrid@'s output: ``<network>/seed_<s>``."""
+    return Path(network) / f"seed_{seed}"
 
 
 def field_digest(field: np.ndarray) -> str:
@@ -43,7 +44,9 @@ def start_fields(test: Dataset, bundles: list[TrainedBundle], params: Params,
     d = params.design
     try:
         return [(b, pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
-                               expected_sha256=b.sha256, device=device)) for b in bundles]
+                               expected_sha256=b.sha256, device=device, stitching=params.compare.stitching,
+                               synchronise=params.compare.synchronise_phases))
+                for b in bundles]
     except BundleError as err:
         raise ContractError(str(err)) from None
 
@@ -54,49 +57,52 @@ def epochs(params: Params, choice: Choice) -> int:
 
 
 def run_hybrid(test: Dataset, starts: list[tuple[TrainedBundle, PinnField]], params: Params, choice: Choice, *,
-               out_dir: str | Path, dose: str, view: str, test_path: str, device: str = "cpu",
+               network: str, out_dir: str | Path, dose: str, view: str, test_path: str, device: str = "cpu",
                deterministic: bool = True) -> tuple[list[dict], list[dict]]:
-    """LSQML from each start; ``<out_dir>/seed_<s>/ptychi_reconstruction.npz`` and ``ptychi.log``.
-    Returns the manifest entries (phase F's fields plus the seed, the source bundle's SHA256 and the
-    start field's) and the run records (inference and LSQML seconds, keyed by the file's SHA256)."""
+    """LSQML from each start (bundles of ``network``); ``<out_dir>/<network>/seed_<s>/ptychi_reconstruction.npz``
+    and ``ptychi.log``. Returns the manifest entries (phase F's fields plus the network, the seed, the
+    source bundle's SHA256 and the start field's) and the run records (inference and LSQML seconds,
+    keyed by the file's SHA256)."""
     choice = dataclasses.replace(choice, epochs=epochs(params, choice))
     entries, timing = [], []
     for b, pinn in starts:
-        entry, seconds = run_reconstruction(test, params.reconstruct, out_dir=Path(out_dir) / seed_dir(b.seed),
+        entry, seconds = run_reconstruction(test, params.reconstruct, out_dir=Path(out_dir) / run_dir(network, b.seed),
                                             dose=dose, view=view, test_path=test_path, device=device,
                                             deterministic=deterministic, choice=choice, start=pinn.field,
                                             start_note=START)
-        entries.append({**entry, "seed": b.seed, "bundle_sha256": b.sha256, "start_sha256": field_digest(pinn.field)})
-        timing.append({"seed": b.seed, "sha256": entry["sha256"], "pinn_seconds": pinn.seconds,
+        entries.append({**entry, "network": network, "seed": b.seed, "bundle_sha256": b.sha256,
+                        "start_sha256": field_digest(pinn.field)})
+        timing.append({"network": network, "seed": b.seed, "sha256": entry["sha256"], "pinn_seconds": pinn.seconds,
                        "lsqml_seconds": seconds})
     return entries, timing
 
 
-def load_runs(folder: str | Path, bundles: list[TrainedBundle],
+def load_runs(folder: str | Path, network: str, bundles: list[TrainedBundle],
               fields: dict[int, np.ndarray]) -> list[tuple[dict, LSQMLResult]]:
-    """hybrid@'s runs in ``folder``, one per bundle of the PtychoPINN model they started from: the
-    manifest must name exactly those bundles (seed and SHA256), each run the very field that
-    ``fields`` (seed -> the field compare@ scores) holds, and each file the SHA256 it records."""
+    """hybrid@'s runs of ``network`` in ``folder``, one per bundle of the trained model they started
+    from: the manifest must name exactly those bundles (seed and SHA256), each run the very field
+    that ``fields`` (seed -> the field compare@ scores) holds, and each file the SHA256 it records."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     fix = f"run `dvc repro` (hybrid@<dose>-<view>: {folder})"
-    keys = ("seed", "bundle_sha256", "sha256", "start_sha256")
+    keys = ("network", "seed", "bundle_sha256", "sha256", "start_sha256")
     try:
         entries = json.loads(manifest.read_text())["jobs"]
         if not all(isinstance(e, dict) and all(k in e for k in keys) for e in entries):
             raise KeyError(f"an entry without all of {', '.join(keys)}")
+        entries = [e for e in entries if e["network"] == network]
         started = {(e["seed"], e["bundle_sha256"]) for e in entries}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ContractError(f"{manifest}: cannot read the hybrid manifest ({err}); {fix}") from None
     if started != {(b.seed, b.sha256) for b in bundles} or len(entries) != len(bundles):
-        raise ContractError(f"{manifest}: its runs started from other PtychoPINN bundles than the view's "
+        raise ContractError(f"{manifest}: its {network} runs started from other bundles than the view's "
                             f"(seeds {sorted(s for s, _ in started)}); {fix}")
     runs = []
     for e in entries:
         if e["start_sha256"] != field_digest(fields[e["seed"]]):
-            raise ContractError(f"{manifest}: seed {e['seed']} started from another field than the PtychoPINN "
-                                f"one scored here (inferred with other numerics?); {fix}")
-        path = folder / seed_dir(e["seed"]) / RESULT_FILE
+            raise ContractError(f"{manifest}: {network} seed {e['seed']} started from another field than the one "
+                                f"scored here (inferred with other numerics?); {fix}")
+        path = folder / run_dir(network, e["seed"]) / RESULT_FILE
         try:
             matches = sha256_file(path) == e["sha256"]
         except OSError as err:

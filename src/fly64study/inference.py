@@ -1,4 +1,4 @@
-"""PtychoPINN inference on a whole test split: verified bundle -> patches -> one stitched field.
+"""PINN inference on a whole test split: verified bundle -> patches -> one stitched field.
 
 Each patch is the network's object at one scan position (:func:`fly64study.train.reconstruct_patches`).
 Stitching puts every patch back at its sub-pixel position and averages the overlaps with the
@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.spatial import cKDTree
 
 from fly64study.bundle import load_inference_model
 from fly64study.contract import ContractError, Dataset
-from fly64study.train import reconstruct_patches
+from fly64study.design import DEFAULT_NETWORK, STITCHING, ParamsError
+from fly64study.likelihood import gap_closed
+from fly64study.train import every_group_patches, reconstruct_patches
 
-TRAINING_MANIFEST = "training_manifest.json"  # phase E's, per job: <runs>/<dose>-<job>/
-REFINE_MANIFEST = "refine_manifest.json"  # refine@'s, the same entries: <refine runs>/<dose>-<view>/
+TRAINING_MANIFEST = "training_manifest.json"  # a training stage's, per job: <root>/runs/<dose>-<job>/
+REFINE_MANIFEST = "refine_manifest.json"  # refine@'s, the same entries (every network's): <refine runs>/<dose>-<view>/
 UNSEEN = 1e-3  # pixels whose total weight is below this share of the largest stay flat (1 + 0j)
 
 
@@ -52,31 +56,88 @@ def stitch(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray, shape:
     return out
 
 
+TRAINED_ROOTS = {"bp_unet": "data/phase_e", "ptychopinn": "data/ptychopinn"}  # each network's training stage outputs
+
+
+def trained_roots(pairs: list[str]) -> dict[str, Path]:
+    """``NETWORK=ROOT`` command-line pairs over the pipeline's defaults (:data:`TRAINED_ROOTS`)."""
+    roots = dict(TRAINED_ROOTS)
+    for pair in pairs:
+        network, sep, root = pair.partition("=")
+        if not sep or network not in TRAINED_ROOTS or not root:
+            raise ParamsError(f"--trained {pair!r}: expected NETWORK=ROOT with NETWORK one of {sorted(TRAINED_ROOTS)}")
+        roots[network] = root
+    return {n: Path(r) for n, r in roots.items()}
+
+
+def synchronise_phases(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray,
+                       window: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """Patches (n, N, N) turned so that their constant phases agree where they overlap.
+
+    No diffraction pattern fixes its patch's constant phase (O and O·e^{ic} give the same counts),
+    so a network free to choose it per group (the published PtychoPINN has no phase prior) may
+    stitch a field of patches offset from one another. Angular synchronisation (Singer, Appl.
+    Comput. Harmon. Anal. 30, 20 (2011)): H_jk is the window-weighted overlap of patch j with patch
+    k (nonzero where their windows overlap; a sub-pixel shift, exact in Fourier space on a canvas of
+    2N), about e^{i(c_j - c_k)} times a positive weight; the leading eigenvector of H (power
+    iteration) gives every c_j at once, and each patch is turned by -c_j. Reads the patches alone:
+    no truth, no counts. ``iterations`` 0 returns them unchanged."""
+    patches = np.array(patches, dtype=np.complex64)
+    n, N, _ = patches.shape
+    if iterations < 1 or n < 2:
+        return patches
+    pts = np.column_stack([xcoords, ycoords])
+    support = np.argwhere(window > 1e-3 * window.max())
+    reach = float(np.ptp(support, axis=0).max()) + 1  # windows this far apart no longer overlap
+    pairs = np.array(sorted(cKDTree(pts).query_pairs(r=min(reach, N - 1))), dtype=np.int64).reshape(-1, 2)
+    P = 2 * N
+    spectra = np.fft.fft2(np.pad(patches * window, ((0, 0), (0, N), (0, N))))  # (n, P, P), no wrap-around
+    f = np.fft.fftfreq(P)
+    H = {}
+    for j, k in pairs:
+        dx, dy = pts[k] - pts[j]  # patch k's content sits (dx, dy) further in patch j's frame
+        ramp = np.exp(-2j * np.pi * (f[:, None] * dy + f[None, :] * dx))
+        H[j, k] = np.sum(spectra[j] * np.conj(spectra[k] * ramp)) / P**2
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    values = np.array([H[j, k] for j, k in pairs], dtype=np.complex128)
+    diagonal = np.sum(np.abs(patches * window) ** 2, axis=(-2, -1)).astype(np.complex128)
+    matrix = coo_matrix((np.concatenate([values, np.conj(values), diagonal]), (rows, cols)), shape=(n, n)).tocsr()
+    v = np.ones(n, np.complex128)
+    for _ in range(iterations):
+        v = matrix @ v
+        v /= np.linalg.norm(v)
+    turn = np.conj(v) / np.maximum(np.abs(v), 1e-30)
+    return patches * turn.astype(np.complex64)[:, None, None]
+
+
 @dataclass(frozen=True)
 class TrainedBundle:
     seed: int
     path: Path
     sha256: str  # as the training manifest recorded it
-    training: dict  # epochs_run, best_epoch, final_val_loss: what the training cost
+    training: dict  # epochs_run, best_epoch, final_val_loss and the likelihood gap closed: what training did
     settings: dict  # the network and training settings it was made with (the manifest's record)
 
 
-def trained_bundles(runs: Path, artifact_root: Path, dose: str, job: str, gridsize: int,
-                    manifest_name: str = TRAINING_MANIFEST) -> list[TrainedBundle]:
-    """A job's bundles, one per training seed, in the order of its manifest
-    ``<runs>/<dose>-<job>/<manifest_name>`` (phase E's training manifest, or a refinement's)."""
-    manifest = Path(runs) / f"{dose}-{job}" / manifest_name
+def trained_bundles(manifest: Path, artifact_root: Path, dose: str, job: str, gridsize: int,
+                    network: str = DEFAULT_NETWORK) -> list[TrainedBundle]:
+    """A job's bundles of ``network``, one per training seed, in the order of ``manifest`` (a training
+    stage's ``<root>/runs/<dose>-<job>/training_manifest.json``, or a refinement's); each bundle's
+    path is its entry's ``bundle_path`` under ``artifact_root``."""
+    manifest = Path(manifest)
     try:
         entries = json.loads(manifest.read_text())["jobs"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ContractError(f"{manifest}: cannot read the {manifest_name} ({err}); run `dvc repro` first") from None
-    found = [TrainedBundle(e["seed"], Path(artifact_root) / e["bundle_path"], e["sha256"],
-                           {"epochs_run": e["epochs"], "best_epoch": e["best_epoch"],
-                            "final_val_loss": e["final_val_loss"]},
-                           {k: v for k, v in e.get("settings", {}).items() if k not in ("epochs_run", "best_epoch", "seed")})
-             for e in entries if e["dose"] == dose and e["view"] == job and e["gridsize"] == gridsize]
+        found = [TrainedBundle(e["seed"], Path(artifact_root) / e["bundle_path"], e["sha256"],
+                               {"epochs_run": e["epochs"], "best_epoch": e["best_epoch"],
+                                "final_val_loss": e["final_val_loss"], **gap_closed(e.get("likelihood_gap", {}))},
+                               {k: v for k, v in e.get("settings", {}).items()
+                                if k not in ("epochs_run", "best_epoch", "seed")})
+                 for e in entries if (e["dose"], e["view"], e["gridsize"], e["network"]) == (dose, job, gridsize, network)]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ContractError(f"{manifest}: cannot read it ({type(err).__name__}: {err}); run `dvc repro` first") from None
     if not found:
-        raise ContractError(f"{manifest}: no entry for dose {dose}, job {job}, gridsize {gridsize}")
+        raise ContractError(f"{manifest}: no entry for dose {dose}, job {job}, gridsize {gridsize}, network {network}")
     return found
 
 
@@ -88,10 +149,27 @@ class PinnField:
 
 
 def pinn_field(bundle: str | Path, ds: Dataset, *, neighbor_count: int, grouping_seed: int,
-               expected_sha256: str | None = None, device: str = "cpu") -> PinnField:
-    """Load ``bundle`` through the verified loader and reconstruct ``ds`` as one stitched field."""
+               expected_sha256: str | None = None, device: str = "cpu",
+               stitching: str = "one_per_position", synchronise: bool = False) -> PinnField:
+    """Load ``bundle`` through the verified loader and reconstruct ``ds`` as one stitched field:
+    ``one_per_position`` stitches each position's patch once (groups covering the positions,
+    :func:`fly64study.train.reconstruct_patches`), ``every_group`` every member's patch of a group
+    seeded at every position (upstream's reassembly, :func:`fly64study.train.every_group_patches`);
+    both weight a patch by the probe's intensity, so its centre counts most. With ``synchronise``
+    the patches' constant phases are first made to agree (:func:`synchronise_phases`)."""
     net = load_inference_model(bundle, expected_sha256)
     t0 = time.perf_counter()
-    patches = reconstruct_patches(net, ds, neighbor_count=neighbor_count, grouping_seed=grouping_seed, device=device)
-    field = stitch(patches, ds.xcoords, ds.ycoords, ds.objectGuess.shape, np.abs(ds.probeGuess) ** 2)
+    window = np.abs(ds.probeGuess) ** 2
+    if stitching == "one_per_position":
+        patches = reconstruct_patches(net, ds, neighbor_count=neighbor_count, grouping_seed=grouping_seed, device=device)
+        xs, ys = ds.xcoords, ds.ycoords
+    elif stitching == "every_group":
+        patches, where = every_group_patches(net, ds, neighbor_count=neighbor_count, grouping_seed=grouping_seed,
+                                             device=device)
+        xs, ys = ds.xcoords[where], ds.ycoords[where]
+    else:
+        raise ParamsError(f"compare.stitching: {stitching!r}; choose one of {list(STITCHING)}")
+    if synchronise:
+        patches = synchronise_phases(patches, xs, ys, window)
+    field = stitch(patches, xs, ys, ds.objectGuess.shape, window)
     return PinnField(field=field, gridsize=net.cfg.gridsize, seconds=time.perf_counter() - t0)

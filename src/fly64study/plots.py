@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 
 from fly64study.contract import Dataset  # noqa: E402
 from fly64study.files import atomic_path  # noqa: E402
+from fly64study.models import COLOURS, NAMES  # noqa: E402
 
 # PNG text chunks hold the matplotlib version only: no date, so the bytes are reproducible.
 _PNG_META = {"Software": None}
@@ -75,13 +76,12 @@ def plot_losses(path: str | Path, histories: dict[int, list[dict]], *, title: st
     _save(fig, Path(path))
 
 
-def plot_comparison(path: str | Path, aligned: dict, *, title: str) -> None:
+def plot_comparison(path: str | Path, aligned: dict, models: list[str], *, title: str) -> None:
     """Ground truth and each aligned reconstruction (amplitude, phase) with their error maps.
 
-    ``aligned`` maps a model name to a :class:`fly64study.metrics.Aligned`; a model missing
-    from it (failed upstream) gets an empty column.
+    ``aligned`` maps a model name to a :class:`fly64study.metrics.Aligned`; a model of ``models``
+    missing from it (failed upstream) gets an empty column.
     """
-    models = list(_COLOURS)
     ref = next(iter(aligned.values()), None)
     aspect = ref.truth_phase.shape[0] / ref.truth_phase.shape[1] if ref is not None else 0.5
     fig, ax = plt.subplots(4, 1 + len(models), figsize=(3.6 * (1 + len(models)) + 1.2, 4 * (3.6 * aspect + 0.5) + 0.6),
@@ -126,11 +126,11 @@ def plot_frc(path: str | Path, rows: list[dict], *, threshold: float, title: str
     fig, ax = plt.subplots(1, max(len(comps), 1), figsize=(5.5 * max(len(comps), 1), 4), squeeze=False)
     for j, comp in enumerate(comps):
         a = ax[0, j]
-        for model in _COLOURS:
+        for model in NAMES:
             for level, style in (("aligned", "-"), ("fixed-frame", ":")):
                 pts = [r for r in rows if r["model"] == model and r["component"] == comp and r["alignment"] == level]
                 if pts:
-                    a.plot([r["frequency"] for r in pts], [r["frc"] for r in pts], style, color=_COLOURS[model],
+                    a.plot([r["frequency"] for r in pts], [r["frc"] for r in pts], style, color=COLOURS[model],
                            label=f"{model} ({level})")
         half = [r for r in rows if r["component"] == comp and r["alignment"] == "aligned"]
         if half:
@@ -148,8 +148,6 @@ def plot_frc(path: str | Path, rows: list[dict], *, threshold: float, title: str
     _save(fig, Path(path))
 
 
-_COLOURS = {"PtychoPINN": "tab:red", "PtychoPINN+refine": "tab:purple", "PtychoPINN+LSQML": "tab:green",
-            "Baseline": "tab:orange", "PtyChi": "tab:blue"}
 _MARKERS = ("o", "s", "^", "D", "v")
 
 
@@ -177,7 +175,7 @@ def plot_report(folder: str | Path, summary: dict, models: tuple[str, ...]) -> N
             for model in models:
                 xs, ys = series(view, model, f"ms_ssim_{comp}")
                 ax[i, j].errorbar(xs, ys, yerr=spread(view, model, f"ms_ssim_{comp}"), fmt="o-", capsize=3,
-                                  color=_COLOURS.get(model), label=model)
+                                  color=COLOURS.get(model), label=model)
             ax[i, j].set_xscale("log")
             ax[i, j].set_title(f"{view} view: {comp}")
             ax[i, j].set_xlabel("photons per pattern")
@@ -191,9 +189,9 @@ def plot_report(folder: str | Path, summary: dict, models: tuple[str, ...]) -> N
     for j, view in enumerate(views):
         for model in models:
             xs, ys = series(view, model, "frc_resolution_phase", "photons_per_pixel_mean")
-            ax[0].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=_COLOURS.get(model), label=f"{model}, {view}")
+            ax[0].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=COLOURS.get(model), label=f"{model}, {view}")
             xs, ys = series(view, model, "rmse_phase", "photons_per_pixel_mean")
-            ax[1].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=_COLOURS.get(model), label=f"{model}, {view}")
+            ax[1].plot(xs, ys, _MARKERS[j % len(_MARKERS)] + "-", color=COLOURS.get(model), label=f"{model}, {view}")
     bound = sorted((c["photons_per_pixel_mean"], c["shot_noise_phase_bound_rad"]) for c in jobs
                    if c["shot_noise_phase_bound_rad"] is not None)
     ax[1].plot([b[0] for b in bound], [b[1] for b in bound], "k--", label="shot-noise bound 1/(2√n)")

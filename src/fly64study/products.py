@@ -24,10 +24,8 @@ import numpy as np
 
 from fly64study.contract import ContractError
 from fly64study.files import atomic_path
+from fly64study.models import STEMS  # model -> file name stem (a further seed adds _seed<s>)
 
-# study model -> file name stem (a further seed adds _seed<s>)
-STEMS = {"PtychoPINN": "ptychopinn", "PtychoPINN+refine": "ptychopinn_refine", "PtychoPINN+LSQML": "ptychopinn_lsqml",
-         "Baseline": "baseline", "PtyChi": "ptychi_lsqml"}
 
 
 def seed_suffix(seed: int | None, first: int | None) -> str:

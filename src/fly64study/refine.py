@@ -1,4 +1,4 @@
-"""PtychoPINN+refine: a trained network fitted a few more epochs to the test split's own patterns.
+"""<network>+refine: a trained network fitted a few more epochs to the test split's own patterns.
 
 Only the measured counts are read, never the truth: the loss is the training's Poisson
 likelihood with its count-thinning split (the network sees a binomial share of each pattern and
@@ -17,9 +17,10 @@ import torch
 
 from fly64study.bundle import BundleError, load_inference_model, write_bundle
 from fly64study.contract import ContractError, load_dataset
-from fly64study.design import Params
+from fly64study.design import DEFAULT_NETWORK, Params
 from fly64study.inference import trained_bundles
-from fly64study.train import Job, Schedule, train_model, write_loss_table
+from fly64study.products import seed_suffix
+from fly64study.train import Job, Schedule, train_model
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +32,48 @@ def schedule(params: Params) -> Schedule:
                     val_fraction=t.val_fraction, patience=r.patience, lr_patience=0, thinning=t.thinning)
 
 
-def refine_job(job: Job, params: Params, *, phase_d: Path, runs: Path, phase_e: Path, artifact_root: Path,
-               records: Path, device: torch.device) -> tuple[list[dict], list[dict]]:
-    """Refine each seed's bundle of ``job`` on the job's test split; write the refined bundles under
-    ``artifact_root`` (the layout of phase E) and the per-epoch losses (``losses_<dose>_<view>.csv``)
-    under ``records``. Returns (one manifest entry per seed, one timing record per seed)."""
+def loss_columns(network: str, seed: int, first_seed: int) -> str:
+    """The column suffix of a network's seed in a refinement's loss table: the default network's
+    first seed has the plain columns (what ``dvc plots`` draws), others ``_<network>``, ``_seed<s>``."""
+    return ("" if network == DEFAULT_NETWORK else f"_{network}") + seed_suffix(seed, first_seed)
+
+
+def refine_job(job: Job, params: Params, *, phase_d: Path, manifest: Path, trained_root: Path, artifact_root: Path,
+               device: torch.device) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """Refine each seed's bundle of ``job`` (its network's, listed in ``manifest`` under
+    ``trained_root``) on the job's test split; write the refined bundles under ``artifact_root`` at
+    ``dose_<d>/<view>/<network>/gs<g>/...``. Returns one manifest entry and one timing record per
+    seed, and the per-epoch losses keyed by their :func:`loss_columns` suffix."""
     design, cfg = params.design, schedule(params)
     test_path = job.data_paths(phase_d)[1]
     test = load_dataset(test_path)
     entries, histories, timing = [], {}, []
-    for b in trained_bundles(runs, phase_e, job.dose, job.view, job.gridsize):
+    first = params.train.seeds[0]
+    for b in trained_bundles(manifest, trained_root, job.dose, job.view, job.gridsize, job.network):
         try:
             net = load_inference_model(b.path, b.sha256)
         except BundleError as err:
             raise ContractError(str(err)) from None
-        label = f"{job.seed_name(None if b.seed == params.train.seeds[0] else b.seed)} refine"
+        label = f"{job.seed_name(None if b.seed == first else b.seed)} refine"
         t0 = time.perf_counter()
         result = train_model(test, gridsize=job.gridsize, cfg=cfg, seed=b.seed, neighbor_count=design.neighbor_count,
                              grouping_seed=design.seeds.grouping, device=device, label=label, init=net,
                              fixed_split=True)
         seconds = time.perf_counter() - t0
-        rel = Path(b.path).relative_to(phase_e)
+        view_dir = Path(f"dose_{job.dose}") / job.view
+        rel = view_dir / job.network / Path(b.path).relative_to(Path(trained_root) / view_dir)
         refine = {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "patience": cfg.patience,
                   "thinning": cfg.thinning, "val_fraction": cfg.val_fraction, "batch_size": cfg.batch_size}
         sha = write_bundle(Path(artifact_root) / rel, result.model, dose=design.doses[job.dose], dose_label=job.dose,
-                           extra={"view": job.view, "refined_from": b.sha256,
+                           extra={"view": job.view, "network": job.network, "refined_from": b.sha256,
                                   "training": {**b.settings, "seed": b.seed}, "refine": refine})
         # epoch 0 first: the loss curve shows where refining started
-        histories[b.seed] = [{"epoch": 0, "train_loss": None, "val_loss": result.start_val_loss, "lr": None},
+        histories[loss_columns(job.network, b.seed, first)] = [{"epoch": 0, "train_loss": None, "val_loss": result.start_val_loss, "lr": None},
                              *result.history]
         best_val = result.history[result.best_epoch - 1]["val_loss"] if result.best_epoch else result.start_val_loss
         entries.append({
             "dose": job.dose, "nphotons": design.doses[job.dose], "view": job.view, "gridsize": job.gridsize,
-            "seed": b.seed, "test_data": str(test_path), "refined_from": b.sha256,
+            "network": job.network, "seed": b.seed, "test_data": str(test_path), "refined_from": b.sha256,
             "artifact_dir": str(rel.parent), "bundle_path": str(rel), "sha256": sha,
             "size": (Path(artifact_root) / rel).stat().st_size,
             "start_val_loss": result.start_val_loss, "final_val_loss": best_val,
@@ -74,5 +84,4 @@ def refine_job(job: Job, params: Params, *, phase_d: Path, runs: Path, phase_e: 
                        "epoch_seconds": [h["seconds"] for h in result.history]})
         log.info("%s: best epoch %d of %d (validation loss %.6g, from %.6g), %.1f s", label, result.best_epoch,
                  len(result.history), best_val, result.start_val_loss, seconds)
-    write_loss_table(Path(records) / f"losses_{job.dose}_{job.view}.csv", histories, first_epoch=0)
-    return entries, timing
+    return entries, timing, histories

@@ -1,9 +1,13 @@
-"""Phase E: training PtychoPINN on one dataset, reconstructing with it, and the job matrix.
+"""Phase E: training a PINN network on one dataset, reconstructing with it, and the job matrix.
 
-A job is (dose, view, gridsize): ``baseline`` trains gridsize 1 on the phase C split (its view
-keeps every position), ``dense`` and ``sparse`` train gridsize 2 on those phase D views.
-Training is unsupervised (Poisson NLL through the known probe); the ground truth is used only
-afterwards, to evaluate the held-out test split against a flat object.
+A job is (dose, view, gridsize, network): ``baseline`` trains gridsize 1 on the phase C split (its
+view keeps every position), ``dense`` and ``sparse`` train gridsize 2 on those phase D views; the
+network is the published PtychoPINN or the study's BP-UNet (:mod:`fly64study.networks`).
+Training is unsupervised (Poisson NLL through the known probe) and stops on the loss of a held-out
+compact block of the training split's positions, whose groups are formed inside it and so are as
+tight as the training groups. The ground truth is used only afterwards: the training split's, for
+the likelihood gap (:mod:`fly64study.likelihood`), and the held-out test split's, to evaluate
+against a flat object.
 """
 from __future__ import annotations
 
@@ -26,16 +30,20 @@ from tqdm import tqdm
 from fly64study import checkpoint, metrics
 from fly64study.bundle import write_bundle
 from fly64study.contract import ContractError, Dataset, load_dataset
-from fly64study.design import Params, ParamsError, Train
+from fly64study.design import DEFAULT_NETWORK, Params, ParamsError, Train
 from fly64study.distributed import World, all_sum, from_rank0
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
-from fly64study.model import DiffractionToObject, ModelConfig, PtychoPINN, canvas_length, poisson_nll
-from fly64study.overlap import cover_positions, group_positions
+from fly64study.grouped import (_INFER_BATCH, Groups, counts_of, inference_chunks, make_groups,  # noqa: F401
+                                 thin, thinned_amplitude)
+from fly64study.likelihood import gap_closed, likelihood_gap
+from fly64study.model import poisson_nll
+from fly64study.networks import Autoencoder, network_config
+from fly64study.overlap import block_split, cover_positions, group_positions, member_distances
 from fly64study.plots import plot_losses
+from fly64study.products import seed_suffix
 
 log = logging.getLogger(__name__)
 
-_INFER_BATCH = 64
 _BETTER = 1e-3  # a validation loss is better when it is this share of the best's excess over a perfect fit lower
 _LR_FACTOR = 0.5  # the learning rate's cut on a plateau (train.lr_patience)
 
@@ -46,10 +54,13 @@ class Job:
     dose: str  # label, a key of design.doses
     view: str  # a key of design.views
     gridsize: int
+    network: str = DEFAULT_NETWORK  # a key of fly64study.networks.NETWORKS
 
     @property
     def name(self) -> str:
-        return f"{self.view} (dose={self.dose})"
+        """``dense (dose=1e3)``; another network than the default says which: ``dense (dose=1e3, ptychopinn)``."""
+        extra = "" if self.network == DEFAULT_NETWORK else f", {self.network}"
+        return f"{self.view} (dose={self.dose}{extra})"
 
     def data_paths(self, phase_d: Path) -> tuple[Path, Path]:
         """(train, test) NPZ files of the job's phase D view (the baseline's: phase C's splits)."""
@@ -63,13 +74,19 @@ class Job:
         folder = Path(f"dose_{self.dose}") / self.view / f"gs{self.gridsize}"
         return folder if extra_seed is None else folder / f"seed_{extra_seed}"
 
+    @property
+    def tag(self) -> str:
+        """``<dose>-<view>``, and ``-<network>`` for another network than the default: file names."""
+        return f"{self.dose}-{self.view}" + ("" if self.network == DEFAULT_NETWORK else f"-{self.network}")
+
     def seed_name(self, extra_seed: int | None = None) -> str:
         """How the command line names the job's model of a seed (the first seed: the job's name)."""
         return self.name if extra_seed is None else f"{self.name}, seed {extra_seed}"
 
 
-def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None) -> list[Job]:
-    """Every (dose, job) of the params, filtered by dose labels and job/view names when given.
+def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] | None = None,
+              network: str = DEFAULT_NETWORK) -> list[Job]:
+    """Every (dose, job) of the params for ``network``, filtered by dose labels and job/view names when given.
 
     Only the jobs asked for are looked up, so a stage that trains one job reads that job's
     gridsize alone (and lists only that key in dvc.yaml)."""
@@ -80,48 +97,20 @@ def plan_jobs(params: Params, doses: list[str] | None = None, views: list[str] |
     # labels in params order; dict.keys lists them without reading (recording) any value
     doses = [d for d in dict.keys(params.design.doses) if not doses or d in doses]
     views = [v for v in dict.keys(params.train.jobs) if not views or v in views]
-    return [Job(dose=d, view=v, gridsize=params.train.jobs[v]) for d in doses for v in views]
-
-
-# --------------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Groups:
-    """A dataset's groups as tensors: amplitudes and counts are indexed through ``indices``."""
-
-    indices: torch.Tensor  # (G, C) int64
-    offsets: torch.Tensor  # (G, C, 2) float32, (dx, dy) pixels
-
-
-def counts_of(ds: Dataset) -> torch.Tensor:
-    """Measured photon counts, (d * s)^2, recovered exactly from the stored amplitudes."""
-    s = ds.metadata["intensity_scale"]
-    return torch.from_numpy(np.round((ds.diffraction.astype(np.float64) * s) ** 2).astype(np.float32))
-
-
-def make_groups(xcoords: np.ndarray, ycoords: np.ndarray, *, gridsize: int, neighbor_count: int, seed: int,
-                n_groups: int | None = None) -> Groups:
-    g = group_positions(xcoords, ycoords, gridsize=gridsize, neighbor_count=neighbor_count, seed=seed,
-                        n_groups=n_groups)
-    return Groups(indices=torch.from_numpy(g.indices), offsets=torch.from_numpy(g.offsets.astype(np.float32)))
-
-
-def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) position indices, a seeded random split."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(fraction * n)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    return [Job(dose=d, view=v, gridsize=params.train.jobs[v], network=network) for d in doses for v in views]
 
 
 # ------------------------------------------------------------------------------ training
 @dataclass
 class TrainResult:
-    model: PtychoPINN
+    model: Autoencoder
     history: list[dict]  # per epoch: epoch, train_loss, val_loss, seconds
     best_epoch: int  # 0: the starting network (``init``) was never improved on
     start_val_loss: float | None = None  # the validation loss of ``init`` before any step
+    geometry: dict | None = None  # training and validation groups' sizes and member distances
 
 
-def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
+def batch_loss(model: Autoencoder, amp: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
                thinning: float, generator: torch.Generator | None,
                split: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Poisson NLL of one batch of groups; amp, counts (B, C, N, N), offsets (B, C, 2).
@@ -135,10 +124,7 @@ def batch_loss(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, offse
     if thinning <= 0:
         return model(amp, offsets, counts)[2]
     seen, target = split if split is not None else thin(counts, thinning, generator)
-    # the square root in float64: float32 torch.sqrt's bits differed between CPUs (MKL's vector
-    # maths; bench/cross_cpu.py); any faithfully rounded float64 root rounds to the correctly
-    # rounded float32 one, the same on every CPU
-    _, predicted, _ = model(torch.sqrt((seen / thinning).double()).float() / s, offsets)
+    _, predicted, _ = model(thinned_amplitude(seen, thinning, s), offsets)
     return poisson_nll(predicted, target, s * math.sqrt(1.0 - thinning))
 
 
@@ -148,30 +134,7 @@ def make_optimiser(model: torch.nn.Module, learning_rate: float) -> torch.optim.
     return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
 
 
-def thin(counts: torch.Tensor, thinning: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) counts: a binomial share ``thinning`` of each count and the rest (p = 0: all, all)."""
-    if thinning <= 0:
-        return counts, counts
-    seen = torch.binomial(counts, torch.full_like(counts, thinning), generator=generator)
-    return seen, counts - seen
-
-
-def inference_chunks(offsets: torch.Tensor, N: int) -> list[torch.Tensor]:
-    """Which groups (rows of ``offsets``, (G, C, 2)) a no-grad pass computes together: chunks of
-    at most ``_INFER_BATCH`` groups that need the same canvas (:func:`fly64study.model.canvas_length`).
-
-    A batch's canvas is as wide as its widest group. In chunks taken in order, one far-flung group
-    made the 38 others of a dense validation set pay for a 250-pixel canvas (1.2 s of a 9 s
-    epoch: bench/RESULTS.md), and a group's patches depended on which groups shared its chunk.
-    Here they do not, up to the batch size's rounding. (A training batch is random, so its
-    canvas still follows its widest group.)"""
-    extent = offsets.abs().flatten(1).amax(dim=1).tolist()
-    lengths = torch.tensor([canvas_length(N, e) for e in extent], dtype=torch.long)
-    return [chunk for length in torch.unique(lengths)
-            for chunk in torch.split(torch.nonzero(lengths == length).flatten(), _INFER_BATCH)]
-
-
-def _loss_over(model: PtychoPINN, amp: torch.Tensor, counts: torch.Tensor, groups: Groups, thinning: float,
+def _loss_over(model: Autoencoder, amp: torch.Tensor, counts: torch.Tensor, groups: Groups, thinning: float,
                seed: int) -> float:
     """Mean loss over groups; the same thinning draws every call (a fixed validation set)."""
     generator = torch.Generator(device=amp.device).manual_seed(seed)
@@ -220,15 +183,22 @@ class TrainingPaused(Exception):
 
 
 def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int, neighbor_count: int,
-                grouping_seed: int, device: torch.device, num_workers: int = 0, label: str = "",
-                checkpoint_path: Path | None = None, fingerprint: str = "",
-                stop_after_epoch: int | None = None, init: DiffractionToObject | None = None,
+                grouping_seed: int, device: torch.device, network: str = DEFAULT_NETWORK, num_workers: int = 0,
+                label: str = "", checkpoint_path: Path | None = None, fingerprint: str = "",
+                stop_after_epoch: int | None = None, init: torch.nn.Module | None = None,
                 fixed_split: bool = False, world: World = World()) -> TrainResult:
-    """Train PtychoPINN on ``ds`` (unsupervised) with early stopping on a held-out validation loss;
-    ``seed`` sets the initialisation, the validation split, the batch order and the thinning draws.
+    """Train ``network`` (its settings: ``cfg.<network>``) on ``ds`` (unsupervised) with early stopping
+    on a held-out validation loss; ``seed`` sets the initialisation, the validation block, the batch
+    order and the thinning draws.
 
-    With ``init`` (a trained network) training continues from it, keeping its shape (``cfg``'s
-    network settings are not read), and the starting network is epoch 0: it is returned when no
+    The validation positions are one compact block of the split (``overlap.block_split``: the
+    ``val_fraction`` of the positions nearest a seeded position), and its groups are formed inside
+    it, so they are as tight as the training groups: the loss that picks the epoch sees the overlap
+    (groups drawn among scattered held-out positions would not overlap). Both groups' member
+    distances are returned in ``geometry``.
+
+    With ``init`` (a trained network) training continues from it, keeping its shape (``network`` and
+    ``cfg``'s network settings are not read), and the starting network is epoch 0: it is returned when no
     epoch improves on its validation loss (such a run keeps no checkpoint). With ``fixed_split`` the thinning split of each pattern
     is drawn once, not every epoch: over epochs, fresh splits of the same patterns would reveal
     their full counts, so a network fitting the patterns it reconstructs could learn their noise.
@@ -252,7 +222,7 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
                           f"make it a multiple of torchrun's world size {world.size}")
     torch.manual_seed(seed)
     n_min = gridsize * gridsize
-    train_pos, val_pos = split_validation(ds.n, cfg.val_fraction, seed)
+    train_pos, val_pos = block_split(ds.xcoords, ds.ycoords, cfg.val_fraction, seed)
     if min(len(train_pos), len(val_pos)) < n_min:
         raise ParamsError(
             f"{label}: {ds.n} positions leave {len(train_pos)} for training and {len(val_pos)} for validation; "
@@ -269,12 +239,14 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
     # n_groups applies to gridsize > 1 (oversampling needs neighbours); gridsize 1 sees each position once
     train_groups = groups_of(train_pos, (cfg.n_groups or None) if gridsize > 1 else None)
     val_groups = groups_of(val_pos, None)
+    geometry = {"train": member_distances(train_groups.offsets.numpy()), "validation": member_distances(
+        val_groups.offsets.numpy())}
     if init is None:
-        model_cfg = ModelConfig(N=ds.N, gridsize=gridsize, width=cfg.width, depth=cfg.depth, stride=cfg.stride,
-                                skips=cfg.skips, intensity_scale=float(ds.metadata["intensity_scale"]))
-        model = PtychoPINN(model_cfg, torch.from_numpy(ds.probeGuess))
+        model_cfg = network_config(ds.N, gridsize, float(ds.metadata["intensity_scale"]), network,
+                                   cfg.network(network))
+        model = Autoencoder(model_cfg, torch.from_numpy(ds.probeGuess))
     else:
-        model = PtychoPINN(init.cfg, init.probe)
+        model = Autoencoder(init.cfg, init.probe)
         model.net.load_state_dict(init.state_dict())
     model = model.to(device)
     optimiser = make_optimiser(model, cfg.learning_rate)
@@ -291,8 +263,9 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
             model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         loader = DataLoader(groups, batch_size=cfg.batch_size, shuffle=True, generator=order, num_workers=num_workers)
-    log.info("%s: %d training groups of %d, %d validation groups, %d parameters, on %s", label,
-             len(train_groups.indices), gridsize**2, len(val_groups.indices),
+    log.info("%s: %d training groups of %d, %d validation groups (members %s / %s px apart), %d parameters, on %s",
+             label, len(train_groups.indices), gridsize**2, len(val_groups.indices),
+             geometry["train"]["mean_member_distance_px"], geometry["validation"]["mean_member_distance_px"],
              sum(p.numel() for p in model.parameters()), device)
     floor = _saturated_over(counts, val_groups, cfg.thinning, seed + 2)
     history, best, best_state, best_epoch, start, finished = [], float("inf"), None, 0, 1, False
@@ -358,11 +331,12 @@ def train_model(ds: Dataset, *, gridsize: int, cfg: Train | Schedule, seed: int,
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
             raise TrainingPaused(f"{label}: paused after epoch {epoch} of {cfg.epochs}; checkpoint {checkpoint_path}")
     model.load_state_dict(best_state)
-    return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch, start_val_loss=start_val_loss)
+    return TrainResult(model=model.cpu(), history=history, best_epoch=best_epoch, start_val_loss=start_val_loss,
+                       geometry=geometry)
 
 
 # --------------------------------------------------------------------------- inference
-def reconstruct_patches(net: DiffractionToObject, ds: Dataset, *, neighbor_count: int, grouping_seed: int,
+def reconstruct_patches(net: torch.nn.Module, ds: Dataset, *, neighbor_count: int, grouping_seed: int,
                         device: torch.device | str = "cpu") -> np.ndarray:
     """The network's object patch at every position of ``ds``, (n, N, N) complex64.
 
@@ -370,23 +344,38 @@ def reconstruct_patches(net: DiffractionToObject, ds: Dataset, *, neighbor_count
     and every member's patch is kept once: each group is reconstructed jointly, so all of its
     members already carry the shared overlap.
     """
-    g = net.cfg.gridsize
-    groups, keep = cover_positions(ds.xcoords, ds.ycoords, gridsize=g, neighbor_count=neighbor_count,
+    groups, keep = cover_positions(ds.xcoords, ds.ycoords, gridsize=net.cfg.gridsize, neighbor_count=neighbor_count,
                                    seed=grouping_seed)
-    indices, offsets = torch.from_numpy(groups.indices), torch.from_numpy(groups.offsets.astype(np.float32))
-    amp = torch.from_numpy(ds.diffraction)
+    patches = _infer(net, ds, groups.indices, groups.offsets, device)
     out = np.empty((ds.n, ds.N, ds.N), dtype=np.complex64)
-    net = net.to(device).eval()
-    with torch.no_grad():
-        for chunk in inference_chunks(offsets, ds.N):
-            idx = indices[chunk]
-            patches = net(amp[idx].to(device), offsets[chunk].to(device)).cpu().numpy()
-            kept = keep[chunk.numpy()]
-            out[idx.numpy()[kept]] = patches[kept]
+    out[groups.indices[keep]] = patches[keep]
     return out
 
 
-def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, grouping_seed: int,
+def every_group_patches(net: torch.nn.Module, ds: Dataset, *, neighbor_count: int, grouping_seed: int,
+                        device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's reassembly: a group seeded at every position (as training forms them), every member's
+    patch of every group kept. Returns the patches (G·C, N, N) and the position of each, (G·C,)."""
+    groups = group_positions(ds.xcoords, ds.ycoords, gridsize=net.cfg.gridsize, neighbor_count=neighbor_count,
+                             seed=grouping_seed)
+    patches = _infer(net, ds, groups.indices, groups.offsets, device)
+    return patches.reshape(-1, ds.N, ds.N), groups.indices.reshape(-1)
+
+
+def _infer(net: torch.nn.Module, ds: Dataset, indices: np.ndarray, offsets: np.ndarray,
+           device: torch.device | str) -> np.ndarray:
+    """Every group's patches, (G, C, N, N) complex64, in no-grad chunks of one canvas each."""
+    indices, offsets = torch.from_numpy(indices), torch.from_numpy(offsets.astype(np.float32))
+    amp = torch.from_numpy(ds.diffraction)
+    out = np.empty((*indices.shape, ds.N, ds.N), dtype=np.complex64)
+    net = net.to(device).eval()
+    with torch.no_grad():
+        for chunk in inference_chunks(offsets, ds.N):
+            out[chunk.numpy()] = net(amp[indices[chunk]].to(device), offsets[chunk].to(device)).cpu().numpy()
+    return out
+
+
+def evaluate(net: torch.nn.Module, test: Dataset, *, neighbor_count: int, grouping_seed: int,
              device: torch.device | str = "cpu") -> dict:
     """Errors on the held-out split against the ground-truth patches ``Y``, beside a flat object's."""
     if test.Y is None:
@@ -398,19 +387,17 @@ def evaluate(net: DiffractionToObject, test: Dataset, *, neighbor_count: int, gr
 
 
 # --------------------------------------------------------------------------------- a job
-def write_loss_table(path: Path, histories: dict[int, list[dict]], first_epoch: int = 1) -> None:
-    """One row per epoch: the first seed's train_loss, val_loss, learning_rate (what ``dvc plots``
-    draws), then each further seed's as ``<column>_seed<s>`` (empty after it stopped, or where a
-    value is None); every history's first row is epoch ``first_epoch``."""
-    seeds = list(histories)
-    columns = [(seed, key) for seed in seeds for key in ("train_loss", "val_loss", "lr")]
-    header = ["epoch"] + [("learning_rate" if key == "lr" else key) + ("" if seed == seeds[0] else f"_seed{seed}")
-                          for seed, key in columns]
+def write_loss_table(path: Path, histories: dict[str, list[dict]], first_epoch: int = 1) -> None:
+    """One row per epoch: train_loss, val_loss, learning_rate of each history, its columns named with
+    its key as a suffix (the first model's: "", what ``dvc plots`` draws; a further seed's: ``_seed<s>``),
+    empty after it stopped or where a value is None; every history's first row is epoch ``first_epoch``."""
+    columns = [(suffix, key) for suffix in histories for key in ("train_loss", "val_loss", "lr")]
+    header = ["epoch"] + [("learning_rate" if key == "lr" else key) + suffix for suffix, key in columns]
     rows = []
-    for i in range(max(len(h) for h in histories.values())):
+    for i in range(max((len(h) for h in histories.values()), default=0)):
         cells = [str(first_epoch + i)]
-        for seed, key in columns:
-            history = histories[seed]
+        for suffix, key in columns:
+            history = histories[suffix]
             value = history[i][key] if i < len(history) else None
             cells.append("" if value is None else f"{value:.9g}")
         rows.append(",".join(cells) + "\n")
@@ -429,12 +416,21 @@ def read_loss_column(path: str | Path, column: str) -> tuple[tuple[int, float], 
 
 def job_fingerprint(job: Job, params: Params, train_path: Path, seed: int) -> str:
     """What a checkpoint must match to be resumed: the training data's bytes and every setting used."""
-    train = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(params.train)
-             if f.name not in ("jobs", "seeds")}
-    settings = {"job": [job.dose, job.view, job.gridsize], "seed": seed, "train": train,
+    settings = {"job": [job.dose, job.view, job.gridsize, job.network], "seed": seed,
+                "train": training_settings(params.train, job.network),
                 "neighbor_count": params.design.neighbor_count, "grouping_seed": params.design.seeds.grouping,
                 "data_sha256": sha256_file(train_path)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+RECIPE = ("batch_size", "learning_rate", "epochs", "patience", "lr_patience", "thinning", "n_groups", "val_fraction")
+
+
+def training_settings(cfg: Train, network: str) -> dict:
+    """What a model was trained with: the network, its own settings (``train.<network>``) and the recipe."""
+    own = cfg.network(network)
+    return {"network": network, **{f.name: getattr(own, f.name) for f in dataclasses.fields(own)},
+            **{k: getattr(cfg, k) for k in RECIPE}}
 
 
 def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, records: Path,
@@ -445,8 +441,9 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     ``artifact_root`` (:meth:`Job.relative_dir`: ``dose_<d>/<view>/gs<g>/wts.h5.zip`` for the first
     seed, ``.../gs<g>/seed_<s>/wts.h5.zip`` for each further one), and the per-epoch losses
     (``losses_<dose>_<view>.csv`` and ``.png``, every seed) and the evaluation
-    (``eval_<dose>_<view>.json``, per seed) under ``records``; wall times go to the untracked
-    ``<timing_dir>/phase_e/<dose>-<view>.json`` only, so tracked files hold results alone. Each
+    (``eval_<dose>_<view>.json``, per seed: the test split's errors and the training split's
+    likelihood gap) under ``records``; wall times go to the untracked
+    ``<timing_dir>/phase_e/<job tag>.json`` only, so tracked files hold results alone. Each
     seed's checkpoint (``checkpoint_dir``, default ``<artifact_root>/.checkpoints``) is resumed
     if present and removed once every seed's bundle is written. Returns one manifest entry per seed.
 
@@ -455,18 +452,18 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     train_path, test_path = job.data_paths(phase_d)
     design, cfg = params.design, params.train
     train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)
-    entries, histories, evaluations, timing = [], {}, {}, []
+    entries, histories, evaluations, gaps, timing = [], {}, {}, {}, []
     checkpoints = []
     for seed in cfg.seeds:
         extra = None if seed == cfg.seeds[0] else seed
         label = job.seed_name(extra)
         ckpt = Path(checkpoint_dir or Path(artifact_root) / ".checkpoints") / \
-            f"{job.dose}-{job.view}-gs{job.gridsize}{'' if extra is None else f'-seed{seed}'}.h5"
+            f"{job.tag}-gs{job.gridsize}{'' if extra is None else f'-seed{seed}'}.h5"
         checkpoints.append(ckpt)
         t0 = time.perf_counter()
         result = train_model(train_ds, gridsize=job.gridsize, cfg=cfg, seed=seed,
                              neighbor_count=design.neighbor_count, grouping_seed=design.seeds.grouping,
-                             device=device, num_workers=num_workers, label=label,
+                             device=device, network=job.network, num_workers=num_workers, label=label,
                              checkpoint_path=None if world.distributed else ckpt,
                              fingerprint=job_fingerprint(job, params, train_path, seed),
                              stop_after_epoch=stop_after_epoch, world=world)
@@ -475,15 +472,15 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
             continue
         bundle_rel = job.relative_dir(extra) / "wts.h5.zip"
         training = {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "seed": seed,
-                    **{k: getattr(cfg, k) for k in ("width", "depth", "stride", "skips", "batch_size",
-                                                  "learning_rate", "epochs", "patience", "lr_patience",
-                                                  "thinning", "n_groups")}}
+                    **training_settings(cfg, job.network)}
         sha = write_bundle(Path(artifact_root) / bundle_rel, result.model, dose=design.doses[job.dose],
                            dose_label=job.dose, extra={"view": job.view, "training": training})
         t1 = time.perf_counter()
+        gap = likelihood_gap(result.model.net, train_ds, neighbor_count=design.neighbor_count,
+                             grouping_seed=design.seeds.grouping, thinning=cfg.thinning, seed=seed + 3, device=device)
         evaluation = evaluate(result.model.net, test_ds, neighbor_count=design.neighbor_count,
                               grouping_seed=design.seeds.grouping, device=device)
-        histories[seed], evaluations[seed] = result.history, evaluation
+        histories[seed], evaluations[seed], gaps[seed] = result.history, evaluation, gap
         timing.append({"seed": seed, "train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - t1,
                        "epoch_seconds": [h["seconds"] for h in result.history], "world_size": world.size})
         best = result.history[result.best_epoch - 1]
@@ -494,6 +491,7 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
             "size": (Path(artifact_root) / bundle_rel).stat().st_size,
             "final_loss": best["train_loss"], "final_val_loss": best["val_loss"],
             "epochs": len(result.history), "best_epoch": result.best_epoch, "settings": training,
+            "network": job.network, "groups": result.geometry, "likelihood_gap": gap,
             "evaluation": {**evaluation, "dose": job.dose, "view": job.view, "gridsize": job.gridsize},
             "status": "completed",
         })
@@ -504,14 +502,15 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
     if not world.writes:
         return []
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
-    write_loss_table(losses.with_suffix(".csv"), histories)
+    write_loss_table(losses.with_suffix(".csv"), {seed_suffix(seed, cfg.seeds[0]): h for seed, h in histories.items()})
     plot_losses(losses.with_suffix(".png"), histories, title=f"{job.name}, gridsize {job.gridsize}")
-    # the DVC metrics file: the errors alone, per seed (the manifest entries keep the job and the flags)
+    # the DVC metrics file: the errors and the gap closed alone, per seed (the manifest entries keep the rest)
     write_metrics(Path(records) / f"eval_{job.dose}_{job.view}.json",
-                  {f"seed_{seed}": {k: v for k, v in e.items() if k.endswith(("_rmse", "_rmse_rad"))}
+                  {f"seed_{seed}": {**{k: v for k, v in e.items() if k.endswith(("_rmse", "_rmse_rad"))},
+                                    **gap_closed(gaps[seed])}
                    for seed, e in evaluations.items()})
     if timing_dir is not None:
-        write_timing(Path(timing_dir) / "phase_e" / f"{job.dose}-{job.view}.json", {
-            "dose": job.dose, "view": job.view, "gridsize": job.gridsize, "train_positions": train_ds.n,
-            "seeds": timing})
+        write_timing(Path(timing_dir) / "phase_e" / f"{job.tag}.json", {
+            "dose": job.dose, "view": job.view, "network": job.network, "gridsize": job.gridsize,
+            "train_positions": train_ds.n, "seeds": timing})
     return entries
