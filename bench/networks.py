@@ -55,9 +55,9 @@ def variants(params) -> dict[str, dict]:
 
 
 def training_split_score(net, ds, *, neighbor_count: int, grouping_seed: int, stitching: str, max_shift: float,
-                         sync_rounds: int = 0) -> float:
-    """Phase MS-SSIM of the network's stitched field of ``ds`` against ``ds``'s own truth, aligned;
-    ``sync_rounds`` of :func:`fly64study.inference.synchronise_phases` first."""
+                         synchronise: bool = False) -> float:
+    """Phase MS-SSIM of the network's stitched field of ``ds`` against ``ds``'s own truth, aligned; with
+    ``synchronise``, the patches' phases synchronised first (:func:`fly64study.inference.synchronise_phases`)."""
     if stitching == "every_group":
         patches, where = every_group_patches(net, ds, neighbor_count=neighbor_count, grouping_seed=grouping_seed)
         xs, ys = ds.xcoords[where], ds.ycoords[where]
@@ -65,7 +65,8 @@ def training_split_score(net, ds, *, neighbor_count: int, grouping_seed: int, st
         patches = reconstruct_patches(net, ds, neighbor_count=neighbor_count, grouping_seed=grouping_seed)
         xs, ys = ds.xcoords, ds.ycoords
     window = np.abs(ds.probeGuess) ** 2
-    patches = synchronise_phases(patches, xs, ys, window, iterations=sync_rounds)
+    if synchronise:
+        patches = synchronise_phases(patches, xs, ys, window)
     field = stitch(patches, xs, ys, ds.objectGuess.shape, window)
     region = metrics.scanned_area(ds.xcoords, ds.ycoords, ds.objectGuess.shape)
     al = metrics.align(field, ds.objectGuess, region, level="aligned", max_shift=max_shift)
@@ -112,9 +113,9 @@ def main() -> None:
                              seed=args.seed + 3)
         score, synced, every = (training_split_score(net, ds, neighbor_count=K, grouping_seed=d.seeds.grouping,
                                                      stitching=stitching, max_shift=d.metrics.max_shift_px,
-                                                     sync_rounds=r)
-                                for stitching, r in (("one_per_position", 0), ("one_per_position", 100),
-                                                     ("every_group", 100)))
+                                                     synchronise=sync)
+                                for stitching, sync in (("one_per_position", False), ("one_per_position", True),
+                                                        ("every_group", True)))
         best = result.history[result.best_epoch - 1]["val_loss"]
         print(f"| {name} | {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M | {len(result.history)} "
               f"({result.best_epoch}) | {seconds:.1f} | {100 * gap['full_counts']['closed']:.1f} % | "

@@ -2,7 +2,7 @@
 
 PtychoPINN and BP-UNet = the view's own bundles of the two networks (their training stages' roots,
 --trained), <network>+refine = the same fitted further to the test split's counts (refine@<dose>-<view>,
-the networks of refine.networks), Baseline = the dose's compare.baseline (gridsize 1) PtychoPINN
+the networks of refine.networks), Baseline = the dose's compare.baseline (gridsize 1) BP-UNet
 bundles, each loaded through the verified loader against the SHA256 in its training manifest and
 scored per training seed (comparison.json gives the mean and sd over seeds); <network>+LSQML = LSQML
 started from each of that network's bundles (hybrid@<dose>-<view>, the networks of hybrid.networks,
@@ -44,7 +44,7 @@ def _seconds(record: Path, *parts: str) -> dict[str, float]:
 
 
 def _lsqml_candidate(model: str, rec, note: str, seed: int | None = None, seconds: float | None = None) -> Candidate:
-    """An LSQML reconstruction (PtyChi, or a PtychoPINN+LSQML seed) as a candidate; a failed run stays a row."""
+    """An LSQML reconstruction (PtyChi, or a <network>+LSQML seed) as a candidate; a failed run stays a row."""
     done = rec.status == "completed"
     return Candidate(model, rec.object if done else None, seconds if done else None,
                      note if done else f"pty-chi failed: {rec.error}", seed=seed,
@@ -93,7 +93,8 @@ def main(argv=None):
     # model -> (manifest, bundle root, job, network, loss table, its column of a seed)
     sources = {model_of(n, "trained").name: trained(n, args.view) for n in NETWORKS}
     sources |= {model_of(n, "refined").name: (refine_runs / REFINE_MANIFEST, Path(args.refine), args.view, n,
-                                              refine_losses, lambda seed, first, n=n: "val_loss" + loss_columns(n, seed, first))
+                                              refine_losses, lambda seed, first, n=n: "val_loss" + loss_columns(
+                                                  n, seed, first, params.refine.networks))
                 for n in params.refine.networks}
     sources["Baseline"] = trained(DEFAULT_NETWORK, params.compare.baseline)  # train@'s gridsize-1 job
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)

@@ -1,7 +1,7 @@
 """Phase G: the study report from every comparison and every pty-chi run.
 
-Writes metrics_summary.json and metrics_summary.md (per job; per model mean and best; deltas
-PtychoPINN − Baseline and PtychoPINN − PtyChi), plots/*.csv
+Writes metrics_summary.json and metrics_summary.md (per job; per model mean and best; the deltas
+fly64study.models names; each network's likelihood gap; the targets), plots/*.csv
 (dvc plots) and the PNGs ms_ssim_vs_dose.png and frc_and_phase_error_vs_fluence.png.
 """
 import argparse

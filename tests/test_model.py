@@ -339,3 +339,22 @@ def test_training_records_both_groups_geometry(tiny_split, tiny):
     train, val = result.geometry["train"], result.geometry["validation"]
     assert train["groups"] > val["groups"] > 0
     assert abs(val["mean_member_distance_px"] / train["mean_member_distance_px"] - 1) < 0.2, result.geometry
+
+
+def test_every_group_reassembly_keeps_every_member_of_a_group_at_every_position(tiny_split):
+    """Upstream's reassembly (compare.stitching: every_group): a group seeded at every position, as
+    training forms them, and every member's patch kept: C patches per position on average, each
+    position covered, each patch its group's inference."""
+    from fly64study.overlap import group_positions
+    from fly64study.train import every_group_patches
+
+    ds = tiny_split
+    net = _published(ds).net.eval()
+    patches, where = every_group_patches(net, ds, neighbor_count=7, grouping_seed=123)
+    groups = group_positions(ds.xcoords, ds.ycoords, gridsize=2, neighbor_count=7, seed=123)
+    assert patches.shape == (4 * ds.n, ds.N, ds.N) and np.array_equal(where, groups.indices.reshape(-1))
+    assert set(where.tolist()) == set(range(ds.n))
+    with torch.no_grad():
+        first = net(torch.from_numpy(ds.diffraction)[groups.indices[:1]], torch.from_numpy(
+            groups.offsets[:1].astype(np.float32))).numpy()[0]
+    np.testing.assert_allclose(patches[:4], first, atol=1e-5)

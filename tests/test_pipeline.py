@@ -282,9 +282,9 @@ def test_every_reconstruction_opens_in_ptychodus_as_the_compared_field(tiny_pipe
                 if name == stem:  # the training's validation loss, epoch by epoch
                     table = root / trained / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
                     assert losses == list(read_loss_column(table, "val_loss"))
-            if name == "ptychopinn_refine.h5":  # refine@'s table holds both networks' columns
+            if name == "bp_unet_refine.h5":  # refine@'s table holds both networks' columns (tiny: ptychopinn's plain)
                 table = root / "refine" / "runs" / f"{dose}-{view}" / f"losses_{dose}_{view}.csv"
-                assert losses == list(read_loss_column(table, "val_loss_ptychopinn"))
+                assert losses == list(read_loss_column(table, "val_loss_bp_unet"))
 
 
 def test_a_queued_sweep_runs_each_point_and_exp_show_lists_its_metrics(tiny_pipeline, tmp_path):

@@ -104,7 +104,8 @@ def test_refining_never_reads_the_truth(tiny, splits, trained, tmp_path):
                                            trained_root=train_dir, artifact_root=tmp_path / name / "refine", device=CPU)
         (entry,) = entries
         assert entry["refined_from"] == sha and entry["bundle_path"] == "dose_1e5/dense/bp_unet/gs2/wts.h5.zip"
-        assert list(histories) == [""] and histories[""][0]["epoch"] == 0  # epoch 0: before refining
+        # the tiny profile refines [ptychopinn, bp_unet]: the first has the plain columns, BP-UNet its own
+        assert list(histories) == ["_bp_unet"] and histories["_bp_unet"][0]["epoch"] == 0  # epoch 0: before refining
         shas.append(entry["sha256"])
         assert load_inference_model(tmp_path / name / "refine" / entry["bundle_path"], entry["sha256"]).cfg.gridsize == 2
     assert shas[0] == shas[1]

@@ -107,9 +107,10 @@ def test_the_published_network_trains_through_the_same_cli_under_its_own_name(ph
     assert job["likelihood_gap"]["status"] == "completed"
 
 
-def test_the_likelihood_gap_reads_the_training_split_only(phase_d, tmp_path):
+@pytest.mark.parametrize("network", ["bp_unet", "ptychopinn"])
+def test_the_likelihood_gap_reads_the_training_split_only(phase_d, tmp_path, network):
     """The same job on a test split whose truth (objectGuess, Y) is noise: the bundle and the likelihood
-    gap are the same bytes and numbers; only the test-split evaluation moves."""
+    gap are the same bytes and numbers, for either network; only the test-split evaluation moves."""
     poisoned = tmp_path / "phase_d"
     shutil.copytree(phase_d, poisoned)
     test = load_dataset(poisoned / "dose_1e3" / "dense" / "test.npz")
@@ -119,8 +120,8 @@ def test_the_likelihood_gap_reads_the_training_split_only(phase_d, tmp_path):
         Y=np.exp(1j * rng.uniform(-3, 3, test.Y.shape)).astype(np.complex64)))
     jobs = []
     for name, data in (("true", phase_d), ("poisoned", poisoned)):
-        proc = train_cli("--phase-d", str(data), "--artifact-root", str(tmp_path / name), "--dose", "1e3",
-                         "--view", "dense", "--deterministic")
+        proc = train_cli("--network", network, "--phase-d", str(data), "--artifact-root", str(tmp_path / name),
+                         "--dose", "1e3", "--view", "dense", "--deterministic")
         assert proc.returncode == 0, proc.stderr
         (job,) = json.loads((tmp_path / name / "training_manifest.json").read_text())["jobs"]
         jobs.append(job)

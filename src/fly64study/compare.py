@@ -2,7 +2,7 @@
 
 PtychoPINN and BP-UNet are the view's own gridsize-2 bundles of the two networks, <network>+refine
 the same fitted further to the test split's own counts (:mod:`fly64study.refine`), <network>+LSQML
-LSQML started from its field (:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 PtychoPINN
+LSQML started from its field (:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 BP-UNet
 bundle (trained on every position), PtyChi the view's LSQML reconstruction from a flat start; all
 reconstruct the same patterns.
 Each field is aligned to the ground truth on the scanned area (:func:`fly64study.metrics.align`)

@@ -498,7 +498,8 @@ class Hybrid(_Section):
 # -------------------------------------------------------------------------- compare section
 @dataclass(frozen=True)
 class Compare(_Section):
-    """Which (view) comparisons phase G makes: PtychoPINN (the view's job) against Baseline and PtyChi."""
+    """Which (view) comparisons phase G makes (every model of fly64study.models on the view's test split),
+    the Baseline's job, and how a network's patches become its field."""
 
     views: tuple[str, ...]  # views with an overlap fraction and a training job of their own name
     baseline: str  # the training job whose bundle is the Baseline model (gridsize 1)

@@ -39,7 +39,7 @@ def field_digest(field: np.ndarray) -> str:
 
 def start_fields(test: Dataset, bundles: list[TrainedBundle], params: Params,
                  device: str = "cpu") -> list[tuple[TrainedBundle, PinnField]]:
-    """Each bundle's stitched field of ``test``, as compare@ makes its PtychoPINN row (run them under
+    """Each bundle's stitched field of ``test``, as compare@ makes its network's row (run them under
     the same pinning, before LSQML's one thread, and they are the same bytes)."""
     d = params.design
     try:

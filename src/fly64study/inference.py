@@ -7,6 +7,7 @@ object, counts most, and its edges (barely lit, so barely constrained) hardly at
 """
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from fly64study.train import every_group_patches, reconstruct_patches
 TRAINING_MANIFEST = "training_manifest.json"  # a training stage's, per job: <root>/runs/<dose>-<job>/
 REFINE_MANIFEST = "refine_manifest.json"  # refine@'s, the same entries (every network's): <refine runs>/<dose>-<view>/
 UNSEEN = 1e-3  # pixels whose total weight is below this share of the largest stay flat (1 + 0j)
+SYNC_ITERATIONS = 500  # power iterations of synchronise_phases at most (it stops when the phases stop moving)
 
 
 def stitch(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray, shape: tuple[int, int],
@@ -71,7 +73,7 @@ def trained_roots(pairs: list[str]) -> dict[str, Path]:
 
 
 def synchronise_phases(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray,
-                       window: np.ndarray, iterations: int = 100) -> np.ndarray:
+                       window: np.ndarray, iterations: int = SYNC_ITERATIONS) -> np.ndarray:
     """Patches (n, N, N) turned so that their constant phases agree where they overlap.
 
     No diffraction pattern fixes its patch's constant phase (O and O·e^{ic} give the same counts),
@@ -79,9 +81,12 @@ def synchronise_phases(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.nda
     stitch a field of patches offset from one another. Angular synchronisation (Singer, Appl.
     Comput. Harmon. Anal. 30, 20 (2011)): H_jk is the window-weighted overlap of patch j with patch
     k (nonzero where their windows overlap; a sub-pixel shift, exact in Fourier space on a canvas of
-    2N), about e^{i(c_j - c_k)} times a positive weight; the leading eigenvector of H (power
-    iteration) gives every c_j at once, and each patch is turned by -c_j. Reads the patches alone:
-    no truth, no counts. ``iterations`` 0 returns them unchanged."""
+    2N), about e^{i(c_j - c_k)} times a positive weight, and the leading eigenvector of H gives every
+    c_j at once; each patch is turned by -c_j. The vector starts from the phases passed along a
+    maximum spanning tree of the overlaps (close to the answer, so power iteration converges in a
+    few steps even on a large scan) and is iterated until it changes by less than 1e-9, at most
+    ``iterations`` times. Reads the patches alone: no truth, no counts. ``iterations`` 0 returns
+    them unchanged."""
     patches = np.array(patches, dtype=np.complex64)
     n, N, _ = patches.shape
     if iterations < 1 or n < 2:
@@ -90,25 +95,56 @@ def synchronise_phases(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.nda
     support = np.argwhere(window > 1e-3 * window.max())
     reach = float(np.ptp(support, axis=0).max()) + 1  # windows this far apart no longer overlap
     pairs = np.array(sorted(cKDTree(pts).query_pairs(r=min(reach, N - 1))), dtype=np.int64).reshape(-1, 2)
-    P = 2 * N
-    spectra = np.fft.fft2(np.pad(patches * window, ((0, 0), (0, N), (0, N))))  # (n, P, P), no wrap-around
+    P = 2 * N  # a canvas with room for the shift: no wrap-around
+    spectra = np.fft.fft2(np.pad(patches * window, ((0, 0), (0, N), (0, N)))).astype(np.complex64)
     f = np.fft.fftfreq(P)
-    H = {}
-    for j, k in pairs:
-        dx, dy = pts[k] - pts[j]  # patch k's content sits (dx, dy) further in patch j's frame
-        ramp = np.exp(-2j * np.pi * (f[:, None] * dy + f[None, :] * dx))
-        H[j, k] = np.sum(spectra[j] * np.conj(spectra[k] * ramp)) / P**2
+    values = np.empty(len(pairs), np.complex128)
+    for i, (j, k) in enumerate(pairs):
+        dx, dy = pts[k] - pts[j]  # patch k's content sits (dx, dy) further on in patch j's frame
+        # sum over the canvas of U_j conj(U_k e^{-2 pi i (f.d)}): the shift ramp is separable
+        values[i] = np.exp(2j * np.pi * f * dy) @ (spectra[j] * np.conj(spectra[k])) @ np.exp(2j * np.pi * f * dx) / P**2
+    diagonal = np.sum(np.abs(patches * window) ** 2, axis=(-2, -1)).astype(np.complex128)
     rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
     cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
-    values = np.array([H[j, k] for j, k in pairs], dtype=np.complex128)
-    diagonal = np.sum(np.abs(patches * window) ** 2, axis=(-2, -1)).astype(np.complex128)
     matrix = coo_matrix((np.concatenate([values, np.conj(values), diagonal]), (rows, cols)), shape=(n, n)).tocsr()
-    v = np.ones(n, np.complex128)
+    v = _spanning_tree_phases(n, pairs, values)
     for _ in range(iterations):
-        v = matrix @ v
-        v /= np.linalg.norm(v)
+        new = matrix @ v
+        new /= np.linalg.norm(new)
+        new *= np.conj(new[0]) / abs(new[0])  # the global phase is free: keep patch 0's fixed
+        done = np.max(np.abs(new - v)) < 1e-9
+        v = new
+        if done:
+            break
     turn = np.conj(v) / np.maximum(np.abs(v), 1e-30)
     return patches * turn.astype(np.complex64)[:, None, None]
+
+
+def _spanning_tree_phases(n: int, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """e^{i c_j} from the overlaps H_jk ~ e^{i(c_j - c_k)} passed along a maximum spanning tree (strongest
+    overlaps first, Prim); a patch overlapping none keeps phase 0."""
+    neighbours: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
+    for i, (j, k) in enumerate(pairs):
+        neighbours[j].append((-abs(values[i]), int(k), i))
+        neighbours[k].append((-abs(values[i]), int(j), i))
+    phase = np.full(n, np.nan)
+    for root in range(n):
+        if not np.isnan(phase[root]):
+            continue
+        phase[root] = 0.0
+        heap = [(w, m, i, root) for w, m, i in neighbours[root]]
+        heapq.heapify(heap)
+        while heap:
+            _, m, i, j = heapq.heappop(heap)
+            if not np.isnan(phase[m]):
+                continue
+            a, _ = pairs[i]
+            # H_ab = e^{i(c_a - c_b)}: from the placed patch j to its neighbour m
+            phase[m] = phase[j] - np.angle(values[i]) if a == j else phase[j] + np.angle(values[i])
+            for w, o, e in neighbours[m]:
+                if np.isnan(phase[o]):
+                    heapq.heappush(heap, (w, o, e, m))
+    return np.exp(1j * phase)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Phase F: the iterative baseline, pty-chi's LSQML, on one view's test split.
 
-The object starts flat (transmission 1, never the ground truth) or, for PtychoPINN+LSQML
+The object starts flat (transmission 1, never the ground truth) or, for <network>+LSQML
 (:mod:`fly64study.hybrid`), from a given field such as a PINN's stitched reconstruction; the probe is the
 known one, every pattern is used and the positions are fixed. pty-chi sees the same photon data as the
 PINN, in its own units: its far field is an unnormalised FFT, so the measured intensity

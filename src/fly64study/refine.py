@@ -17,7 +17,7 @@ import torch
 
 from fly64study.bundle import BundleError, load_inference_model, write_bundle
 from fly64study.contract import ContractError, load_dataset
-from fly64study.design import DEFAULT_NETWORK, Params
+from fly64study.design import Params
 from fly64study.inference import trained_bundles
 from fly64study.products import seed_suffix
 from fly64study.train import Job, Schedule, train_model
@@ -32,10 +32,11 @@ def schedule(params: Params) -> Schedule:
                     val_fraction=t.val_fraction, patience=r.patience, lr_patience=0, thinning=t.thinning)
 
 
-def loss_columns(network: str, seed: int, first_seed: int) -> str:
-    """The column suffix of a network's seed in a refinement's loss table: the default network's
-    first seed has the plain columns (what ``dvc plots`` draws), others ``_<network>``, ``_seed<s>``."""
-    return ("" if network == DEFAULT_NETWORK else f"_{network}") + seed_suffix(seed, first_seed)
+def loss_columns(network: str, seed: int, first_seed: int, networks: tuple[str, ...]) -> str:
+    """The column suffix of a network's seed in a refinement's loss table: the first network of
+    ``networks`` (refine.networks) has the plain columns for its first seed (what ``dvc plots``
+    draws), others ``_<network>``, further seeds ``_seed<s>``."""
+    return ("" if network == networks[0] else f"_{network}") + seed_suffix(seed, first_seed)
 
 
 def refine_job(job: Job, params: Params, *, phase_d: Path, manifest: Path, trained_root: Path, artifact_root: Path,
@@ -68,7 +69,7 @@ def refine_job(job: Job, params: Params, *, phase_d: Path, manifest: Path, train
                            extra={"view": job.view, "network": job.network, "refined_from": b.sha256,
                                   "training": {**b.settings, "seed": b.seed}, "refine": refine})
         # epoch 0 first: the loss curve shows where refining started
-        histories[loss_columns(job.network, b.seed, first)] = [{"epoch": 0, "train_loss": None, "val_loss": result.start_val_loss, "lr": None},
+        histories[loss_columns(job.network, b.seed, first, params.refine.networks)] = [{"epoch": 0, "train_loss": None, "val_loss": result.start_val_loss, "lr": None},
                              *result.history]
         best_val = result.history[result.best_epoch - 1]["val_loss"] if result.best_epoch else result.start_val_loss
         entries.append({

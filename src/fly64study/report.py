@@ -69,9 +69,11 @@ def _met(value: float | None, target: float | None, higher: bool = True) -> bool
 
 
 def targets(jobs: list[dict]) -> dict:
-    """Each model's phase MS-SSIM as a ratio to PtyChi's, for every job, whether each model's mean
-    rises with the dose on each view, and each spread over seeds; with the study's targets
-    (:data:`PINN_RATIO_TARGET`, :data:`BEST_PINN_RATIO_TARGET`, :data:`SEED_SD_TARGET`) where one applies.
+    """Each model's phase MS-SSIM as a ratio to PtyChi's for every job, the best plain network of each job
+    of the largest overlap against :data:`PINN_RATIO_TARGET` (and :data:`GAP_CLOSED_TARGET` at its
+    highest dose), the best PINN-based model at its lowest dose against :data:`BEST_PINN_RATIO_TARGET`,
+    whether each model's mean rises with the dose on each view, and each spread over seeds (against
+    :data:`SEED_SD_TARGET` for the plain networks).
     ``jobs``: comparison summaries, in any order."""
     key = "ms_ssim_phase"
     jobs = sorted(jobs, key=lambda c: (c["view"], c["nphotons"]))
@@ -127,7 +129,7 @@ def jobs_on(jobs: list[dict], view: str) -> list[dict]:
 def _best_plain(c: dict, reference: float | None, key: str, highest_dose: bool) -> dict:
     """The plain network (:data:`fly64study.models.PLAIN`) of one job that closes more of its likelihood
     gap on the training split (thinned counts, then full counts), its ratio to PtyChi against
-    :data:`PINN_RATIO_TARGET`, and at the view's highest dose its gap closed against :data:`GAP_CLOSED_TARGET`."""
+    :data:`PINN_RATIO_TARGET`, and at the view's highest dose its gap closed (thinned) against :data:`GAP_CLOSED_TARGET`."""
     scored = [(c["models"][m].get(GAP_KEYS[1]), c["models"][m].get(GAP_KEYS[0]), m) for m in PLAIN
               if c["models"].get(m, {}).get("status") == "completed"]
     ranked = sorted(scored, key=lambda t: (t[0] is not None, t[0] or 0.0, t[1] or 0.0), reverse=True)
@@ -135,9 +137,9 @@ def _best_plain(c: dict, reference: float | None, key: str, highest_dose: bool) 
     m = c["models"].get(model, {}) if model else {}
     value = m.get(key)
     ratio = value / reference if value is not None and reference else None
-    gap = m.get(GAP_KEYS[0])
+    gap = m.get(GAP_KEYS[1])  # thinned: a network that fits the noise it sees scores no higher there
     return {"view": c["view"], "dose": c["dose"], "model": model, "chosen_by": "likelihood gap closed on the training "
-            "split (thinned counts)", "gap_closed": gap, "gap_closed_thinned": m.get(GAP_KEYS[1]),
+            "split (thinned counts)", "gap_closed": m.get(GAP_KEYS[0]), "gap_closed_thinned": gap,
             "ratio": ratio, "target": PINN_RATIO_TARGET, "met": _met(ratio, PINN_RATIO_TARGET),
             "gap_target": GAP_CLOSED_TARGET if highest_dose else None,
             "gap_met": _met(gap, GAP_CLOSED_TARGET) if highest_dose else None}
@@ -351,7 +353,7 @@ def _targets_markdown(t: dict) -> list[str]:
              f"On the {view} view (the largest overlap): the best plain network (of {', '.join(PLAIN)}; per job the one "
              "that closes more of its likelihood gap on the training split, thinned counts: no test-split number "
              f"chooses it) ≥ {PINN_RATIO_TARGET}× PtyChi's phase MS-SSIM at every dose and closing ≥ "
-             f"{100 * GAP_CLOSED_TARGET:.0f} % of its likelihood gap (full counts) at the highest dose; the best "
+             f"{100 * GAP_CLOSED_TARGET:.0f} % of its likelihood gap (thinned counts) at the highest dose; the best "
              f"PINN-based model ≥ {BEST_PINN_RATIO_TARGET}× at the lowest dose; each plain network's sd over seeds ≤ "
              f"{SEED_SD_TARGET} at every dose (where several seeds ran); on every view, every model's phase MS-SSIM "
              f"rising with the dose (means over seeds). PINN-based: {', '.join(PINN_BASED)} (a +LSQML model's object is "

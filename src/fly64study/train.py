@@ -391,7 +391,8 @@ def write_loss_table(path: Path, histories: dict[str, list[dict]], first_epoch: 
     """One row per epoch: train_loss, val_loss, learning_rate of each history, its columns named with
     its key as a suffix (the first model's: "", what ``dvc plots`` draws; a further seed's: ``_seed<s>``),
     empty after it stopped or where a value is None; every history's first row is epoch ``first_epoch``."""
-    columns = [(suffix, key) for suffix in histories for key in ("train_loss", "val_loss", "lr")]
+    # no history (nothing refined): the plain header alone, so the table's columns are always there
+    columns = [(suffix, key) for suffix in (histories or [""]) for key in ("train_loss", "val_loss", "lr")]
     header = ["epoch"] + [("learning_rate" if key == "lr" else key) + suffix for suffix, key in columns]
     rows = []
     for i in range(max((len(h) for h in histories.values()), default=0)):
