@@ -133,6 +133,12 @@ def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp
     write_report(tmp_path, summary)
     md = (tmp_path / "metrics_summary.md").read_text()
     assert "failed: pty-chi failed: test" in md and "BP-UNet - PtyChi" in md
+    # a model this profile did not run (no PtychoPINN here, no refinement) is no row and no failure
+    assert summary["models"] == ["BP-UNet", "Baseline", "PtyChi"] and list(summary["per_model"]) == summary["models"]
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert not [r for r in rows if "| PtychoPINN" in r or "+refine" in r], rows
+    assert [line for line in md.split("## Failed")[1].splitlines() if line.startswith("- ")] == [
+        "- PtyChi at dense@1e5: pty-chi failed: test", "- PtyChi at sparse@1e5: pty-chi failed: test"]
     assert not (tmp_path / "metrics.json").exists()  # dvc metrics are each comparison's own
     with open(tmp_path / "plots" / "ms_ssim_phase_dense.csv") as fh:
         (row,) = list(csv.DictReader(fh))

@@ -102,7 +102,7 @@ def targets(jobs: list[dict]) -> dict:
     monotone = []
     for view in dict.fromkeys(c["view"] for c in jobs):
         on_view = [c for c in jobs if c["view"] == view]
-        for model in MODELS:
+        for model in (m for m in MODELS if any(m in c["models"] for c in on_view)):
             values = [c["models"].get(model, {}).get(key) for c in on_view]
             # non-decreasing; not judged with a missing value or a single dose
             rising = None if None in values or len(values) < 2 else all(a <= b for a, b in zip(values, values[1:]))
@@ -197,8 +197,10 @@ def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: lis
     jobs = sorted(comparisons, key=lambda c: (c["view"], c["nphotons"]))
     failed = [{"dose": c["dose"], "view": c["view"], "model": m, "note": s.get("note", "")}
               for c in jobs for m, s in c["models"].items() if s["status"] != "completed"]
+    # the models this profile ran (a profile may leave refine or a network's +LSQML out): not failures
+    ran = [m for m in MODELS if any(m in c["models"] for c in jobs)]
     per_model = {}
-    for model in MODELS:
+    for model in ran:
         per_model[model] = {}
         for key, higher in HEADLINE:
             pairs = [(c["models"][model][key], f"{c['view']}@{c['dose']}") for c in jobs
@@ -207,7 +209,7 @@ def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: lis
             per_model[model][key] = {"mean": _mean([v for v, _ in pairs]), "best": best[0], "best_job": best[1],
                                      "n": len(pairs)}
     deltas = {}
-    for a, b in DELTAS:
+    for a, b in ((a, b) for a, b in DELTAS if a in ran and b in ran):
         paired = (a, b) in PAIRED
         rows = []
         for c in jobs:
@@ -242,7 +244,7 @@ def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: lis
     networks = [{"view": c["view"], "dose": c["dose"], "ptychi_ms_ssim_phase": c["models"].get("PtyChi", {}).get(
         "ms_ssim_phase"), "models": {m: _network_row(c["models"][m]) for m in (*PLAIN, "Baseline")
                                      if c["models"].get(m, {}).get("status") == "completed"}} for c in jobs]
-    return {"models": list(MODELS), "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
+    return {"models": ran, "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
             "networks": networks, "targets": target_rows, "ptychi_runs": ptychi, "lsqml_tuning": lsqml_rows,
             "failed": failed, "registration_failures": registration}
 
@@ -433,8 +435,8 @@ def markdown(summary: dict) -> str:
         context = (f"| {c['view']} | {_fmt(ov.get('f'), 2)} | {_fmt(ov.get('per_image'), 3)} | {c['dose']} | "
                    f"{c['nphotons']:.0f} | {c['incident_photons_per_exposure']:.0f} | "
                    f"{c['photons_per_pixel_mean']:.3g} | {_fmt(c['shot_noise_phase_bound_rad'])}")
-        for model in MODELS:
-            s = c["models"].get(model, {"status": "missing"})
+        for model in (m for m in summary["models"] if m in c["models"]):
+            s = c["models"][model]
             if s["status"] == "completed":
                 vals = [_fmt_sd(s, k) for k in TABLE] + [
                     f"({s['shift_y_px']:.2f}, {s['shift_x_px']:.2f})",
@@ -476,7 +478,7 @@ def markdown(summary: dict) -> str:
               "the network's field: hybrid.epochs, or tune@'s epochs where fewer, after the network's training).", "",
               "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
-        for model in MODELS:
+        for model in summary["models"]:
             s = c["models"].get(model, {})
             if s.get("status") == "completed":
                 lines.append(f"| {c['view']} | {c['dose']} | {model} | {', '.join(map(str, s.get('seeds', []))) or '—'} | "
@@ -531,7 +533,7 @@ def write_plot_tables(folder: Path, summary: dict) -> None:
 
 def timing_markdown(summary: dict, timing: dict) -> str:
     """Wall times per job from the untracked run records: ``timing`` maps (phase, dose, view) to a record."""
-    models = [m for m in MODELS if m != "PtyChi"]
+    models = [m for m in summary["models"] if m != "PtyChi"]
     lines = ["# Wall times (run records, not tracked by DVC)", "",
              "Seconds per job: a trained network's inference and stitching; +refine: refining and inference; +LSQML: "
              "inference and LSQML; PtyChi: its LSQML run.", "",
@@ -551,4 +553,4 @@ def write_report(out_dir: str | Path, summary: dict) -> None:
     with atomic_path(out / "metrics_summary.md") as tmp:
         tmp.write_text(markdown(summary))
     write_plot_tables(out / "plots", summary)
-    plot_report(out, summary, MODELS)
+    plot_report(out, summary, summary["models"])
