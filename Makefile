@@ -36,7 +36,7 @@ repro: setup
 	@echo "  phase D (overlap):   data/phase_d/dose_<d>/<view>/{train,test}.npz, metrics.json"
 	@echo "  phase E (PINNs):     BP-UNet data/phase_e/dose_<d>/<view>/gs<g>/wts.h5.zip (further train.seeds: gs<g>/seed_<s>/),"
 	@echo "                       PtychoPINN data/ptychopinn/dose_<d>/<view>/gs<g>/wts.h5.zip"
-	@echo "                       data/phase_e/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
+	@echo "                       data/{phase_e,ptychopinn}/runs/<d>-<view>/{training_manifest.json,eval_*.json,losses_*.csv}"
 	@echo "  phase F (pty-chi):   data/phase_f/dose_<d>/<view>/{ptychi_reconstruction.npz,ptychi.log,reconstruction_manifest.json}"
 	@echo "                       data/phase_f/tune/dose_<d>/<view>/lsqml_tuning.json (LSQML's settings, chosen on the view's training data)"
 	@echo "  refine (+refine):    data/refine/dose_<d>/<view>/<network>/gs2/wts.h5.zip, data/refine/runs/<d>-<view>/refine_manifest.json"

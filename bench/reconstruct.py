@@ -1,9 +1,9 @@
-"""PtychoPINN inference (with stitching) against pty-chi LSQML on the same test split.
+"""BP-UNet inference (the study's network, data/phase_e) (with stitching) against pty-chi LSQML on the same test split.
 
     .venv/bin/python bench/reconstruct.py                          # dose 1e4, dense view
     .venv/bin/python bench/reconstruct.py --dose 1e3 --dose 1e5 --view sparse --accelerator cuda
 
-Reads the pipeline's outputs (run `dvc repro` first): the view's test split, its PtychoPINN
+Reads the pipeline's outputs (run `dvc repro` first): the view's test split, its BP-UNet
 bundle (verified against the training manifest) and the params' LSQML settings. Prints, per
 (dose, view), both wall times, their ratio and both methods' phase MS-SSIM against the truth
 (aligned as in phase G). PINN time is the best of 3 (the bundle loaded once); LSQML runs once,
@@ -54,7 +54,7 @@ def main() -> None:
                 sys.exit(f"{test_path}: missing; run `dvc repro` first")
             test = load_dataset(test_path)
             first = trained_bundles(Path(f"data/phase_e/runs/{dose}-{view}/training_manifest.json"), Path("data/phase_e"),
-                                    dose, view, params.train.jobs[view])[0]  # the first training seed's PtychoPINN
+                                    dose, view, params.train.jobs[view])[0]  # the first training seed's BP-UNet
             net = load_inference_model(first.path, first.sha256)
             window = abs(test.probeGuess) ** 2
             fields = []

@@ -91,7 +91,7 @@ def main() -> None:
             sources += [(model_of(n, "refined").name, view, n,
                          Path(f"data/refine/runs/{dose}-{view}") / REFINE_MANIFEST, "data/refine")
                         for n in params.refine.networks]
-            sources.append(("Baseline", params.compare.baseline, "ptychopinn",
+            sources.append(("Baseline", params.compare.baseline, "bp_unet",
                             Path(f"data/phase_e/runs/{dose}-{params.compare.baseline}") / TRAINING_MANIFEST, "data/phase_e"))
             for model, job, network, manifest, root in sources:
                 fields[model] = [pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
