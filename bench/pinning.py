@@ -37,7 +37,8 @@ def worker(params_path: str, dose: str, view: str, train_steps: int, lsqml_epoch
     from fly64study.networks import Autoencoder, network_config
     from fly64study.overlap import build_view
     from fly64study.simulate import generate_dose
-    from fly64study.train import batch_loss, make_groups, make_optimiser
+    from fly64study.grouped import make_groups
+    from fly64study.train import batch_loss, make_optimiser
 
     numerics.pin_torch(True)
     params = load_params(params_path)

@@ -27,7 +27,7 @@ from skimage.registration import phase_cross_correlation
 
 from fly64study.contract import load_dataset
 from fly64study.design import load_params
-from fly64study.inference import REFINE_MANIFEST, TRAINED_ROOTS, TRAINING_MANIFEST, pinn_field, trained_bundles
+from fly64study.inference import REFINE_MANIFEST, TRAINED_ROOTS, pinn_field, trained_bundles, training_manifest
 from fly64study.models import model_of
 from fly64study.iterative import load_result
 
@@ -86,13 +86,13 @@ def main() -> None:
             for e in json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"]:
                 fields.setdefault(model_of(e["network"], "hybrid").name, []).append(
                     load_result(hybrid / e["network"] / f"seed_{e['seed']}" / "ptychi_reconstruction.npz").object)
-            sources = [(model_of(n, "trained").name, view, n, Path(r) / "runs" / f"{dose}-{view}" / TRAINING_MANIFEST, r)
+            sources = [(model_of(n, "trained").name, view, n, training_manifest(r, dose, view), r)
                        for n, r in TRAINED_ROOTS.items()]
             sources += [(model_of(n, "refined").name, view, n,
                          Path(f"data/refine/runs/{dose}-{view}") / REFINE_MANIFEST, "data/refine")
                         for n in params.refine.networks]
             sources.append(("Baseline", params.compare.baseline, "bp_unet",
-                            Path(f"data/phase_e/runs/{dose}-{params.compare.baseline}") / TRAINING_MANIFEST, "data/phase_e"))
+                            training_manifest(TRAINED_ROOTS["bp_unet"], dose, params.compare.baseline), TRAINED_ROOTS["bp_unet"]))
             for model, job, network, manifest, root in sources:
                 fields[model] = [pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,
                                             expected_sha256=b.sha256, stitching=params.compare.stitching,

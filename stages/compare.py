@@ -25,8 +25,8 @@ from fly64study.contract import ContractError, load_dataset, read_json
 from fly64study.design import DEFAULT_NETWORK, NETWORKS, ParamsError, load_params
 from fly64study.files import write_timing
 from fly64study.hybrid import load_runs
-from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, pinn_field, trained_bundles, trained_roots
-from fly64study.models import model_of
+from fly64study.inference import REFINE_MANIFEST, pinn_field, trained_bundles, trained_roots, training_manifest
+from fly64study.models import BY_NAME, model_of
 from fly64study.refine import loss_columns
 from fly64study.iterative import RESULT_FILE, load_result
 from fly64study.products import seed_suffix, write_products
@@ -86,8 +86,8 @@ def main(argv=None):
     refine_losses = refine_runs / f"losses_{args.dose}_{args.view}.csv"
 
     def trained(network: str, job: str) -> tuple:
-        runs = roots[network] / "runs" / f"{args.dose}-{job}"
-        return (runs / TRAINING_MANIFEST, roots[network], job, network, runs / f"losses_{args.dose}_{job}.csv",
+        manifest = training_manifest(roots[network], args.dose, job)
+        return (manifest, roots[network], job, network, manifest.parent / f"losses_{args.dose}_{job}.csv",
                 lambda seed, first: "val_loss" + seed_suffix(seed, first))
 
     # model -> (manifest, bundle root, job, network, loss table, its column of a seed)
@@ -100,7 +100,7 @@ def main(argv=None):
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
     bundles, fields = {}, {}  # model -> its bundles; (network, seed) -> a trained model's field (hybrid@'s start)
     for model, (manifest, root, job, network, losses, column) in sources.items():
-        kind = "refined" if model.endswith("+refine") else "trained"
+        kind = BY_NAME[model].kind
         bundles[model] = trained_bundles(manifest, root, args.dose, job, jobs[job], network)
         for b in bundles[model]:
             first = firsts.setdefault(model, b.seed)
@@ -111,7 +111,7 @@ def main(argv=None):
                                   synchronise=params.compare.synchronise_phases)
             except BundleError as err:
                 raise ContractError(str(err)) from None
-            if model == model_of(network, "trained").name:
+            if kind == "trained":
                 fields[network, b.seed] = pinn.field
             seconds = pinn.seconds
             if kind == "refined":

@@ -18,7 +18,7 @@ from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json, write_timing
 from fly64study.hybrid import MANIFEST, run_hybrid, start_fields
-from fly64study.inference import TRAINING_MANIFEST, trained_bundles, trained_roots
+from fly64study.inference import trained_bundles, trained_roots, training_manifest
 from fly64study.models import model_of
 from fly64study.iterative import Choice, run_manifest
 from fly64study.numerics import pin_torch
@@ -54,8 +54,7 @@ def main(argv=None):
     # the networks' fields first, pinned as compare@ infers them: compare@ checks they are its fields
     starts = {}
     for network in params.hybrid.networks:
-        manifest = roots[network] / "runs" / f"{args.dose}-{args.view}" / TRAINING_MANIFEST
-        bundles = trained_bundles(manifest, roots[network], args.dose, args.view, params.train.jobs[args.view], network)
+        bundles = trained_bundles(training_manifest(roots[network], args.dose, args.view), roots[network], args.dose, args.view, params.train.jobs[args.view], network)
         starts[network] = start_fields(test, bundles, params, device)
     pin_torch(args.deterministic, threads=1)  # LSQML is bitwise reproducible on one thread only
     out = Path(args.out)

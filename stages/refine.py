@@ -17,7 +17,7 @@ from fly64study.design import ParamsError, load_params
 from fly64study.devices import select_device
 from fly64study.files import write_json, write_timing
 from fly64study.numerics import pin_torch, record
-from fly64study.inference import REFINE_MANIFEST, TRAINING_MANIFEST, trained_roots
+from fly64study.inference import REFINE_MANIFEST, trained_roots, training_manifest
 from fly64study.refine import refine_job
 from fly64study.train import plan_jobs, write_loss_table
 
@@ -46,8 +46,8 @@ def main(argv=None):
     entries, timing, histories = [], [], {}
     for network in params.refine.networks:
         (job,) = plan_jobs(params, [args.dose], [args.view], network)
-        manifest = roots[network] / "runs" / f"{args.dose}-{args.view}" / TRAINING_MANIFEST
-        e, t, h = refine_job(job, params, phase_d=Path(args.phase_d), manifest=manifest, trained_root=roots[network],
+        e, t, h = refine_job(job, params, phase_d=Path(args.phase_d), trained_root=roots[network],
+                             manifest=training_manifest(roots[network], args.dose, args.view),
                              artifact_root=Path(args.out), device=device)
         entries, timing, histories = entries + e, timing + t, {**histories, **h}
     (Path(args.out) / f"dose_{args.dose}" / args.view).mkdir(parents=True, exist_ok=True)  # a DVC output, even empty

@@ -14,8 +14,8 @@ from fly64study.bp_unet import BackprojectionUNet
 from fly64study.model import ModelConfig, Placement, canvas_length, fft_length, poisson_nll
 from fly64study.networks import Autoencoder, build_network, network_config
 from fly64study.simulate import extract_patches, generate_dose
-from fly64study.train import (_INFER_BATCH, batch_loss, counts_of, inference_chunks, make_groups, reconstruct_patches,
-                              train_model)
+from fly64study.grouped import _INFER_BATCH, counts_of, inference_chunks, make_groups
+from fly64study.train import batch_loss, reconstruct_patches, train_model
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,11 @@ def trained_roots(pairs: list[str]) -> dict[str, Path]:
     return {n: Path(r) for n, r in roots.items()}
 
 
+def training_manifest(root: str | Path, dose: str, job: str) -> Path:
+    """A training stage's manifest of one job: ``<root>/runs/<dose>-<job>/training_manifest.json``."""
+    return Path(root) / "runs" / f"{dose}-{job}" / TRAINING_MANIFEST
+
+
 def synchronise_phases(patches: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray,
                        window: np.ndarray, iterations: int = SYNC_ITERATIONS) -> np.ndarray:
     """Patches (n, N, N) turned so that their constant phases agree where they overlap.

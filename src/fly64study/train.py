@@ -33,8 +33,7 @@ from fly64study.contract import ContractError, Dataset, load_dataset
 from fly64study.design import DEFAULT_NETWORK, Params, ParamsError, Train
 from fly64study.distributed import World, all_sum, from_rank0
 from fly64study.files import atomic_path, sha256_file, write_metrics, write_timing
-from fly64study.grouped import (_INFER_BATCH, Groups, counts_of, inference_chunks, make_groups,  # noqa: F401
-                                 thin, thinned_amplitude)
+from fly64study.grouped import Groups, counts_of, inference_chunks, make_groups, thin, thinned_amplitude
 from fly64study.likelihood import gap_closed, likelihood_gap
 from fly64study.model import poisson_nll
 from fly64study.networks import Autoencoder, network_config
