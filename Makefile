@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test golden profile params-diff metrics-diff bench clean-venv red green collect train-evidence archive archive-check hub-new push pull share gather sweep
+.PHONY: setup repro test golden profile docs params-diff metrics-diff bench clean-venv red green collect train-evidence archive archive-check hub-new push pull share gather sweep
 
 # pyproject.toml pins Python 3.11 (the wheels the numbers were made with): the first of these that is 3.11
 PYTHON ?= $(shell for p in python3.11 python3; do $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
@@ -26,7 +26,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@
 
+# `make repro PROFILE=<name>` switches params.yaml to that profile first; plain `make repro` runs params.yaml as it is
 repro: setup
+	@$(if $(filter command line environment,$(origin PROFILE)),$(MAKE) --no-print-directory profile PROFILE=$(PROFILE))
 	@$(PY) stages/design.py --check   # a params mistake named here, before DVC reads the file its own way
 	dvc repro
 	@echo
@@ -46,8 +48,8 @@ repro: setup
 	@echo "  wall times (untracked run records): data/timing/"
 	@echo "  metrics:             make metrics-diff (against the last commit); or in a shell: source .venv/bin/activate; dvc metrics show"
 	@echo
-	@echo "The study report:     data/report/metrics_summary.md"
-	@echo "                      data/report/ms_ssim_vs_dose.png, data/report/frc_and_phase_error_vs_fluence.png"
+	@echo "The study report:     data/report/index.html (open it in a browser: every figure embedded, no network)"
+	@echo "                      data/report/metrics_summary.md, ms_ssim_vs_dose.png, frc_and_phase_error_vs_fluence.png"
 
 # both cores: a test file per worker at a time, in the order tests/conftest.py sets (the shared tiny run first)
 test: setup
@@ -60,11 +62,17 @@ golden: setup
 	FLY64STUDY_WRITE_GOLDEN=1 $(PY) -m pytest -q tests/test_reproducible.py::test_the_tiny_run_reproduces_the_golden_digests
 	@git diff --stat tests/golden
 
-# Switch profile: params.yaml becomes profiles/$(PROFILE).yaml; `dvc params diff` shows the change.
-profile:
-	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
-	cp profiles/$(PROFILE).yaml params.yaml
+# Switch profile: params.yaml becomes profiles/$(PROFILE).yaml merged over profiles/default.yaml
+# (fly64study.profiles); `dvc params diff` shows the change.
+profile: setup
+	@$(PY) -m fly64study.profiles $(PROFILE)
 	@echo "params.yaml is now the '$(PROFILE)' profile; see what changed with: dvc params diff"
+
+# README.md's headline table and docs/'s figure from the committed results (after a default `make repro`)
+docs: setup
+	@cmp -s params.yaml profiles/default.yaml || { echo "make docs: the README shows the default profile's results; params.yaml is another (make profile PROFILE=default, then make repro)" >&2; exit 2; }
+	$(PY) -m fly64study.report --readme README.md --plots data/report/plots
+	cp data/report/ms_ssim_vs_dose.png docs/ms_ssim_vs_dose.png
 
 # dvc's comparisons without activating .venv: the workspace against the last commit, or REV=<a> [REV2=<b>]
 params-diff: setup
@@ -128,7 +136,7 @@ hub-new:
 
 # ------------------------------------------------------------------------------- remotes
 # The committed default remote is a local directory (.dvc_remote/, see .dvc/config); point it
-# elsewhere in .dvc/config.local (README: "DVC remotes"), or name one: REMOTE=<name>.
+# elsewhere in .dvc/config.local (docs/scaling.md, "DVC remotes"), or name one: REMOTE=<name>.
 # push: what dvc.lock and the .dvc files name, and the run-cache with every file it names
 # (fly64study.sharing: `dvc push --run-cache` alone leaves out the git-kept metrics tables).
 push: setup
@@ -137,7 +145,7 @@ push: setup
 pull: setup
 	dvc pull --run-cache $(if $(REMOTE),-r $(REMOTE))
 
-# One study on several machines (README: "Running on several machines"): each runs
+# One study on several machines (docs/scaling.md, "Running on several machines"): each runs
 # `make share DOSES="1e3"` (its doses' stages, then push); one then runs `make gather`
 # (fetch every share's run-cache, `dvc repro --pull`: shared stages are restored, not rerun).
 # (the checks run when make reads this file: before a setup that may take minutes)
@@ -154,7 +162,7 @@ share: setup
 gather: setup   # the default remote (core.remote): `dvc repro --pull` takes no other
 	$(PY) -m fly64study.sharing gather
 
-# A queued sweep of one params key (README: "Queued sweeps"), JOBS experiments at a time:
+# A queued sweep of one params key (docs/scaling.md, "Queued sweeps"), JOBS experiments at a time:
 #   make sweep PARAM=design.views.sparse VALUES="0.1 0.2 0.3 0.4" JOBS=2 [TARGETS="overlap@1e3-sparse"]
 JOBS ?= 1
 sweep: setup

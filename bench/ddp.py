@@ -2,7 +2,8 @@
 `torchrun --nproc_per_node=2`, alternating, on one phase D view of a profile.
 
     .venv/bin/python bench/ddp.py                                  # default profile, dense 1e3, 2 epochs
-    .venv/bin/python bench/ddp.py --params profiles/full.yaml --epochs 1 --rounds 1
+    .venv/bin/python -m fly64study.profiles full --out /tmp/full.yaml
+    .venv/bin/python bench/ddp.py --params /tmp/full.yaml --epochs 1 --rounds 1
 
 Patterns/s counts every training pattern of an epoch (a gridsize-2 group counts as C) over the
 epoch's wall time as the stage logs it (validation included; rank 0's clock), summed over

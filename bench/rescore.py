@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/rescore.py            # after `dvc repro`; prints a table, exits 1 on a gap > 0.01
 
-Written apart from ``fly64study.metrics``: the fields are rebuilt (PtyChi from phase F's file,
-the +LSQML models from hybrid@'s files, PtychoPINN, BP-UNet, the +refine models and Baseline from their
+Written apart from ``fly64study.metrics``: the fields are rebuilt (LSQML from phase F's file,
+the +LSQML models from hybrid@'s files, PtychoPINN, BP-UNet, the +refine models and BP-UNet-gs1 from their
 verified bundles through the stitching of phase G), then
 registered with one call of ``skimage.registration.phase_cross_correlation`` on the crop (no
 iteration, the shift refused beyond design.metrics.max_shift_px), shifted with
@@ -81,7 +81,7 @@ def main() -> None:
         for dose in d.doses:
             test = load_dataset(f"data/phase_d/dose_{dose}/{view}/test.npz")
             report = json.loads(Path(f"data/phase_g/dose_{dose}/{view}/comparison.json").read_text())["models"]
-            fields = {"PtyChi": [load_result(f"data/phase_f/dose_{dose}/{view}/ptychi_reconstruction.npz").object]}
+            fields = {"LSQML": [load_result(f"data/phase_f/dose_{dose}/{view}/ptychi_reconstruction.npz").object]}
             hybrid = Path(f"data/hybrid/dose_{dose}/{view}")
             for e in json.loads((hybrid / "hybrid_manifest.json").read_text())["jobs"]:
                 fields.setdefault(model_of(e["network"], "hybrid").name, []).append(
@@ -91,7 +91,7 @@ def main() -> None:
             sources += [(model_of(n, "refined").name, view, n,
                          Path(f"data/refine/runs/{dose}-{view}") / REFINE_MANIFEST, "data/refine")
                         for n in params.refine.networks]
-            sources.append(("Baseline", params.compare.baseline, "bp_unet",
+            sources.append(("BP-UNet-gs1", params.compare.baseline, "bp_unet",
                             training_manifest(TRAINED_ROOTS["bp_unet"], dose, params.compare.baseline), TRAINED_ROOTS["bp_unet"]))
             for model, job, network, manifest, root in sources:
                 fields[model] = [pinn_field(b.path, test, neighbor_count=d.neighbor_count, grouping_seed=d.seeds.grouping,

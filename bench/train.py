@@ -3,7 +3,8 @@ and 2, N = 64 (and 128): the published PtychoPINN at the profile's n_filters_sca
 s = 2, and BP-UNet at the profile's settings.
 
     .venv/bin/python bench/train.py                       # CPU, pinned numerics, N = 64
-    .venv/bin/python bench/train.py --n 64 --n 128 --params profiles/full.yaml
+    .venv/bin/python -m fly64study.profiles full --out /tmp/full.yaml
+    .venv/bin/python bench/train.py --n 64 --n 128 --params /tmp/full.yaml
     .venv/bin/python bench/train.py --accelerator cuda --bf16 --compile
 
 A "pattern" is one diffraction pattern through network, overlap constraint, forward model,

@@ -2,11 +2,11 @@
 
 PtychoPINN and BP-UNet = the view's own bundles of the two networks (their training stages' roots,
 --trained), <network>+refine = the same fitted further to the test split's counts (refine@<dose>-<view>,
-the networks of refine.networks), Baseline = the dose's compare.baseline (gridsize 1) BP-UNet
+the networks of refine.networks), BP-UNet-gs1 = the dose's compare.baseline (gridsize 1) BP-UNet
 bundles, each loaded through the verified loader against the SHA256 in its training manifest and
 scored per training seed (comparison.json gives the mean and sd over seeds); <network>+LSQML = LSQML
 started from each of that network's bundles (hybrid@<dose>-<view>, the networks of hybrid.networks,
-each file checked against its manifest, which must name those very bundles); PtyChi = phase F's
+each file checked against its manifest, which must name those very bundles); LSQML = phase F's
 reconstruction of the same patterns. Writes comparison_metrics.csv (tidy: dose, view, model, seed,
 alignment, metric, amplitude, phase, value, note), frc_curves.csv, comparison.json, comparison.png and
 frc_curves.png, and every reconstruction as a Ptychodus product in products/ (fly64study.products:
@@ -44,7 +44,7 @@ def _seconds(record: Path, *parts: str) -> dict[str, float]:
 
 
 def _lsqml_candidate(model: str, rec, note: str, seed: int | None = None, seconds: float | None = None) -> Candidate:
-    """An LSQML reconstruction (PtyChi, or a <network>+LSQML seed) as a candidate; a failed run stays a row."""
+    """An LSQML reconstruction (LSQML, or a <network>+LSQML seed) as a candidate; a failed run stays a row."""
     done = rec.status == "completed"
     return Candidate(model, rec.object if done else None, seconds if done else None,
                      note if done else f"pty-chi failed: {rec.error}", seed=seed,
@@ -96,7 +96,7 @@ def main(argv=None):
                                               refine_losses, lambda seed, first, n=n: "val_loss" + loss_columns(
                                                   n, seed, first, params.refine.networks))
                 for n in params.refine.networks}
-    sources["Baseline"] = trained(DEFAULT_NETWORK, params.compare.baseline)  # train@'s gridsize-1 job
+    sources["BP-UNet-gs1"] = trained(DEFAULT_NETWORK, params.compare.baseline)  # train@'s gridsize-1 job
     firsts = {}  # model -> its first seed (whose product and loss columns carry no seed suffix)
     bundles, fields = {}, {}  # model -> its bundles; (network, seed) -> a trained model's field (hybrid@'s start)
     for model, (manifest, root, job, network, losses, column) in sources.items():
@@ -132,7 +132,7 @@ def main(argv=None):
                                                note=f"LSQML {rec.settings.get('epochs')} epochs from {source} bundle "
                                                     f"{e['bundle_sha256'][:12]}"))
     rec = load_result(Path(args.phase_f) / f"dose_{args.dose}" / args.view / RESULT_FILE)
-    candidates.append(_lsqml_candidate("PtyChi", rec, note=f"LSQML {rec.settings.get('epochs')} epochs"))
+    candidates.append(_lsqml_candidate("LSQML", rec, note=f"LSQML {rec.settings.get('epochs')} epochs"))
     measured = {"f": overlap.get("overlap_fraction"), "spacing_px": overlap.get("spacing_px"),
                 "probe_diameter_px": overlap.get("probe_diameter_px"),
                 "per_image": overlap.get("test", {}).get("overlap_per_image")}

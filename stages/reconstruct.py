@@ -56,7 +56,7 @@ def main(argv=None):
         {"dose": args.dose, "view": args.view, "reason": f"pty-chi failed: {entry['error']}"}]
     write_json(out / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
     name = f"{args.view} (dose={args.dose})"
-    print(f"{name} → PtyChi {entry['status']}: {entry['output']}")
+    print(f"{name} → LSQML {entry['status']}: {entry['output']}")
     print(f"{name} → SHA256: {entry['sha256']}")
     print(f"{name} → final cost {entry['final_cost']}", flush=True)
 

@@ -2,7 +2,8 @@
 
 Writes metrics_summary.json and metrics_summary.md (per job; per model mean and best; the deltas
 fly64study.models names; each network's likelihood gap; the targets), plots/*.csv
-(dvc plots) and the PNGs ms_ssim_vs_dose.png and frc_and_phase_error_vs_fluence.png.
+(dvc plots), the PNGs ms_ssim_vs_dose.png and frc_and_phase_error_vs_fluence.png, and index.html:
+the report as one self-contained page for a browser, every figure embedded.
 """
 import argparse
 from pathlib import Path
@@ -31,7 +32,7 @@ def main(argv=None):
             for job in read_json(Path(args.phase_f) / f"dose_{d}" / v / "reconstruction_manifest.json")["jobs"]]
     tunings = load_tunings(Path(args.phase_f) / "tune", doses, params.compare.views)
     summary = summarise(comparisons, runs, tunings)
-    write_report(args.out, summary)
+    write_report(args.out, summary, args.phase_g)
     timing = {}
     for phase in ("phase_f", "phase_g"):
         for d in doses:

@@ -1,11 +1,13 @@
 """Shared fixtures: the repository root, the tiny profile, and small synthetic datasets."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from filelock import FileLock  # noqa: E402
 from fly64study.contract import Dataset  # noqa: E402
 from fly64study.design import RECORD_ENV, Params, load_params  # noqa: E402
 from fly64study.numerics import PINNED_ENV, host_settings  # noqa: E402
+from fly64study.profiles import compose  # noqa: E402
 
 HOST_PINNED = host_settings()  # what the host had set before fly64study pinned this process
 
@@ -90,6 +93,14 @@ def sh(root: Path, *cmd: str, check: bool = True, env: dict | None = None) -> su
     return proc
 
 
+@functools.cache
+def profile_params(name: str) -> Path:
+    """profiles/<name>.yaml as `make profile` writes it, in a file of its own (the stages read no profile)."""
+    path = Path(tempfile.mkdtemp(prefix="fly64study-profile-")) / "params.yaml"
+    path.write_text(compose(name, REPO / "profiles"))
+    return path
+
+
 def copy_project(root: Path, profile: str = "tiny") -> Path:
     """A copy of the project in a new git repository, with ``profile`` as params.yaml."""
     for rel in COPY:
@@ -99,7 +110,7 @@ def copy_project(root: Path, profile: str = "tiny") -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dst)
-    shutil.copy2(root / "profiles" / f"{profile}.yaml", root / "params.yaml")
+    (root / "params.yaml").write_text(compose(profile, root / "profiles"))  # as `make profile` writes it
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", f"{profile} profile")
@@ -215,7 +226,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny() -> Params:
-    return load_params(REPO / "profiles" / "tiny.yaml")
+    return load_params(profile_params("tiny"))
 
 
 def small_dataset(n: int = 6, N: int = 16, M: int = 40, seed: int = 0) -> Dataset:

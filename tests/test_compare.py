@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -77,17 +79,17 @@ def test_phase_synchronisation_converges_on_a_scan_of_the_default_profile_s_size
 def _comparison(ds, tiny, dose, view):
     flat = np.ones_like(ds.objectGuess)
     return compare(ds, [Candidate("BP-UNet", _noisy(ds, 0.1, 0), 1.5, "test"),
-                        Candidate("Baseline", flat, 0.5, "flat object"),
-                        Candidate("PtyChi", None, 3.0, "pty-chi failed: test")],
+                        Candidate("BP-UNet-gs1", flat, 0.5, "flat object"),
+                        Candidate("LSQML", None, 3.0, "pty-chi failed: test")],
                    dose=dose, view=view, cfg=tiny.design.metrics)
 
 
 def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, tmp_path):
     comp = _comparison(test_split, tiny, "1e5", "dense")
     models = comp.summary["models"]
-    assert models["BP-UNet"]["ms_ssim_phase"] > 0.5 > models["Baseline"]["ms_ssim_phase"]
-    assert models["BP-UNet"]["mae_phase"] < models["Baseline"]["mae_phase"]
-    assert models["PtyChi"]["status"] == "failed"
+    assert models["BP-UNet"]["ms_ssim_phase"] > 0.5 > models["BP-UNet-gs1"]["ms_ssim_phase"]
+    assert models["BP-UNet"]["mae_phase"] < models["BP-UNet-gs1"]["mae_phase"]
+    assert models["LSQML"]["status"] == "failed"
     rows_, cols_ = comp.summary["crop"]["rows"], comp.summary["crop"]["cols"]
     in_crop = comp.summary["photons_per_pixel_mean"] * (rows_[1] - rows_[0]) * (cols_[1] - cols_[0])
     incident = comp.summary["incident_photons_per_exposure"]
@@ -98,7 +100,7 @@ def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, t
     write_comparison(tmp_path, comp)
     # dvc metrics: the headline numbers of the models that completed, nothing else
     assert json.loads((tmp_path / "metrics.json").read_text()) == {
-        m: {k: models[m][k] for k in DVC_METRICS} for m in ("BP-UNet", "Baseline")}
+        m: {k: models[m][k] for k in DVC_METRICS} for m in ("BP-UNet", "BP-UNet-gs1")}
     with open(tmp_path / "comparison_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["dose", "view", "model", "seed", "alignment", "metric", "amplitude", "phase", "value",
@@ -109,13 +111,22 @@ def test_comparison_scores_each_model_and_keeps_a_failed_one(test_split, tiny, t
     fixed = {r["metric"]: r for r in rows if r["model"] == "BP-UNet" and r["alignment"] == "fixed-frame"}
     assert set(fixed) >= {"ms_ssim", "ms_ssim_smoothed", "frc_low_frequency", "phase_offset_rad"}
     assert "shift_x_px" not in fixed  # nothing is registered in the fixed frame
-    failed = [r for r in rows if r["model"] == "PtyChi"]
+    failed = [r for r in rows if r["model"] == "LSQML"]
     assert failed and all(r["phase"] == "" and r["note"] == "pty-chi failed: test" for r in failed)
     with open(tmp_path / "frc_curves.csv") as fh:
         curves = list(csv.DictReader(fh))
     assert {(r["model"], r["alignment"], r["component"]) for r in curves} == {
-        (m, a, c) for m in ("BP-UNet", "Baseline") for a in metrics.ALIGNMENTS for c in ("amplitude", "phase")}
+        (m, a, c) for m in ("BP-UNet", "BP-UNet-gs1") for a in metrics.ALIGNMENTS for c in ("amplitude", "phase")}
     assert (tmp_path / "comparison.png").stat().st_size > 20_000
+
+
+def _job_figures(root: Path, summary: dict) -> Path:
+    """What compare@ draws per job and the report embeds: a 2 x 2 stand-in PNG each."""
+    for c in summary["jobs"]:
+        for name in ("comparison.png", "frc_curves.png"):
+            (root / f"dose_{c['dose']}" / c["view"]).mkdir(parents=True, exist_ok=True)
+            plt.imsave(root / f"dose_{c['dose']}" / c["view"] / name, np.eye(2))
+    return root
 
 
 def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp_path):
@@ -125,24 +136,24 @@ def test_report_summarises_means_bests_deltas_and_failures(test_split, tiny, tmp
     summary = summarise(comps, runs)
     stats = summary["per_model"]["BP-UNet"]["ms_ssim_phase"]
     assert stats["n"] == 2 and stats["best"] >= stats["mean"]
-    delta = summary["deltas"]["BP-UNet - Baseline"]["per_job"][0]
+    delta = summary["deltas"]["BP-UNet - BP-UNet-gs1"]["per_job"][0]
     m = comps[0]["models"]
-    assert delta["ms_ssim_phase"] == pytest.approx(m["BP-UNet"]["ms_ssim_phase"] - m["Baseline"]["ms_ssim_phase"])
-    assert summary["deltas"]["BP-UNet - PtyChi"]["mean"]["ms_ssim_phase"] is None  # PtyChi failed everywhere
+    assert delta["ms_ssim_phase"] == pytest.approx(m["BP-UNet"]["ms_ssim_phase"] - m["BP-UNet-gs1"]["ms_ssim_phase"])
+    assert summary["deltas"]["BP-UNet - LSQML"]["mean"]["ms_ssim_phase"] is None  # LSQML failed everywhere
     assert len(summary["failed"]) == 2
-    write_report(tmp_path, summary)
+    write_report(tmp_path, summary, _job_figures(tmp_path / "g", summary))
     md = (tmp_path / "metrics_summary.md").read_text()
-    assert "failed: pty-chi failed: test" in md and "BP-UNet - PtyChi" in md
+    assert "failed: pty-chi failed: test" in md and "BP-UNet - LSQML" in md
     # a model this profile did not run (no PtychoPINN here, no refinement) is no row and no failure
-    assert summary["models"] == ["BP-UNet", "Baseline", "PtyChi"] and list(summary["per_model"]) == summary["models"]
+    assert summary["models"] == ["BP-UNet", "BP-UNet-gs1", "LSQML"] and list(summary["per_model"]) == summary["models"]
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert not [r for r in rows if "| PtychoPINN" in r or "+refine" in r], rows
     assert [line for line in md.split("## Failed")[1].splitlines() if line.startswith("- ")] == [
-        "- PtyChi at dense@1e5: pty-chi failed: test", "- PtyChi at sparse@1e5: pty-chi failed: test"]
+        "- LSQML at dense@1e5: pty-chi failed: test", "- LSQML at sparse@1e5: pty-chi failed: test"]
     assert not (tmp_path / "metrics.json").exists()  # dvc metrics are each comparison's own
     with open(tmp_path / "plots" / "ms_ssim_phase_dense.csv") as fh:
         (row,) = list(csv.DictReader(fh))
-    assert float(row["BP-UNet"]) > float(row["Baseline"]) and row["PtyChi"] == ""
+    assert float(row["BP-UNet"]) > float(row["BP-UNet-gs1"]) and row["LSQML"] == ""
     assert (tmp_path / "ms_ssim_vs_dose.png").is_file() and (tmp_path / "frc_and_phase_error_vs_fluence.png").is_file()
 
 
@@ -155,8 +166,8 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     ds = test_split
     pinn = [Candidate("BP-UNet", _noisy(ds, sigma, s), 1.0, f"seed {s}", seed=s)
             for s, sigma in ((7, 0.10), (8, 0.12), (9, 0.14))]
-    baseline = [Candidate("Baseline", _noisy(ds, sigma, s), 1.0, "b", seed=s) for s, sigma in ((7, 0.11), (8, 0.9))]
-    ptychi = Candidate("PtyChi", _noisy(ds, 0.4, 0), 2.0, "LSQML")
+    baseline = [Candidate("BP-UNet-gs1", _noisy(ds, sigma, s), 1.0, "b", seed=s) for s, sigma in ((7, 0.11), (8, 0.9))]
+    ptychi = Candidate("LSQML", _noisy(ds, 0.4, 0), 2.0, "LSQML")
     # each seed's refinement a little better than its own PINN: paired by seed, a consistent small gain
     refined = [Candidate("BP-UNet+refine", _noisy(ds, sigma - 0.01, s), 1.0, "r", seed=s)
                for s, sigma in ((7, 0.10), (8, 0.12), (9, 0.14))]
@@ -173,23 +184,23 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     assert m["seeds"] == [7, 8, 9] and [m["per_seed"][str(s)]["ms_ssim_phase"] for s in (7, 8, 9)] == scores
     assert m["ms_ssim_phase"] == pytest.approx(np.mean(scores))
     assert m["sd"]["ms_ssim_phase"] == pytest.approx(np.std(scores, ddof=1)) and m["sd"]["ms_ssim_phase"] > 0
-    assert "sd" not in models["PtyChi"] and "seeds" not in models["PtyChi"]  # one run: as it was
+    assert "sd" not in models["LSQML"] and "seeds" not in models["LSQML"]  # one run: as it was
     write_comparison(tmp_path / "g", comp)
     dvc = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert dvc["BP-UNet"]["ms_ssim_phase_sd"] == pytest.approx(m["sd"]["ms_ssim_phase"])
     with open(tmp_path / "g" / "comparison_metrics.csv") as fh:
         seeds = {(r["model"], r["seed"]) for r in csv.DictReader(fh)}
-    assert seeds == {("BP-UNet", "7"), ("BP-UNet", "8"), ("BP-UNet", "9"), ("Baseline", "7"),
-                     ("Baseline", "8"), ("PtyChi", ""), *((model, str(s)) for s in (7, 8, 9)
+    assert seeds == {("BP-UNet", "7"), ("BP-UNet", "8"), ("BP-UNet", "9"), ("BP-UNet-gs1", "7"),
+                     ("BP-UNet-gs1", "8"), ("LSQML", ""), *((model, str(s)) for s in (7, 8, 9)
                                                           for model in ("BP-UNet+refine", "BP-UNet+LSQML"))}
     summary = summarise([comp.summary], [])
-    vs_ptychi = summary["deltas"]["BP-UNet - PtyChi"]["per_job"][0]
-    # PtyChi ran once: the spread is the PINN's sd alone; a 0.1-rad PINN is far better than a 0.4-rad LSQML
+    vs_ptychi = summary["deltas"]["BP-UNet - LSQML"]["per_job"][0]
+    # LSQML ran once: the spread is the PINN's sd alone; a 0.1-rad PINN is far better than a 0.4-rad LSQML
     assert vs_ptychi["ms_ssim_phase_spread"] == pytest.approx(m["sd"]["ms_ssim_phase"])
     assert vs_ptychi["ms_ssim_phase_significant"] is True
-    # the Baseline's two seeds differ wildly (one as good as the PINN): its spread swamps the delta
-    vs_base = summary["deltas"]["BP-UNet - Baseline"]["per_job"][0]
-    spread = np.hypot(m["sd"]["ms_ssim_phase"], models["Baseline"]["sd"]["ms_ssim_phase"])
+    # BP-UNet-gs1's two seeds differ wildly (one as good as the PINN): its spread swamps the delta
+    vs_base = summary["deltas"]["BP-UNet - BP-UNet-gs1"]["per_job"][0]
+    spread = np.hypot(m["sd"]["ms_ssim_phase"], models["BP-UNet-gs1"]["sd"]["ms_ssim_phase"])
     assert vs_base["ms_ssim_phase_spread"] == pytest.approx(spread)
     assert 0 < vs_base["ms_ssim_phase"] < spread and vs_base["ms_ssim_phase_significant"] is False
     # the refinement against its own PINN: the spread of the per-seed differences, not of the two means
@@ -203,21 +214,21 @@ def test_each_seed_is_scored_and_the_report_gives_mean_sd_and_significance(test_
     vs_start = summary["deltas"]["BP-UNet+LSQML - BP-UNet"]["per_job"][0]
     diffs = [h["per_seed"][s]["ms_ssim_phase"] - m["per_seed"][s]["ms_ssim_phase"] for s in ("7", "8", "9")]
     assert vs_start["ms_ssim_phase_spread"] == pytest.approx(np.std(diffs, ddof=1))
-    assert summary["deltas"]["BP-UNet+LSQML - PtyChi"]["per_job"][0]["ms_ssim_phase_spread"] == pytest.approx(
-        h["sd"]["ms_ssim_phase"])  # PtyChi ran once: not paired
-    write_report(tmp_path / "r", summary)
+    assert summary["deltas"]["BP-UNet+LSQML - LSQML"]["per_job"][0]["ms_ssim_phase_spread"] == pytest.approx(
+        h["sd"]["ms_ssim_phase"])  # LSQML ran once: not paired
+    write_report(tmp_path / "r", summary, _job_figures(tmp_path / "g", summary))
     md = (tmp_path / "r" / "metrics_summary.md").read_text()
-    assert "| BP-UNet (3 seeds) |" in md and "| Baseline (2 seeds) |" in md
+    assert "| BP-UNet (3 seeds) |" in md and "| BP-UNet-gs1 (2 seeds) |" in md
     assert f"{m['ms_ssim_phase']:.3f} ± {m['sd']['ms_ssim_phase']:.3f}" in md
     assert f"{vs_ptychi['ms_ssim_phase']:+.3f} ± {vs_ptychi['ms_ssim_phase_spread']:.3f} *" in md
-    # the report states each model's ratio to PtyChi and the targets (one job: nothing to call monotone)
-    ratio = m["ms_ssim_phase"] / models["PtyChi"]["ms_ssim_phase"]
+    # the report states each model's ratio to LSQML and the targets (one job: nothing to call monotone)
+    ratio = m["ms_ssim_phase"] / models["LSQML"]["ms_ssim_phase"]
     assert "## Against the study's targets" in md and f"| dense | 1e5 | BP-UNet | {ratio:.4f} |" in md
     # the best plain network (the only one here: no likelihood gap to choose by) against the 0.95 target
     assert f"| dense | 1e5 | BP-UNet | — / — | {ratio:.4f} | ≥ 0.95 | met | ≥ 99 % | not scored (no gap) |" in md
     # one seed everywhere: no spread, and no delta is called significant
     single = summarise([_comparison(ds, tiny, "1e5", "dense").summary], [])
-    row = single["deltas"]["BP-UNet - Baseline"]["per_job"][0]
+    row = single["deltas"]["BP-UNet - BP-UNet-gs1"]["per_job"][0]
     assert row["ms_ssim_phase_spread"] is None and row["ms_ssim_phase_significant"] is None
 
 
@@ -249,9 +260,9 @@ def test_a_training_manifest_digest_that_does_not_match_the_bundle_is_refused(tm
 def test_a_metrics_file_takes_numbers_only(tmp_path):
     from fly64study.files import write_metrics
 
-    write_metrics(tmp_path / "m.json", {"PtyChi": {"ms_ssim_phase": 0.9, "frc": None}, "n": 3})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"PtyChi": {"ms_ssim_phase": 0.9}, "n": 3}
-    for bad in ({"view": "dense"}, {"PtyChi": {"beats_flat": True}}, {"crop": [1, 2]}):
+    write_metrics(tmp_path / "m.json", {"LSQML": {"ms_ssim_phase": 0.9, "frc": None}, "n": 3})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"LSQML": {"ms_ssim_phase": 0.9}, "n": 3}
+    for bad in ({"view": "dense"}, {"LSQML": {"beats_flat": True}}, {"crop": [1, 2]}):
         with pytest.raises(TypeError, match="is not a number"):
             write_metrics(tmp_path / "bad.json", bad)
     assert not (tmp_path / "bad.json").exists()
@@ -259,9 +270,9 @@ def test_a_metrics_file_takes_numbers_only(tmp_path):
 
 def _job(view, f, dose, scores, sd=None):
     """A comparison summary with only what the targets read: phase MS-SSIM per model (PtychoPINN,
-    PtychoPINN+refine, Baseline, PtyChi; None: failed), and PtychoPINN's sd over three seeds."""
+    PtychoPINN+refine, BP-UNet-gs1, LSQML; None: failed), and PtychoPINN's sd over three seeds."""
     models = {m: {"status": "completed", "ms_ssim_phase": v} if v is not None else {"status": "failed"}
-              for m, v in zip(("PtychoPINN", "PtychoPINN+refine", "Baseline", "PtyChi"), scores)}
+              for m, v in zip(("PtychoPINN", "PtychoPINN+refine", "BP-UNet-gs1", "LSQML"), scores)}
     if sd is not None:
         models["PtychoPINN"].update(seeds=[7, 8, 9], sd={"ms_ssim_phase": sd})
     return {"view": view, "dose": dose, "nphotons": float(dose), "overlap": {"f": f}, "models": models}
@@ -279,14 +290,17 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
     t = targets(jobs)
     assert t["view"] == "wide"
     r = {(x["view"], x["dose"], x["model"]): x for x in t["ratios"]}
-    assert r["wide", "1e3", "PtychoPINN"]["ratio"] == pytest.approx(0.875) and r["wide", "1e3", "Baseline"]["target"] is None
+    assert r["wide", "1e3", "PtychoPINN"]["ratio"] == pytest.approx(0.875) and r["wide", "1e3", "BP-UNet-gs1"]["target"] is None
     assert r["narrow", "1e5", "PtychoPINN"]["ratio"] == pytest.approx(0.8) and r["narrow", "1e5", "PtychoPINN"]["target"] is None
-    assert r["wide", "1e6", "PtychoPINN"]["ratio"] is None and r["wide", "1e6", "Baseline"]["ratio"] is None  # PtyChi failed
-    # the best plain network per job of the largest overlap against 0.95x PtyChi (here PtychoPINN, the only one),
-    # its likelihood gap against 99 % at the highest dose; a job whose PtyChi failed stays, unscored
+    assert r["wide", "1e6", "PtychoPINN"]["ratio"] is None and r["wide", "1e6", "BP-UNet-gs1"]["ratio"] is None  # LSQML failed
+    # the best plain network per job of the largest overlap against 0.95x LSQML (here PtychoPINN, the only one),
+    # its likelihood gap against 99 % at the highest dose; a job whose LSQML failed stays, unscored
     best = {x["dose"]: x for x in t["best_plain"]}
     assert list(best) == ["1e3", "1e4", "1e5", "1e6"] and {x["model"] for x in best.values()} == {"PtychoPINN"}
     assert (best["1e3"]["ratio"], best["1e3"]["met"]) == (pytest.approx(0.875), False)
+    # the report's findings: a miss at one dose is a miss, though 1e6 could not be scored
+    first = report.findings({"targets": t})[0]
+    assert "every wide dose: **missed** (PtychoPINN 0.875× at 1e3" in first and "not scored at 1e6" in first, first
     assert best["1e4"]["met"] is True and best["1e5"]["met"] is False and best["1e6"]["met"] is None
     assert [x["gap_target"] for x in best.values()] == [None, None, None, 0.99] and best["1e6"]["gap_met"] is None
     # of two plain networks the one closing more of its likelihood gap on the training split (thinned) is
@@ -299,7 +313,7 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
     assert (chosen["model"], chosen["ratio"], chosen["met"], chosen["gap_closed"], chosen["gap_met"]) == (
         "BP-UNet", pytest.approx(0.9), False, 0.98, False)
     # the best PINN-based model at the lowest dose (1e3, though given second): the refinement, 1.025x;
-    # not Baseline (1.0625x there), not the 1.129x PtychoPINN at 1e4
+    # not BP-UNet-gs1 (1.0625x there), not the 1.129x PtychoPINN at 1e4
     assert t["best_pinn_at_lowest_dose"] == {"view": "wide", "dose": "1e3", "model": "PtychoPINN+refine",
                                              "ratio": pytest.approx(1.025), "target": 1.0, "met": True}
     tie = targets([_job("wide", 0.7, "1e3", (0.7, 0.7, 0.1, 0.8))])["best_pinn_at_lowest_dose"]
@@ -310,18 +324,18 @@ def test_the_report_states_each_target_and_whether_it_was_met(tmp_path):
     assert (best["model"], best["ratio"], best["met"]) == ("PtychoPINN+LSQML", pytest.approx(1.05), True)
     rising = {(x["view"], x["model"]): x["monotone"] for x in t["monotone_in_dose"]}
     assert rising["wide", "PtychoPINN"] is False  # 1.05 at 1e4, then 0.89
-    assert rising["wide", "Baseline"] is False and rising["wide", "PtychoPINN+refine"] is True
-    assert rising["narrow", "Baseline"] is True  # 0.30, 0.30: a tie is not a fall
-    assert rising["wide", "PtyChi"] is None and rising["single", "PtychoPINN"] is None  # a failed job; one dose
+    assert rising["wide", "BP-UNet-gs1"] is False and rising["wide", "PtychoPINN+refine"] is True
+    assert rising["narrow", "BP-UNet-gs1"] is True  # 0.30, 0.30: a tie is not a fall
+    assert rising["wide", "LSQML"] is None and rising["single", "PtychoPINN"] is None  # a failed job; one dose
     spread = {(x["view"], x["dose"]): (x["target"], x["met"]) for x in t["seed_spread"]}
     assert spread == {("wide", "1e3"): (0.02, False), ("wide", "1e4"): (0.02, True), ("wide", "1e5"): (0.02, True),
                       ("narrow", "1e3"): (None, None)}  # the target is the largest overlap's
     md = "\n".join(report._targets_markdown(t))
     assert "| wide | 1e3 | PtychoPINN | — / — | 0.8750 | ≥ 0.95 | **missed** |  |  |" in md
     assert "| wide | 1e6 | PtychoPINN | — / — | — | ≥ 0.95 | not scored (a model failed) | ≥ 99 % | not scored (no gap) |" in md
-    assert "| wide | 1e3 | Baseline | 1.0625 |" in md  # every model's ratio, no target
-    assert "Best PINN-based model at wide@1e3: PtychoPINN+refine, 1.0250× PtyChi (target ≥ 1.0×: met)." in md
-    assert "| wide | Baseline | 1e3 0.850, 1e4 0.800, 1e5 0.800, 1e6 0.900 | **no** |" in md
+    assert "| wide | 1e3 | BP-UNet-gs1 | 1.0625 |" in md  # every model's ratio, no target
+    assert "Best PINN-based model at wide@1e3: PtychoPINN+refine, 1.0250× LSQML (target ≥ 1.0×: met)." in md
+    assert "| wide | BP-UNet-gs1 | 1e3 0.850, 1e4 0.800, 1e5 0.800, 1e6 0.900 | **no** |" in md
     assert "| wide | 1e3 | PtychoPINN | 3 | 0.030 | ≤ 0.02 | **missed** |" in md
 
 
@@ -369,10 +383,10 @@ def test_the_report_says_where_lsqml_stopped_before_converging():
     assert early == {("wide", "1e3"): True, ("wide", "1e5"): False, ("narrow", "1e3"): False}
     assert [r["ptychi_stopped_early"] for r in summary["targets"]["best_plain"]] == [True, False]
     md = "\n".join(report._targets_markdown(summary["targets"]))
-    assert "| wide | 1e3 | PtychoPINN | — / — | 0.8750 (PtyChi stopped early) | ≥ 0.95 | **missed** |" in md
+    assert "| wide | 1e3 | PtychoPINN | — / — | 0.8750 (LSQML stopped early) | ≥ 0.95 | **missed** |" in md
     assert "| wide | 1e5 | PtychoPINN | — / — | 0.9474 | ≥ 0.95 | **missed** |" in md
-    assert "| wide | 1e3 | PtychoPINN | 0.8750 (PtyChi stopped early) |" in md
-    assert "(target ≥ 1.0×: **missed**, PtyChi stopped early)." in md
+    assert "| wide | 1e3 | PtychoPINN | 0.8750 (LSQML stopped early) |" in md
+    assert "(target ≥ 1.0×: **missed**, LSQML stopped early)." in md
     for broken, message in (({**rising, "chosen": {**rising["chosen"], "tv_weight": 0.3}}, "not in its grid"),
                             ({k: v for k, v in rising.items() if k != "max_epochs"}, "no 'max_epochs'")):
         with pytest.raises(ContractError, match=f"of wide@1e3: .*{message}.*tune@1e3-wide"):

@@ -8,14 +8,15 @@ import sys
 
 import pytest
 
-from conftest import REPO, copy_project, sh
+from conftest import REPO, copy_project, profile_params, sh
 from fly64study.design import ParamsError, design_record, load_params, params_from_dict, read_params, write_params
+from fly64study.profiles import ProfileError, compose
 
 PROFILES = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
 
 
 def _raw(profile: str = "tiny") -> dict:
-    return read_params(REPO / "profiles" / f"{profile}.yaml")
+    return read_params(profile_params(profile))
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
@@ -31,7 +32,7 @@ def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
 def test_profiles_exist_and_validate():
     assert {"tiny", "default", "full"} <= set(PROFILES)
     for name in PROFILES:
-        load_params(REPO / "profiles" / f"{name}.yaml")
+        load_params(profile_params(name))
 
 
 def test_committed_params_is_the_default_profile():
@@ -44,7 +45,7 @@ def test_profiles_share_one_key_set():
 
 
 def test_full_profile_holds_the_design_values():
-    full = load_params(REPO / "profiles" / "full.yaml")
+    full = load_params(profile_params("full"))
     assert full.design.N == 128
     assert full.generate.n_positions >= 10_000
     assert list(full.design.doses.values()) == [1e3, 1e4, 1e5]
@@ -121,7 +122,7 @@ def test_params_are_read_as_dvc_reads_them(tmp_path):
     from dvc.utils.serialize import parse_yaml
 
     for name in PROFILES:
-        path = REPO / "profiles" / f"{name}.yaml"
+        path = profile_params(name)
         assert read_params(path) == parse_yaml(path.read_text(), str(path))
     # where YAML 1.1 (PyYAML) and 1.2 differ: an unquoted label, yes/no, 0o17
     text = "doses:\n  1e3: 1000.0\nflag: yes\noctal: 0o17\n"
@@ -139,7 +140,7 @@ UNQUOTED = '"1e3": 1000.0'
     ('"1e3": "1e3"', "design.doses.1e3: expected a number, got the text '1e3'"),
 ])
 def test_a_label_or_dose_dvc_would_read_otherwise_is_refused(tmp_path, line, message):
-    text = (REPO / "profiles" / "tiny.yaml").read_text()
+    text = compose("tiny", REPO / "profiles")
     assert UNQUOTED in text
     path = tmp_path / "params.yaml"
     path.write_text(text.replace(UNQUOTED, line, 1))
@@ -167,15 +168,59 @@ def test_written_params_read_back_equal_where_pyyaml_would_unquote_labels(tmp_pa
     assert read_params(tmp_path / "params.yaml") == raw
 
 
-def test_every_profile_header_names_every_profile():
-    for name in PROFILES:
-        header = (REPO / "profiles" / f"{name}.yaml").read_text().split("\n\n", 1)[0]
-        listed = re.search(r"PROFILE=([\w|]+)", header)
-        assert listed and set(listed[1].split("|")) == set(PROFILES), (name, header)
+def test_the_default_profile_header_names_every_profile():
+    header = (REPO / "profiles" / "default.yaml").read_text().split("\n\n", 1)[0]
+    listed = re.search(r"PROFILE=([\w|\n# ]+)`", header)
+    assert listed and set(re.sub(r"[\n# ]", "", listed[1]).split("|")) == set(PROFILES), header
+
+
+def test_each_profile_is_only_what_differs_from_the_default():
+    """Written once: a profile repeats no default value, and each composes to params every stage accepts."""
+    default = _raw("default")
+    for name in (p for p in PROFILES if p != "default"):
+        delta = read_params_text((REPO / "profiles" / f"{name}.yaml").read_text())
+        for key, value in _leaves(delta):
+            assert value != _get(default, key), f"profiles/{name}.yaml repeats the default {key}: {value!r}"
+        params = load_params(profile_params(name))
+        assert params.design.doses  # validated, every key present
+        with pytest.raises(ParamsError, match=f"a profile, only the keys it changes.*make profile PROFILE={name}"):
+            load_params(REPO / "profiles" / f"{name}.yaml")  # the stages read whole params, never a profile
+    assert len((REPO / "profiles" / "quality.yaml").read_text().splitlines()) < 50
+
+
+def test_composing_merges_maps_replaces_values_and_null_removes(tmp_path):
+    (tmp_path / "default.yaml").write_text(
+        "# the base\n\na:                # A\n  b: 1             # B\n  c: [1, 2]\n  d:\n    x: 1\n    y: 2\nz: text\n")
+    (tmp_path / "p.yaml").write_text("# profile p: for a test\n\na:\n  b: 5             # B in p\n  c: [3]\n  d:\n    y: null\n")
+    text = compose("p", tmp_path)
+    assert text.startswith("# profile p: for a test\n# Written by `make profile PROFILE=p`")
+    assert read_params_text(text) == {"a": {"b": 5, "c": [3], "d": {"x": 1}}, "z": "text"}
+    assert "b: 5             # B in p" in text and "a:                # A" in text  # comments travel with keys
+    assert compose("default", tmp_path) == (tmp_path / "default.yaml").read_text()
+    for bad, message in (("a:\n  q: 1\n", "a.q: not a parameter of profiles/default.yaml"),
+                         ("a:\n  q: null\n", "a.q: null removes a key, and profiles/default.yaml has no a.q"),
+                         ("- 1\n", "a profile is a mapping")):
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(ProfileError, match=re.escape(message)):
+            compose("bad", tmp_path)
+    with pytest.raises(ProfileError, match="no profile 'huge'.*choose one of bad default p"):
+        compose("huge", tmp_path)
+
+
+def read_params_text(text: str):
+    from dvc.utils.serialize import parse_yaml
+
+    return parse_yaml(text, "profile")
+
+
+def _get(d: dict, key: str):
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
 
 
 def test_design_record():
-    params = load_params(REPO / "profiles" / "default.yaml")
+    params = load_params(profile_params("default"))
     rec = design_record(params.design)
     assert rec["dose_list"] == [1e3, 1e4, 1e5]
     assert rec["group_sizes"] == {"1": 1, "2": 4}

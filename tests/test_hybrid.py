@@ -90,7 +90,7 @@ def test_the_hybrid_starts_from_each_bundle_and_never_reads_the_truth(tiny, spli
     """run_hybrid on a test split whose truth (objectGuess, Y) is noise writes the same bytes: the
     truth gives only the grid. Its object is not flat LSQML's of the same epochs (the network's field
     was the start); its entry and run record name the seed, the bundle and the file; and it never runs
-    longer than tune@ chose for PtyChi."""
+    longer than tune@ chose for LSQML."""
     test = splits[1]
     rng = np.random.default_rng(0)
     poisoned = dataclasses.replace(

@@ -12,6 +12,7 @@ import torch
 from fly64study import metrics
 from fly64study.contract import ContractError, write_npz
 from fly64study.iterative import load_result, lsqml, run_reconstruction
+from fly64study.profiles import compose
 from fly64study.simulate import generate_dose
 
 
@@ -180,7 +181,7 @@ def test_tuning_reads_the_training_split_only(tiny, tmp_path):
                                  min_positions=tiny.overlap.min_positions)
             save_dataset(phase_d / "dose_1e5" / name / f"{part}.npz", view)
     params = tmp_path / "params.yaml"
-    params.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("epochs: 10 ", "epochs: 4 "))
+    params.write_text(compose("tiny", REPO / "profiles").replace("epochs: 10 ", "epochs: 4 "))
 
     def tune_cli(out: str, view: str = "dense") -> dict:
         proc = subprocess.run([sys.executable, str(REPO / "stages" / "tune.py"), "--params", str(params), "--dose",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import profile_params
 from fly64study.design import _Keyed, _Section, params_from_dict, read_params
 
 pytestmark = pytest.mark.pipeline
@@ -88,7 +89,7 @@ def test_reads_are_recorded_per_key_not_during_validation(monkeypatch, tmp_path)
     """Validation touches every field and is not recorded; a mapping entry is its own key."""
     import fly64study.design as design
 
-    raw = read_params(Path(__file__).resolve().parents[1].joinpath("profiles", "tiny.yaml"))
+    raw = read_params(profile_params("tiny"))
     monkeypatch.setattr(design, "_reads", set())
     monkeypatch.setattr(design, "_recording", False)
     monkeypatch.setenv(design.RECORD_ENV, str(tmp_path))

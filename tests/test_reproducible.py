@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clone_run, copy_project, host_env, sh
+from conftest import REPO, clone_run, copy_project, host_env, profile_params, sh
 from fly64study.files import sha256_file
 
 pytestmark = pytest.mark.pipeline
@@ -105,7 +105,7 @@ def test_a_forced_rerun_on_a_foreign_host_setting_leaves_every_output_and_the_lo
 
 def _train_digest(phase_d: Path, out: Path, env: dict[str, str]) -> str:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), "--params", str(REPO / "profiles/tiny.yaml"), "--dose", "1e3",
+        [sys.executable, str(REPO / "stages/train.py"), "--params", str(profile_params("tiny")), "--dose", "1e3",
          "--view", "dense", "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "t"),
          "--deterministic"], cwd=REPO, env={**host_env(), **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -118,7 +118,7 @@ def _product(tmp_path, rng, **over):
     probe = physics.make_probe(N, aperture=0.4, central_stop=0.3, defocus=3.0)
     x, y = rng.uniform(16, 80, 25), rng.uniform(16, 54, 25)
     x[:5], y[:5] = rng.integers(16, 80, 5), rng.integers(16, 54, 5)  # whole pixels: an exact patch to compare
-    kw = dict(name="PtyChi dense 1e3", comments="{}", probe=probe, obj=obj, xcoords=x, ycoords=y,
+    kw = dict(name="LSQML dense 1e3", comments="{}", probe=probe, obj=obj, xcoords=x, ycoords=y,
               geometry={"pixel_size_m": 2e-8, "photon_energy_eV": 8800.0, "detector_distance_m": 2.0},
               probe_photon_count=1234.5, losses=[(1, 0.5), (2, 0.25)])
     kw.update(over)
@@ -152,7 +152,7 @@ def test_our_products_open_in_ptychodus_with_equal_arrays(tmp_path):
             whole += 1
     assert whole >= 3  # of the 5 whole-pixel positions (round-off through metres may shift one by 1 - 1e-14)
     assert product.metadata.photon_energy_eV == 8800.0 and product.metadata.detector_distance_m == 2.0
-    assert product.metadata.probe_photon_count == 1234.5 and product.metadata.name == "PtyChi dense 1e3"
+    assert product.metadata.probe_photon_count == 1234.5 and product.metadata.name == "LSQML dense 1e3"
     assert [(loss.epoch, loss.value) for loss in product.losses] == [(1, 0.5), (2, 0.25)]
     # and back in: a Ptychodus product is a base sample, its pixel size and energy replace the declared ones
     s = load_sample(path, N)

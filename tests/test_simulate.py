@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, profile_params
 from fly64study import physics
 from fly64study.contract import load_dataset, save_dataset
 from fly64study.design import read_params, write_params
@@ -142,7 +142,7 @@ def test_generate_stage_refuses_a_bad_base_sample_in_one_line_and_writes_nothing
     obj[5, 7] = np.nan
     np.savez(tmp_path / "inputs" / "nan.npz", probeGuess=physics.make_probe(32, aperture=0.4, central_stop=0.3,
                                                                             defocus=3.0), objectGuess=obj)
-    raw = read_params(REPO / "profiles" / "tiny.yaml")
+    raw = read_params(profile_params("tiny"))
     raw["generate"]["base_sample"] = "inputs/nan.npz"
     write_params(raw, tmp_path / "params.yaml")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "generate.py"), "--dose", "1e3", "--out", "out"],

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, finish_logged, host_env, start_logged
+from conftest import REPO, finish_logged, host_env, profile_params, start_logged
 from fly64study.bundle import load_inference_model
+from fly64study.profiles import compose
 from fly64study.contract import load_dataset, save_dataset
 from fly64study.files import sha256_file
 from fly64study.overlap import build_view
@@ -41,7 +42,7 @@ def phase_d(tiny, tmp_path_factory) -> Path:
 
 def train_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(host_env(), PYTHONPATH=str(REPO / "src"), **(env or {}))
-    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"), *args]
+    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(profile_params("tiny")), *args]
     # a scratch working directory: the run records (data/timing/) must not land in the checkout
     with tempfile.TemporaryDirectory(prefix="train-cli-") as scratch:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=scratch)
@@ -133,7 +134,7 @@ def test_each_training_seed_is_its_own_bundle_manifest_line_and_metrics(phase_d,
     """Seeds [7, 8]: the first keeps the study's path and line, the second gets its own; pausing
     the second seed keeps the first one's finished checkpoint, so the rerun does not train it again."""
     params = tmp_path / "params.yaml"
-    params.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("seeds: [7] ", "seeds: [7, 8] ")
+    params.write_text(compose("tiny", REPO / "profiles").replace("seeds: [7] ", "seeds: [7, 8] ")
                       .replace("patience: 2 ", "patience: 4 "))  # two epochs, no early stop
     root = tmp_path / "artifacts"
     common = ["--params", str(params), "--phase-d", str(phase_d), "--artifact-root", str(root),
@@ -206,7 +207,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_to_the_same_bundle(phase
     code; the next test pauses a baseline job."""
     view = "dense"
     params = tmp_path / "params.yaml"  # four epochs, no early stop: the pause falls mid-run
-    params.write_text((REPO / "profiles" / "tiny.yaml").read_text()
+    params.write_text(compose("tiny", REPO / "profiles")
                       .replace("epochs: 2 ", "epochs: 4 ").replace("patience: 2 ", "patience: 4 "))
     common = ["--params", str(params), "--phase-d", str(phase_d), "--dose", "1e3", "--view", view, "--deterministic"]
     whole = train_cli(*common, "--artifact-root", str(tmp_path / "whole"))
@@ -235,7 +236,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
               "--artifact-root", str(root)]
     assert train_cli(*common, "--stop-after-epoch", "1").returncode == 0
     other = tmp_path / "params.yaml"
-    other.write_text((REPO / "profiles" / "tiny.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 0.002"))
+    other.write_text(compose("tiny", REPO / "profiles").replace("learning_rate: 0.001", "learning_rate: 0.002"))
     proc = train_cli(*common[:-2], "--artifact-root", str(root), "--params", str(other))
     assert proc.returncode == 0, proc.stderr
     assert "other data or settings; starting afresh" in proc.stderr and "resuming" not in proc.stderr
@@ -244,7 +245,7 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(phase_d, tmp_path):
 def _torchrun(phase_d: Path, out: Path, *layout: str, name: str = "run") -> tuple[subprocess.Popen, Path]:
     """torchrun with ``layout`` started, its output going to files (see start_logged)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", *layout,
-           str(REPO / "stages" / "train.py"), "--params", str(REPO / "profiles" / "tiny.yaml"),
+           str(REPO / "stages" / "train.py"), "--params", str(profile_params("tiny")),
            "--phase-d", str(phase_d), "--artifact-root", str(out), "--timing-dir", str(out / "timing"),
            "--dose", "1e3", "--view", "dense", "--deterministic"]
     return start_logged(cmd, out.parent / f"{out.name}.{name}", cwd=out.parent,

@@ -2,8 +2,8 @@
 
 PtychoPINN and BP-UNet are the view's own gridsize-2 bundles of the two networks, <network>+refine
 the same fitted further to the test split's own counts (:mod:`fly64study.refine`), <network>+LSQML
-LSQML started from its field (:mod:`fly64study.hybrid`), Baseline the dose's gridsize-1 BP-UNet
-bundle (trained on every position), PtyChi the view's LSQML reconstruction from a flat start; all
+LSQML started from its field (:mod:`fly64study.hybrid`), BP-UNet-gs1 the dose's gridsize-1 BP-UNet
+bundle (trained on every position), LSQML the view's pty-chi LSQML reconstruction from a flat object; all
 reconstruct the same patterns.
 Each field is aligned to the ground truth on the scanned area (:func:`fly64study.metrics.align`)
 and scored per component. A model that failed upstream keeps its rows, empty, with the reason.

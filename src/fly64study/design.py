@@ -299,7 +299,7 @@ class Overlap(_Section):
 
 # ---------------------------------------------------------------------------- train section
 NETWORKS = ("bp_unet", "ptychopinn")  # the PINN networks (fly64study.networks), each a train.<name> section
-# what train@<dose>-<job> trains (every job: its gridsize-1 job is the Baseline) and the training CLI's default;
+# what train@<dose>-<job> trains (every job: its gridsize-1 job is BP-UNet-gs1) and the training CLI's default;
 # names and file names carry another network's name (`dense (dose=1e3, ptychopinn)`)
 DEFAULT_NETWORK = "bp_unet"
 
@@ -499,10 +499,10 @@ class Hybrid(_Section):
 @dataclass(frozen=True)
 class Compare(_Section):
     """Which (view) comparisons phase G makes (every model of fly64study.models on the view's test split),
-    the Baseline's job, and how a network's patches become its field."""
+    BP-UNet-gs1's job, and how a network's patches become its field."""
 
     views: tuple[str, ...]  # views with an overlap fraction and a training job of their own name
-    baseline: str  # the training job whose bundle is the Baseline model (gridsize 1)
+    baseline: str  # the training job whose bundle is the BP-UNet-gs1 model (gridsize 1)
     stitching: str  # a network's field: each position's patch once, or every member of a group at every position
     synchronise_phases: bool  # turn each patch's constant phase (which no pattern fixes) to agree with its neighbours'
 
@@ -562,8 +562,13 @@ def _yaml() -> YAML:
 def read_params(path: str | Path = "params.yaml") -> Any:
     """The parsed params file, exactly as DVC parses it (before any validation)."""
     path = Path(path)
+    if path.parent.name == "profiles" and path.stem != "default" and (path.parent / "default.yaml").is_file():
+        # a profile holds only the keys it changes (fly64study.profiles): not a params file by itself
+        raise ParamsError(f"{path}: a profile, only the keys it changes from profiles/default.yaml; write the whole "
+                          f"params with `make profile PROFILE={path.stem}` (params.yaml) or `python -m "
+                          f"fly64study.profiles {path.stem} --out <file>`, and pass that file")
     try:
-        return _yaml().load(path.read_text())
+        return _yaml().load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file; run from the repository root") from None
     except YAMLError as err:

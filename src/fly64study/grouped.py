@@ -61,7 +61,7 @@ def inference_chunks(offsets: torch.Tensor, N: int) -> list[torch.Tensor]:
 
     A batch's canvas is as wide as its widest group. In chunks taken in order, one far-flung group
     made the 38 others of a dense validation set pay for a 250-pixel canvas (1.2 s of a 9 s
-    epoch: bench/RESULTS.md), and a group's patches depended on which groups shared its chunk.
+    epoch: bench/LOG.md), and a group's patches depended on which groups shared its chunk.
     Here they do not, up to the batch size's rounding. (A training batch is random, so its
     canvas still follows its widest group.)"""
     extent = offsets.abs().flatten(1).amax(dim=1).tolist()

@@ -2,9 +2,9 @@
 
 The network's stitched test field (phase G's PtychoPINN or BP-UNet row, :func:`fly64study.inference.pinn_field`)
 becomes LSQML's initial object; LSQML then runs tune@<dose>-<view>'s noise model, total variation and step
-size for ``hybrid.epochs`` (or tune@'s own epochs, where it chose fewer: never longer than PtyChi's
+size for ``hybrid.epochs`` (or tune@'s own epochs, where it chose fewer: never longer than LSQML's
 run) on the same test split's counts, the probe known and the positions fixed. One run per network of
-``hybrid.networks`` and training seed, each in its own folder. Like PtyChi it fits the measured counts and never reads the truth: the
+``hybrid.networks`` and training seed, each in its own folder. Like LSQML it fits the measured counts and never reads the truth: the
 test split's objectGuess gives only the grid.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ BLEND = 0.01  # weight (of a peak-normalised probe intensity) below which a patc
 
 def fft_length(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n (n >= 1). MKL's FFT is 2-5x slower on a length with a larger
-    prime factor: 32 transforms took 5.2 ms at 106 = 2 * 53 and 1.6 ms at 108 (bench/RESULTS.md)."""
+    prime factor: 32 transforms took 5.2 ms at 106 = 2 * 53 and 1.6 ms at 108 (bench/LOG.md)."""
     if n < 1:
         raise ValueError(f"fft_length: n = {n}; a length is at least 1")
     while True:

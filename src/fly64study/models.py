@@ -26,30 +26,30 @@ class Model:
 
     @property
     def pinn_based(self) -> bool:
-        """A network's reconstruction, or one started from it (the gridsize-1 Baseline is not counted)."""
+        """A network's reconstruction, or one started from it (BP-UNet-gs1 is not counted)."""
         return self.network is not None and self.kind != "gridsize1"
 
 
 MODELS = (
     Model("PtychoPINN", "the published PtychoPINN network (Hoidn et al. 2023: one encoder over the group's "
           "C patterns, amplitude and phase decoders), gridsize 2, trained on the view's training split",
-          "trained", "ptychopinn", "tab:red", "ptychopinn", deltas=("BP-UNet", "PtyChi")),
+          "trained", "ptychopinn", "tab:red", "ptychopinn", deltas=("BP-UNet", "LSQML")),
     Model("PtychoPINN+refine", "PtychoPINN fitted a few more epochs to the test split's own counts (never its truth)",
           "refined", "ptychopinn", "tab:purple", "ptychopinn_refine", made_from="PtychoPINN",
-          deltas=("PtychoPINN", "PtyChi")),
+          deltas=("PtychoPINN", "LSQML")),
     Model("PtychoPINN+LSQML", "pty-chi LSQML (tuned settings) started from PtychoPINN's stitched test field",
           "hybrid", "ptychopinn", "tab:green", "ptychopinn_lsqml", made_from="PtychoPINN",
-          deltas=("PtychoPINN", "PtyChi")),
+          deltas=("PtychoPINN", "LSQML")),
     Model("BP-UNet", "the study's own physics-informed network: a U-Net over each pattern's back-projection "
           "through the known probe, the same loss and group canvas as PtychoPINN, gridsize 2",
-          "trained", "bp_unet", "tab:brown", "bp_unet", deltas=("Baseline", "PtyChi")),
+          "trained", "bp_unet", "tab:brown", "bp_unet", deltas=("BP-UNet-gs1", "LSQML")),
     Model("BP-UNet+refine", "BP-UNet fitted a few more epochs to the test split's own counts (never its truth)",
-          "refined", "bp_unet", "tab:pink", "bp_unet_refine", made_from="BP-UNet", deltas=("BP-UNet", "PtyChi")),
+          "refined", "bp_unet", "tab:pink", "bp_unet_refine", made_from="BP-UNet", deltas=("BP-UNet", "LSQML")),
     Model("BP-UNet+LSQML", "pty-chi LSQML (tuned settings) started from BP-UNet's stitched test field",
-          "hybrid", "bp_unet", "tab:olive", "bp_unet_lsqml", made_from="BP-UNet", deltas=("BP-UNet", "PtyChi")),
-    Model("Baseline", "BP-UNet at gridsize 1 (single patterns, no overlap constraint), trained on every position "
-          "of the training split", "gridsize1", "bp_unet", "tab:orange", "baseline"),
-    Model("PtyChi", "pty-chi's LSQML from a flat object, the known probe, its noise model, total variation, step "
+          "hybrid", "bp_unet", "tab:olive", "bp_unet_lsqml", made_from="BP-UNet", deltas=("BP-UNet", "LSQML")),
+    Model("BP-UNet-gs1", "BP-UNet at gridsize 1 (single patterns, no overlap constraint), trained on every position "
+          "of the training split", "gridsize1", "bp_unet", "tab:orange", "bp_unet_gs1"),
+    Model("LSQML", "pty-chi's LSQML from a flat object, the known probe, its noise model, total variation, step "
           "and epochs chosen on the view's training split", "iterative", None, "tab:blue", "ptychi_lsqml"),
 )
 NAMES = tuple(m.name for m in MODELS)

@@ -13,7 +13,7 @@ package calls :func:`pin` from ``fly64study/__init__.py``, before numpy or torch
 pinning off (benchmarks measure its cost that way); a GPU run is not covered by the pinning.
 
 Convolutions run on oneDNN (torch's default on CPU): the default profile's training epochs took
-half the time they took on torch's own (NNPACK forward, im2col + GEMM backward; bench/RESULTS.md,
+half the time they took on torch's own (NNPACK forward, im2col + GEMM backward; bench/LOG.md,
 "Default profile, fresh clone, training on oneDNN"). Their bits follow the ISA
 and the thread count (measured: 1 vs 2 threads, SSE4.1 vs AVX2 gave other weights), both pinned
 here, and the shapes. For f32 training torch asks oneDNN for ``forward_training`` with layout
@@ -40,7 +40,7 @@ PINNED_ENV = {
     "DNNL_MAX_CPU_ISA": "AVX2",  # the same, for older oneDNN builds
     # MKL's conditional numerical reproducibility, the branch with the same bits on Intel and AMD
     # CPUs (SSE2 code: slower on Intel); with AVX2,STRICT an emulated Intel CPU computed other FFT
-    # and exp/log bits than an AMD one (bench/RESULTS.md, "Bits on other CPUs")
+    # and exp/log bits than an AMD one (bench/LOG.md, "Bits on other CPUs")
     "MKL_CBWR": "COMPATIBLE",
     "MKL_DYNAMIC": "FALSE",  # MKL uses the threads it is given, never fewer (a condition of CNR)
     "OMP_DYNAMIC": "FALSE",
@@ -100,7 +100,7 @@ def exact_sqrt():
     """A context in which float32 square roots on the CPU (``torch.sqrt``, ``Tensor.sqrt``, their
     in-place forms, and powers of 0.5) are correctly rounded, so the same on every CPU. torch takes
     them with MKL's vector square root, whose bits follow the CPU (an LSQML run on a Xeon and under
-    an emulated EPYC first differ at a float32 ``torch.sqrt``; bench/RESULTS.md, "LSQML on Intel and
+    an emulated EPYC first differ at a float32 ``torch.sqrt``; bench/LOG.md, "LSQML on Intel and
     AMD"), and code that is not ours (pty-chi) calls it. Here numpy takes them (the processor's IEEE
     square root), or, where autograd needs the graph, torch in float64 rounded to float32 (a faithful
     float64 root rounds to the correct float32 one: 53 >= 2 * 24 + 2; that root's gradient is

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fly64study.files import atomic_path, write_json
 from fly64study.models import DELTAS, PAIRED, PINN_BASED, PLAIN
 from fly64study.models import NAMES as MODELS
 from fly64study.plots import plot_report
+from fly64study.report_html import write_html
 
 # (key in a model's summary, higher is better)
 HEADLINE = (("ms_ssim_phase", True), ("fixed_frame_ms_ssim_phase", True), ("ms_ssim_amplitude", True),
@@ -27,7 +29,7 @@ TABLE = ("ms_ssim_phase", "fixed_frame_ms_ssim_phase", "ms_ssim_smoothed_phase",
          "frc_low_frequency_phase", "rmse_phase")
 PLOTTED = ("ms_ssim_phase", "ms_ssim_amplitude", "frc_resolution_phase")
 # The study's quality targets, on the compared view of the largest overlap: the best plain network's
-# phase MS-SSIM against PtyChi's (LSQML as tune@<dose>-<view> chose it) at every dose and its likelihood
+# phase MS-SSIM against LSQML's (LSQML as tune@<dose>-<view> chose it) at every dose and its likelihood
 # gap closed at the highest dose, the best PINN-based model at the lowest dose, and each plain network's
 # spread over seeds. The best plain network of a job is chosen without the test split: the one that
 # closes more of the likelihood gap on its training split (thinned counts; fly64study.likelihood).
@@ -69,7 +71,7 @@ def _met(value: float | None, target: float | None, higher: bool = True) -> bool
 
 
 def targets(jobs: list[dict]) -> dict:
-    """Each model's phase MS-SSIM as a ratio to PtyChi's for every job, the best plain network of each job
+    """Each model's phase MS-SSIM as a ratio to LSQML's for every job, the best plain network of each job
     of the largest overlap against :data:`PINN_RATIO_TARGET` (and :data:`GAP_CLOSED_TARGET` at its
     highest dose), the best PINN-based model at its lowest dose against :data:`BEST_PINN_RATIO_TARGET`,
     whether each model's mean rises with the dose on each view, and each spread over seeds (against
@@ -80,10 +82,10 @@ def targets(jobs: list[dict]) -> dict:
     densest = max(jobs, key=lambda c: c.get("overlap", {}).get("f") or -1.0)["view"] if jobs else None
     ratios, best_plain = [], []
     for c in jobs:
-        reference = c["models"].get("PtyChi", {}).get(key)
+        reference = c["models"].get("LSQML", {}).get(key)
         for model in MODELS:
             value = c["models"].get(model, {}).get(key)
-            if model == "PtyChi" or value is None:
+            if model == "LSQML" or value is None:
                 continue
             ratio = value / reference if reference else None
             ratios.append({"view": c["view"], "dose": c["dose"], "model": model, "ratio": ratio,
@@ -128,7 +130,7 @@ def jobs_on(jobs: list[dict], view: str) -> list[dict]:
 
 def _best_plain(c: dict, reference: float | None, key: str, highest_dose: bool) -> dict:
     """The plain network (:data:`fly64study.models.PLAIN`) of one job that closes more of its likelihood
-    gap on the training split (thinned counts, then full counts), its ratio to PtyChi against
+    gap on the training split (thinned counts, then full counts), its ratio to LSQML against
     :data:`PINN_RATIO_TARGET`, and at the view's highest dose its gap closed (thinned) against :data:`GAP_CLOSED_TARGET`."""
     scored = [(c["models"][m].get(GAP_KEYS[1]), c["models"][m].get(GAP_KEYS[0]), m) for m in PLAIN
               if c["models"].get(m, {}).get("status") == "completed"]
@@ -241,8 +243,8 @@ def summarise(comparisons: list[dict], reconstructions: list[dict], tunings: lis
     best = target_rows["best_pinn_at_lowest_dose"]
     for r in target_rows["ratios"] + target_rows["best_plain"] + ([best] if best else []):  # a ratio to an LSQML stopped while still
         r["ptychi_stopped_early"] = (r["dose"], r["view"]) in stopped_early  # improving likely flatters the model
-    networks = [{"view": c["view"], "dose": c["dose"], "ptychi_ms_ssim_phase": c["models"].get("PtyChi", {}).get(
-        "ms_ssim_phase"), "models": {m: _network_row(c["models"][m]) for m in (*PLAIN, "Baseline")
+    networks = [{"view": c["view"], "dose": c["dose"], "ptychi_ms_ssim_phase": c["models"].get("LSQML", {}).get(
+        "ms_ssim_phase"), "models": {m: _network_row(c["models"][m]) for m in (*PLAIN, "BP-UNet-gs1")
                                      if c["models"].get(m, {}).get("status") == "completed"}} for c in jobs]
     return {"models": ran, "jobs": jobs, "per_model": per_model, "deltas": deltas, "settings": settings,
             "networks": networks, "targets": target_rows, "ptychi_runs": ptychi, "lsqml_tuning": lsqml_rows,
@@ -265,7 +267,7 @@ def _stitching_line(jobs: list[dict]) -> list[str]:
     method, sync = next(iter(ways))
     return [f"Networks' fields: their patches stitched with |P|² weights, `{method}` "
             + ("(each position's patch once)" if method == "one_per_position" else
-               "(every member of a group seeded at every position, upstream's reassembly)")
+               "(every member of a group seeded at every position, |P|²-weighted rather than centre-cropped as upstream's)")
             + ("; each patch's constant phase, which no pattern fixes, first synchronised with its neighbours'"
                if sync else "; patches' constant phases as the network gave them") + ".", ""]
 
@@ -293,7 +295,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 HEADER = """All numbers on each view's held-out test split (which no model trained on; the +refine and +LSQML
-models and PtyChi fit its measured counts, never its truth), on the scanned area, at two
+models and LSQML fit its measured counts, never its truth), on the scanned area, at two
 alignment levels: **aligned** (sub-pixel registration bounded by design.metrics.max_shift_px, phase
 offset and ramp removed, amplitude scaled to the truth's mean) and **fixed frame** (phase offset and
 amplitude scale only: probe and positions are known, so a shift or a phase ramp is an error of the
@@ -334,7 +336,7 @@ def _networks_markdown(rows: list[dict]) -> list[str]:
              "network's input and the scored counts from two independent halves of a count-thinning split (thinned: a "
              "network that reproduced the noise it sees could not score above the truth there). It reads the training "
              "split's truth only, as every choice in the study may. Means over seeds ± sd where several ran.", "",
-             "| view | dose | model | seeds | gap closed (full counts) | gap closed (thinned) | phase MS-SSIM | PtyChi |",
+             "| view | dose | model | seeds | gap closed (full counts) | gap closed (thinned) | phase MS-SSIM | LSQML |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for model, m in r["models"].items():
@@ -354,30 +356,30 @@ def _targets_markdown(t: dict) -> list[str]:
     lines = ["", "## Against the study's targets", "",
              f"On the {view} view (the largest overlap): the best plain network (of {', '.join(PLAIN)}; per job the one "
              "that closes more of its likelihood gap on the training split, thinned counts: no test-split number "
-             f"chooses it) ≥ {PINN_RATIO_TARGET}× PtyChi's phase MS-SSIM at every dose and closing ≥ "
+             f"chooses it) ≥ {PINN_RATIO_TARGET}× LSQML's phase MS-SSIM at every dose and closing ≥ "
              f"{100 * GAP_CLOSED_TARGET:.0f} % of its likelihood gap (thinned counts) at the highest dose; the best "
              f"PINN-based model ≥ {BEST_PINN_RATIO_TARGET}× at the lowest dose; each plain network's sd over seeds ≤ "
              f"{SEED_SD_TARGET} at every dose (where several seeds ran); on every view, every model's phase MS-SSIM "
              f"rising with the dose (means over seeds). PINN-based: {', '.join(PINN_BASED)} (a +LSQML model's object is "
              "LSQML's, started from the network's field). A missed target is the study's finding, not a failed run.", "",
-             "| view | dose | best plain network | gap closed (full / thinned) | / PtyChi | target | | gap target | |",
+             "| view | dose | best plain network | gap closed (full / thinned) | / LSQML | target | | gap target | |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in t["best_plain"]:
-        early = " (PtyChi stopped early)" if r.get("ptychi_stopped_early") and r["ratio"] is not None else ""
+        early = " (LSQML stopped early)" if r.get("ptychi_stopped_early") and r["ratio"] is not None else ""
         gap_target = "" if r["gap_target"] is None else f"≥ {100 * r['gap_target']:.0f} %"
         lines.append(f"| {r['view']} | {r['dose']} | {r['model'] or '—'} | {_pct(r['gap_closed'])} / "
                      f"{_pct(r['gap_closed_thinned'])} | {_fmt(r['ratio'], 4)}{early} | ≥ {r['target']} | "
                      f"{_verdict(r['met'], r['target'])} | {gap_target} | {_verdict(r['gap_met'], r['gap_target'], 'no gap')} |")
-    lines += ["", "Every model's phase MS-SSIM as a ratio to PtyChi's on the same job:", "",
-              "| view | dose | model | / PtyChi |", "|---|---|---|---|"]
+    lines += ["", "Every model's phase MS-SSIM as a ratio to LSQML's on the same job:", "",
+              "| view | dose | model | / LSQML |", "|---|---|---|---|"]
     for r in t["ratios"]:
-        early = " (PtyChi stopped early)" if r.get("ptychi_stopped_early") and r["ratio"] is not None else ""
+        early = " (LSQML stopped early)" if r.get("ptychi_stopped_early") and r["ratio"] is not None else ""
         lines.append(f"| {r['view']} | {r['dose']} | {r['model']} | {_fmt(r['ratio'], 4)}{early} |")
     b = t["best_pinn_at_lowest_dose"]
     if b is not None:
-        early = ", PtyChi stopped early" if b.get("ptychi_stopped_early") else ""
+        early = ", LSQML stopped early" if b.get("ptychi_stopped_early") else ""
         lines += ["", f"Best PINN-based model at {b['view']}@{b['dose']}: {b['model'] or '—'}, "
-                      f"{_fmt(b['ratio'], 4)}× PtyChi (target ≥ {b['target']}×: {_verdict(b['met'], b['target'])}{early})."]
+                      f"{_fmt(b['ratio'], 4)}× LSQML (target ≥ {b['target']}×: {_verdict(b['met'], b['target'])}{early})."]
     lines += ["", "| view | model | phase MS-SSIM by dose | rising with dose |", "|---|---|---|---|"]
     for m in t["monotone_in_dose"]:
         by_dose = ", ".join(f"{d} {_fmt(v)}" for d, v in zip(m["doses"], m["values"]))
@@ -396,7 +398,7 @@ def _unconverged_note(tunings: list[dict]) -> list[str]:
     unconverged = [f"{t['view']}@{t['dose']}" for t in tunings if t["still_rising_at_cap"]]
     if not unconverged:
         return []
-    return ["", f"PtyChi is LSQML stopped at its cap (reconstruct.epochs) while still improving on the training "
+    return ["", f"LSQML (from a flat object) was stopped at its cap (reconstruct.epochs) while still improving on the training "
                 f"split at {', '.join(unconverged)} (the LSQML tuning table below): a ratio to it there is "
                 "likely higher than a ratio to a converged LSQML would be."]
 
@@ -423,29 +425,69 @@ def _tuning_markdown(tunings: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict) -> str:
+FIGURES = (("ms_ssim_vs_dose.png", "Phase and amplitude MS-SSIM against dose, one panel per view and "
+             "component, one line per model (error bars: the sd over seeds where several ran)."),
+           ("frc_and_phase_error_vs_fluence.png", "FRC resolution of the phase (cycles per pixel, Nyquist 0.5) and "
+            "phase RMSE (rad) against the incident photons per object pixel, one line per model and view, beside the "
+            "shot-noise bound 1/(2√n)."))
+
+
+def findings(summary: dict) -> list[str]:
+    """The targets' verdicts, one line each (the detail is in the targets section)."""
+    t = summary["targets"]
+    view, lines = t["view"], []
+    plain = t["best_plain"]
+    if plain:
+        met = [r["met"] for r in plain]  # a miss at one dose is a miss, whatever another dose could not score
+        verdict = "**missed**" if False in met else ("not scored" if None in met else "met")
+        lines.append(f"- Best plain network ≥ {PINN_RATIO_TARGET}× LSQML's phase MS-SSIM at every {view} dose: {verdict} ("
+                     + ", ".join(f"{r['model']} {_fmt(r['ratio'], 3)}× at {r['dose']}" if r["ratio"] is not None
+                                 else f"not scored at {r['dose']}" for r in plain) + ").")
+        top = next((r for r in plain if r["gap_target"] is not None), None)
+        if top is not None:
+            lines.append(f"- Its likelihood gap closed ≥ {100 * GAP_CLOSED_TARGET:.0f} % at {view}@{top['dose']} (thinned "
+                         f"counts): {_verdict(top['gap_met'], top['gap_target'], 'no gap')} ({top['model'] or '—'} "
+                         f"{_pct(top['gap_closed_thinned'])}).")
+    b = t["best_pinn_at_lowest_dose"]
+    if b is not None:
+        what = f"{b['model']} {_fmt(b['ratio'], 3)}×" if b["ratio"] is not None else "no ratio: a model or LSQML failed"
+        lines.append(f"- Best PINN-based model ≥ {BEST_PINN_RATIO_TARGET}× LSQML at {view}@{b['dose']}: "
+                     f"{_verdict(b['met'], b['target'])} ({what}).")
+    falling = [f"{m['model']} ({m['view']})" for m in t["monotone_in_dose"] if m["monotone"] is False]
+    judged = [m for m in t["monotone_in_dose"] if m["monotone"] is not None]
+    if judged:
+        lines.append("- Every model's phase MS-SSIM rising with the dose: " + (
+            "met." if not falling else f"**missed** by {', '.join(falling)}."))
+    scored = [r for r in t["seed_spread"] if r["target"] is not None]
+    if scored:
+        over = [f"{r['model']} at {r['dose']} ({_fmt(r['sd'])})" for r in scored if not r["met"]]
+        lines.append(f"- Each plain network's sd over seeds ≤ {SEED_SD_TARGET} on the {view} view: "
+                     + ("met." if not over else f"**missed** by {', '.join(over)}."))
+    else:
+        lines.append(f"- Each plain network's sd over seeds ≤ {SEED_SD_TARGET}: not scored (one training seed: "
+                     "the quality profile runs three).")
+    return lines
+
+
+def markdown(summary: dict, phase_g: str = "../phase_g") -> str:
+    """The report, answer first; ``phase_g``: the comparisons' folder relative to the report's (its figures)."""
     cols = ("view", "f", "measured overlap", "dose", "detected/pattern", "incident/exposure", "photons/pixel",
             "phase bound (rad)", "model", *TABLE, "shift (dy, dx) px", "ramp (y, x) mrad/px", "registration")
-    lines = ["# Study report: PtychoPINN, BP-UNet, their refined and LSQML-started models, Baseline and PtyChi "
-             "against dose and overlap", "",
-             HEADER, "", *_stitching_line(summary["jobs"]),
-             "## Per job", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for c in summary["jobs"]:
-        ov = c.get("overlap", {})
-        context = (f"| {c['view']} | {_fmt(ov.get('f'), 2)} | {_fmt(ov.get('per_image'), 3)} | {c['dose']} | "
-                   f"{c['nphotons']:.0f} | {c['incident_photons_per_exposure']:.0f} | "
-                   f"{c['photons_per_pixel_mean']:.3g} | {_fmt(c['shot_noise_phase_bound_rad'])}")
-        for model in (m for m in summary["models"] if m in c["models"]):
-            s = c["models"][model]
-            if s["status"] == "completed":
-                vals = [_fmt_sd(s, k) for k in TABLE] + [
-                    f"({s['shift_y_px']:.2f}, {s['shift_x_px']:.2f})",
-                    f"({1e3 * s['phase_ramp_y_rad_per_px']:.2f}, {1e3 * s['phase_ramp_x_rad_per_px']:.2f})",
-                    "ok" if s["registration"] == "ok" else "**failed**, scored unshifted"]
-            else:
-                vals = [f"failed: {s.get('note', '')}"] + [""] * (len(TABLE) + 2)
-            name = f"{model} ({len(s['seeds'])} seeds)" if len(s.get("seeds", [])) > 1 else model
-            lines.append(f"{context} | {name} | " + " | ".join(vals) + " |")
+    views = list(dict.fromkeys(c["view"] for c in summary["jobs"]))
+    tables = {v: plot_table(summary, "ms_ssim_phase", v) for v in views}
+    lines = ["# Study report: PINNs against LSQML across dose and overlap", "",
+             "## Findings", "",
+             "Phase MS-SSIM on each view's held-out test split (1 = the true object; the best of each column in bold; "
+             "mean ± sd over training seeds where several ran). LSQML is pty-chi's iterative solver from a flat object; "
+             "the names are defined in the glossary of docs/method.md.", "",
+             headline_markdown(tables), "", "Against the study's targets (the next section gives each number):", "",
+             *findings(summary), ""]
+    for i, (name, caption) in enumerate(FIGURES, 1):
+        lines += [f"![Figure {i}]({name})", "", f"*Figure {i}.* {caption}", ""]
+    lines += ["Each job's reconstructions beside the truth and their FRC curves are under \"Each job\" below "
+              "(embedded in index.html)."]
+    lines += _targets_markdown(summary["targets"]) + _unconverged_note(summary.get("lsqml_tuning", []))
+    lines += ["", "## How the numbers are made", "", HEADER, "", *_stitching_line(summary["jobs"])]
     lines += ["", "## Per model: mean and best over jobs", "",
               "(Over the table's jobs, each job's number being the mean over its seeds where several ran.)", "",
               "| model | " + " | ".join(f"{k} mean | {k} best (job)" for k, _ in HEADLINE) + " |",
@@ -454,10 +496,11 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {model} | " + " | ".join(
             f"{_fmt(stats[k]['mean'])} | {_fmt(stats[k]['best'])} ({stats[k]['best_job'] or '—'})"
             for k, _ in HEADLINE) + " |")
-    lines += (_networks_markdown(summary.get("networks", [])) + _targets_markdown(summary["targets"])
-              + _unconverged_note(summary.get("lsqml_tuning", [])))
+    lines += _networks_markdown(summary.get("networks", []))
+    if summary["deltas"]:
+        lines += ["", "## Differences between models", "", DELTA_LEGEND]
     for name, d in summary["deltas"].items():
-        lines += ["", f"## {name}", "", "| view | dose | " + " | ".join(k for k, _ in HEADLINE) + " |",
+        lines += ["", f"### {name}", "", "| view | dose | " + " | ".join(k for k, _ in HEADLINE) + " |",
                   "|---|---|" + "---|" * len(HEADLINE)]
         for r in d["per_job"]:
             lines.append(f"| {r['view']} | {r['dose']} | " + " | ".join(_fmt_delta(r, k) for k, _ in HEADLINE) + " |")
@@ -471,10 +514,10 @@ def markdown(summary: dict) -> str:
                 f"{k} ({', '.join(f'{a} {b}' for a, b in x.items())})" if isinstance(x, dict) else f"{k} {x}"
                 for k, x in v["settings"].items() if k not in skip))
     lines += ["", "## What each model cost", "",
-              "Epochs of training (PtychoPINN, BP-UNet, Baseline: at most train.epochs, fewer where the validation "
+              "Epochs of training (PtychoPINN, BP-UNet, BP-UNet-gs1: at most train.epochs, fewer where the validation "
               "loss stopped improving; means over seeds), of refining on the test split's counts (<network>+refine: "
               "at most refine.epochs; best epoch 0 = the trained model kept, no epoch lowered the held-out loss; "
-              "its training epochs are the network's) or of LSQML (PtyChi from a flat object; <network>+LSQML from "
+              "its training epochs are the network's) or of LSQML (the LSQML model from a flat object; <network>+LSQML from "
               "the network's field: hybrid.epochs, or tune@'s epochs where fewer, after the network's training).", "",
               "| view | dose | model | seeds | epochs run | best epoch | validation loss |", "|---|---|---|---|---|---|---|"]
     for c in summary["jobs"]:
@@ -484,12 +527,7 @@ def markdown(summary: dict) -> str:
                 lines.append(f"| {c['view']} | {c['dose']} | {model} | {', '.join(map(str, s.get('seeds', []))) or '—'} | "
                              f"{_fmt(s.get('epochs_run'), 1)} | {_fmt(s.get('best_epoch'), 1)} | "
                              f"{_fmt(s.get('final_val_loss'), 6)} |")
-    lines += ["", "Positive MS-SSIM deltas and negative MAE deltas favour the first model named. Where a model ran several "
-              "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
-              "spread sqrt(sd_a² + sd_b²) (a +refine or +LSQML model minus its network: the sd "
-              "of the per-seed differences, each being made from its seed's network), and * marks a delta larger than that spread; without a spread (one "
-              "seed) a delta is not tested.", "",
-              "## pty-chi runs (phase F)", "",
+    lines += ["", "## pty-chi runs (phase F)", "",
               "Noise model, total-variation weight, step size and epochs (at most reconstruct.epochs) as "
               "tune@<dose>-<view> chose them on the view's training split (its own truth, never the test split): "
               "`data/phase_f/tune/dose_<d>/<view>/lsqml_tuning.json`.",
@@ -511,33 +549,104 @@ def markdown(summary: dict) -> str:
     if summary["failed"]:
         lines += ["", "## Failed", ""] + [f"- {f['model']} at {f['view']}@{f['dose']}: {f['note']}"
                                           for f in summary["failed"]]
+    lines += ["", "## Each job: the reconstructions beside the truth, and their FRC", ""]
+    for c in summary["jobs"]:
+        cell = f"{phase_g}/dose_{c['dose']}/{c['view']}"
+        lines += [f"### {c['view']}@{c['dose']}", "",
+                  f"![{c['view']}@{c['dose']}: each model's phase and amplitude beside the truth]({cell}/comparison.png)", "",
+                  f"![{c['view']}@{c['dose']}: FRC of each model against the truth]({cell}/frc_curves.png)", ""]
+    lines += ["## Appendix: every job, every metric", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for c in summary["jobs"]:
+        ov = c.get("overlap", {})
+        context = (f"| {c['view']} | {_fmt(ov.get('f'), 2)} | {_fmt(ov.get('per_image'), 3)} | {c['dose']} | "
+                   f"{c['nphotons']:.0f} | {c['incident_photons_per_exposure']:.0f} | "
+                   f"{c['photons_per_pixel_mean']:.3g} | {_fmt(c['shot_noise_phase_bound_rad'])}")
+        for model in (m for m in summary["models"] if m in c["models"]):
+            s = c["models"][model]
+            if s["status"] == "completed":
+                vals = [_fmt_sd(s, k) for k in TABLE] + [
+                    f"({s['shift_y_px']:.2f}, {s['shift_x_px']:.2f})",
+                    f"({1e3 * s['phase_ramp_y_rad_per_px']:.2f}, {1e3 * s['phase_ramp_x_rad_per_px']:.2f})",
+                    "ok" if s["registration"] == "ok" else "**failed**, scored unshifted"]
+            else:
+                vals = [f"failed: {s.get('note', '')}"] + [""] * (len(TABLE) + 2)
+            name = f"{model} ({len(s['seeds'])} seeds)" if len(s.get("seeds", [])) > 1 else model
+            lines.append(f"{context} | {name} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
 
+DELTA_LEGEND = ("Positive MS-SSIM deltas and negative MAE deltas favour the first model named. Where a model ran several "
+                "training seeds, its numbers are means ± the sample sd over seeds, a delta carries ± the combined "
+                "spread sqrt(sd_a² + sd_b²) (a +refine or +LSQML model minus its network: the sd "
+                "of the per-seed differences, each being made from its seed's network), and * marks a delta larger than "
+                "that spread; without a spread (one seed) a delta is not tested.")
+
+
+def plot_table(summary: dict, metric: str, view: str) -> list[dict]:
+    """One plotted metric on one view, as ``plots/<metric>_<view>.csv`` holds it: a row per dose, the
+    values as text (nphotons, photons_per_pixel, a column per model, a ``<model>_sd`` column each)."""
+    rows = []
+    for c in (c for c in summary["jobs"] if c["view"] == view):
+        vals = [c["models"].get(m, {}).get(metric) for m in MODELS]
+        sds = [c["models"].get(m, {}).get("sd", {}).get(metric) for m in MODELS]
+        rows.append(dict(zip(PLOT_COLUMNS, [f"{c['nphotons']:g}", f"{c['photons_per_pixel_mean']:.6g}",
+                                            *("" if v is None else f"{v:.6g}" for v in vals + sds)])))
+    return rows
+
+
+PLOT_COLUMNS = ("nphotons", "photons_per_pixel", *MODELS, *(f"{m}_sd" for m in MODELS))
+
+
+def read_plot_table(path: str | Path) -> list[dict]:
+    """A ``plots/<metric>_<view>.csv`` back as :func:`plot_table` made it."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _dose_label(nphotons: str) -> str:
+    exponent = math.log10(float(nphotons))
+    return f"1e{exponent:.0f}" if exponent == round(exponent) else nphotons
+
+
+def headline_markdown(tables: dict[str, list[dict]]) -> str:
+    """The headline table from :func:`plot_table` rows of ``ms_ssim_phase`` per view: a row per model
+    that has a value, a column per (view, dose), the best of each column in bold."""
+    columns = [(view, row) for view, rows in tables.items() for row in rows]
+    models = [m for m in MODELS if any(row.get(m) for _, row in columns)]
+    # the best as shown (three places): models that tie there are all bold
+    best = [max((round(float(row[m]), 3) for m in models if row.get(m)), default=None) for _, row in columns]
+    lines = ["| model | " + " | ".join(f"{view} {_dose_label(row['nphotons'])}" for view, row in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for m in models:
+        cells = []
+        for (_, row), top in zip(columns, best):
+            if not row.get(m):
+                cells.append("—")
+                continue
+            text = f"{float(row[m]):.3f}" + (f" ± {float(row[m + '_sd']):.3f}" if row.get(f"{m}_sd") else "")
+            cells.append(f"**{text}**" if round(float(row[m]), 3) == top else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_plot_tables(folder: Path, summary: dict) -> None:
-    """``<metric>_<view>.csv``: nphotons, photons_per_pixel, one column per model (dvc plots' y; a
-    mean over seeds) and one ``<model>_sd`` column each (the sd over seeds; empty with one seed)."""
-    views = sorted({c["view"] for c in summary["jobs"]})
+    """``<metric>_<view>.csv`` for each plotted metric and view (:func:`plot_table`): dvc plots' data."""
     for metric in PLOTTED:
-        for view in views:
+        for view in sorted({c["view"] for c in summary["jobs"]}):
             with atomic_path(folder / f"{metric}_{view}.csv") as tmp:
                 with open(tmp, "w", newline="") as fh:
-                    w = csv.writer(fh, lineterminator="\n")
-                    w.writerow(["nphotons", "photons_per_pixel", *MODELS, *(f"{m}_sd" for m in MODELS)])
-                    for c in (c for c in summary["jobs"] if c["view"] == view):
-                        vals = [c["models"].get(m, {}).get(metric) for m in MODELS]
-                        sds = [c["models"].get(m, {}).get("sd", {}).get(metric) for m in MODELS]
-                        w.writerow([f"{c['nphotons']:g}", f"{c['photons_per_pixel_mean']:.6g}",
-                                    *("" if v is None else f"{v:.6g}" for v in vals + sds)])
+                    w = csv.DictWriter(fh, PLOT_COLUMNS, lineterminator="\n")
+                    w.writeheader()
+                    w.writerows(plot_table(summary, metric, view))
 
 
 def timing_markdown(summary: dict, timing: dict) -> str:
     """Wall times per job from the untracked run records: ``timing`` maps (phase, dose, view) to a record."""
-    models = [m for m in summary["models"] if m != "PtyChi"]
+    models = [m for m in summary["models"] if m != "LSQML"]
     lines = ["# Wall times (run records, not tracked by DVC)", "",
              "Seconds per job: a trained network's inference and stitching; +refine: refining and inference; +LSQML: "
-             "inference and LSQML; PtyChi: its LSQML run.", "",
-             "| view | dose | " + " | ".join(models) + " | PtyChi | host |", "|---|---|" + "---|" * (len(models) + 2)]
+             "inference and LSQML; LSQML: its LSQML run.", "",
+             "| view | dose | " + " | ".join(models) + " | LSQML | host |", "|---|---|" + "---|" * (len(models) + 2)]
     for c in summary["jobs"]:
         g = timing.get(("phase_g", c["dose"], c["view"]), {})
         f = timing.get(("phase_f", c["dose"], c["view"]), {})
@@ -547,10 +656,46 @@ def timing_markdown(summary: dict, timing: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, summary: dict) -> None:
+def write_report(out_dir: str | Path, summary: dict, phase_g: str | Path = "data/phase_g") -> None:
+    """metrics_summary.json, the tables for dvc plots, the figures, then metrics_summary.md and index.html,
+    which link (and embed) them and each job's figures in ``phase_g``."""
     out = Path(out_dir)
     write_json(out / "metrics_summary.json", summary)
-    with atomic_path(out / "metrics_summary.md") as tmp:
-        tmp.write_text(markdown(summary))
     write_plot_tables(out / "plots", summary)
     plot_report(out, summary, summary["models"])
+    text = markdown(summary, Path(os.path.relpath(phase_g, out)).as_posix())
+    with atomic_path(out / "metrics_summary.md") as tmp:
+        tmp.write_text(text)
+    write_html(out / "index.html", text)
+
+
+# README.md's headline table sits between these markers; `make docs` rewrites it from the committed CSVs
+README_START = "<!-- headline: make docs writes this table from data/report/plots -->"
+README_END = "<!-- end headline -->"
+
+
+def readme_with_headline(readme: str, plots: str | Path, views=("dense", "sparse")) -> str:
+    """``readme`` with its headline table rewritten from ``plots/ms_ssim_phase_<view>.csv``."""
+    if README_START not in readme or README_END not in readme:
+        raise ContractError(f"the README has no headline markers: put {README_START} and {README_END} where the table goes")
+    tables = {v: read_plot_table(Path(plots) / f"ms_ssim_phase_{v}.csv") for v in views
+              if (Path(plots) / f"ms_ssim_phase_{v}.csv").is_file()}
+    before, rest = readme.split(README_START, 1)
+    return before + README_START + "\n" + headline_markdown(tables) + "\n" + README_END + rest.split(README_END, 1)[1]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from fly64study.cli import run
+
+    def _main(argv=None):
+        parser = argparse.ArgumentParser(description="Rewrite README.md's headline table from the report's CSVs.")
+        parser.add_argument("--readme", default="README.md")
+        parser.add_argument("--plots", default="data/report/plots")
+        args = parser.parse_args(argv)
+        with atomic_path(Path(args.readme)) as tmp:
+            tmp.write_text(readme_with_headline(Path(args.readme).read_text(), args.plots))
+        print(f"{args.readme}: headline table from {args.plots}")
+
+    run(_main)

@@ -36,6 +36,7 @@ from fly64study.files import atomic_path, sha256_file, write_metrics, write_timi
 from fly64study.grouped import Groups, counts_of, inference_chunks, make_groups, thin, thinned_amplitude
 from fly64study.likelihood import gap_closed, likelihood_gap
 from fly64study.model import poisson_nll
+from fly64study.models import model_of
 from fly64study.networks import Autoencoder, network_config
 from fly64study.overlap import block_split, cover_positions, group_positions, member_distances
 from fly64study.plots import plot_losses
@@ -503,7 +504,11 @@ def run_job(job: Job, params: Params, *, phase_d: Path, artifact_root: Path, rec
         return []
     losses = Path(records) / f"losses_{job.dose}_{job.view}"
     write_loss_table(losses.with_suffix(".csv"), {seed_suffix(seed, cfg.seeds[0]): h for seed, h in histories.items()})
-    plot_losses(losses.with_suffix(".png"), histories, title=f"{job.name}, gridsize {job.gridsize}")
+    try:  # as the report names it
+        model = model_of(job.network, "gridsize1" if job.gridsize == 1 else "trained").name
+    except KeyError:  # a job no model of the study's is made from (PtychoPINN at gridsize 1, say)
+        model = job.network
+    plot_losses(losses.with_suffix(".png"), histories, title=f"{model}: {job.view} view, dose {job.dose}, gridsize {job.gridsize}")
     # the DVC metrics file: the errors and the gap closed alone, per seed (the manifest entries keep the rest)
     write_metrics(Path(records) / f"eval_{job.dose}_{job.view}.json",
                   {f"seed_{seed}": {**{k: v for k, v in e.items() if k.endswith(("_rmse", "_rmse_rad"))},

@@ -13,7 +13,7 @@ then to fewer epochs, so the choice is reproducible. Each run's cost curve is su
 
 Each view is tuned on its own training split: one view's best is not another's (default profile,
 sparse training splits: the dense view's choice scored 0.54 and 0.74 at 1e4 and 1e5, sparse's own,
-Gaussian with TV 0.1, 0.77 and 0.85; bench/RESULTS.md).
+Gaussian with TV 0.1, 0.77 and 0.85; bench/LOG.md).
 """
 from __future__ import annotations
 
