@@ -72,7 +72,7 @@ def test_the_html_report_loads_offline_with_every_figure_drawn(tiny_pipeline, tm
     # the two report figures, and each compared job's side-by-side and FRC figure, all decoded
     n_jobs = len(json.loads((page.parent / "metrics_summary.json").read_text())["jobs"])
     assert len(shown["images"]) == 2 + 2 * n_jobs
-    assert all(i["src"] == "data:image/png;base64" and i["w"] > 100 and i["h"] > 100 for i in shown["images"])
+    assert all(i["src"] == "data:image/png;base64," and i["w"] > 100 and i["h"] > 100 for i in shown["images"])
     # the first screen: the findings table and the first figure drawn, not a blank page
     import matplotlib.image
 
