@@ -168,6 +168,41 @@ def test_archive_check_regenerates_bundles_a_clone_lacks_and_refuses_partial_lis
         assert "Traceback" not in proc.stderr
 
 
+def test_a_hub_stays_verifiable_after_the_code_adds_a_params_key(archived, tmp_path):
+    """The hub records the commit that made it; after a commit that adds a params key (its archived
+    params now lack it, so this checkout's stages refuse them), the check regenerates the bundles
+    with the recorded commit's code in a git worktree and gets the archived bytes."""
+    root, hub = archived
+    code = json.loads((hub / "analysis" / "code.json").read_text())
+    assert code["commit"] == sh(root, "git", "rev-parse", "HEAD").stdout.strip() and code["changed"] == []
+    clone = tmp_path / "clone"
+    def leave_out(folder, names):  # no outputs, DVC cache or remote, nor the hub's bundle bytes
+        d = Path(folder)
+        return [n for n in names if (d == root and n in ("data", ".dvc_remote"))
+                or (d == root / ".dvc" and n == "cache") or n.endswith(".h5.zip")]
+
+    shutil.copytree(root, clone, symlinks=True, ignore=leave_out)
+    sh(clone, "git", "add", "-A")
+    sh(clone, "git", "commit", "-qm", "the hub")
+    design = clone / "src" / "fly64study" / "design.py"
+    field = "    N: int  # patch and detector size, pixels\n"
+    assert field in design.read_text()
+    design.write_text(design.read_text().replace(field, field + "    new_key: int  # a key added after the hub\n", 1))
+    for name in ("params.yaml", "profiles/default.yaml"):
+        text = (clone / name).read_text()
+        (clone / name).write_text(text.replace("\n  N: ", "\n  new_key: 1\n  N: ", 1))
+    sh(clone, "git", "commit", "-qam", "a new params key")
+    chub = clone / hub.relative_to(root)
+    stale = sh(clone, "python", "stages/design.py", "--params", str(chub / "analysis" / "params.yaml"), "--check",
+               check=False)
+    assert stale.returncode == 2 and "design.new_key: missing" in stale.stderr  # what regenerating used to hit
+    proc = make(clone, "archive-check", f"HUB={chub.relative_to(clone)}")
+    assert "2 bundles match" in proc.stdout and "(2 regenerated)" in proc.stdout
+    assert f"with the code of {code['commit'][:12]} (recorded in the hub)" in proc.stdout
+    assert sh(clone, "git", "worktree", "list").stdout.count("\n") == 1  # the checkout of the old code is gone
+    assert sh(clone, "git", "status", "--porcelain", "--untracked-files=no").stdout == ""
+
+
 def test_train_evidence_brings_stale_phase_d_inputs_up_to_date(archived, tmp_path):
     """Phase D files that no longer match params.yaml are rerun through DVC, never trained on."""
     root = tmp_path / "study"

@@ -15,12 +15,16 @@ or from the line the training CLI printed, and keeps the params the bundles were
 bytes are here is checked as it is; one that is missing is pulled from the DVC remote; failing
 that it is regenerated from the hub's params (phases C, D and the deterministic training CLI,
 in a scratch folder), which gives the same bytes on any x86-64 CPU (pinned numerics). It says
-which route each bundle took. Archived bundles are tracked by DVC (``dvc add``: a ``.dvc`` file
+which route each bundle took. A hub records the code revision that made it (``analysis/code.json``;
+a hub from before that record: the commit that added its params), and a regeneration runs that
+revision's code, checked out in a ``git worktree``, so a hub stays verifiable after the code and
+its params keys move on. Archived bundles are tracked by DVC (``dvc add``: a ``.dvc`` file
 in git, the bytes in the cache and the remote), never committed to git.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -238,6 +242,7 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
     if not params.is_file():
         raise EvidenceError(f"{params}: missing; run `make train-evidence` for this hub again")
     atomic_copy(params, hub / "analysis" / "params.yaml")  # what verify regenerates from
+    write_json(hub / "analysis" / "code.json", code_record(root))  # and with which code
     merged = {"jobs": archived, "sources": [str(p) for p in manifests]}
     write_json(hub / "data" / "training_manifest.json", merged)
     write_json(hub / "data" / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
@@ -250,6 +255,60 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
     # the bundles' bytes go to the DVC cache (and remote); git gets the small .dvc files
     _dvc(root, "add", *[str((hub / j["archived_as"]).resolve().relative_to(root.resolve())) for j in archived])
     return archived
+
+
+def code_record(root: Path) -> dict:
+    """The code revision a hub is made with: the commit, and the tracked files changed since it
+    (a dirty tree: that commit alone does not hold the code that ran)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode:
+        return {"commit": None, "changed": [], "note": "not a git checkout: the code is not recorded"}
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True).stdout.splitlines()
+    return {"commit": head.stdout.strip(), "changed": sorted(line[3:] for line in changed)}
+
+
+def _hub_revision(hub: Path, root: Path) -> tuple[str | None, str]:
+    """The commit whose code made the hub, and where that is known from."""
+    record = hub / "analysis" / "code.json"
+    if record.is_file():
+        code = json.loads(record.read_text())
+        changed = f"; it also had uncommitted changes to {', '.join(code['changed'])}" if code.get("changed") else ""
+        return code.get("commit"), f"recorded in the hub{changed}"
+    params = hub / "analysis" / "params.yaml"
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", str(params.resolve())], cwd=root,
+                           capture_output=True, text=True).stdout.split()
+    if added:  # a hub from before the record: it was committed with the code that made it
+        return added[-1], "the commit that added the hub"
+    return None, "none known: this checkout's code"
+
+
+def _code_tree(rev: str | None, root: Path, scratch: Path) -> Path:
+    """A checkout of ``rev`` (a ``git worktree`` in ``scratch``), or ``root`` itself when that is its code."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    if rev is None or rev == head:
+        return root
+    tree = scratch / f"code_{rev[:12]}"
+    if not tree.is_dir():
+        proc = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=root,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise EvidenceError(f"checking out {rev[:12]}, the code that made the hub: {proc.stderr.strip()[-300:]} "
+                                "(a shallow clone lacks it: `git fetch --unshallow`)")
+        ours, theirs = (_pins(Path(d) / "pyproject.toml") for d in (root, tree))
+        if ours != theirs:  # the study's own environment runs that code; say where its pins differ
+            print(f"  note: {rev[:12]} pinned {sorted(theirs - ours)}; this environment has {sorted(ours - theirs)}",
+                  flush=True)
+    return tree
+
+
+def _pins(pyproject: Path) -> set[str]:
+    import tomllib
+
+    try:
+        return set(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+    except (OSError, KeyError, ValueError):
+        return set()
 
 
 def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, int]) -> str:
@@ -275,11 +334,15 @@ def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, 
 
 def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Path:
     """Train the job of ``rel`` again from the hub's params, in ``scratch``: phase C of its dose,
-    phase D of its view, then the deterministic training CLI (the same command as ``cli/``)."""
+    phase D of its view, then the deterministic training CLI (the same command as ``cli/``), all
+    with the code of the revision that made the hub."""
     params = hub / "analysis" / "params.yaml"
     if not params.is_file():
         raise EvidenceError(f"{hub / rel}: missing, not in the DVC cache or remote, and {params} is missing, "
                             "so the bundle cannot be regenerated (the hub predates archived params)")
+    rev, known = _hub_revision(hub, root)
+    code = _code_tree(rev, root, scratch)
+    print(f"  regenerating {rel} with the code of {rev[:12] if rev else 'this checkout'} ({known})", flush=True)
     dose, view = job["dose"], job["view"]
     phase_c, phase_d = scratch / "phase_c" / f"dose_{dose}", scratch / "phase_d"
     steps = []
@@ -294,10 +357,27 @@ def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Pa
     for step in steps:
         print(f"  regenerating {rel}: {' '.join(step[:1] + step[1:5])} …", flush=True)
         proc = subprocess.run([sys.executable, step[0], "--params", str(params.resolve()), *step[1:]],
-                              cwd=root, capture_output=True, text=True)
+                              cwd=code, env={**os.environ, "PYTHONPATH": str((code / "src").resolve())},
+                              capture_output=True, text=True)
         if proc.returncode:
             raise EvidenceError(f"regenerating {rel}: {step[0]} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return scratch / "phase_e" / job["bundle_path"]
+
+
+@contextlib.contextmanager
+def _worktrees(root: Path):
+    """Remove the git worktrees a verification checked out, whatever happens."""
+    before = _worktree_list(root)
+    try:
+        yield
+    finally:
+        for tree in _worktree_list(root) - before:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, capture_output=True)
+
+
+def _worktree_list(root: Path) -> set[str]:
+    out = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")}
 
 
 def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> dict[str, str]:
@@ -332,7 +412,7 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
     if extra:
         raise EvidenceError(f"{sums}: lists {extra}, which the training manifest does not hold")
     routes = {}
-    with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp, _worktrees(root):
         scratch = Path(scratch or tmp)
         for rel, digest in listed.items():
             path, route = hub / rel, "present"
@@ -346,8 +426,8 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
                 path, route = _regenerate(hub, rel, jobs[rel], scratch, root), "regenerated"
             actual = sha256_file(path)
             if actual != digest:
-                hint = (" (regenerated from the hub's params with this checkout's code: the code or the numerics "
-                        "differ from the run that made the hub)" if route == "regenerated" else "")
+                hint = (" (regenerated from the hub's params with the code that made it: the numerics or the "
+                        "environment differ from the run that made the hub)" if route == "regenerated" else "")
                 raise EvidenceError(f"{hub / rel}: SHA256 {actual} differs from {sums.name} ({digest}){hint}")
             routes[rel] = route
             print(f"{rel}: SHA256 {digest} matches ({route})", flush=True)
