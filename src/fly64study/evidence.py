@@ -297,7 +297,8 @@ def _code_tree(rev: str | None, root: Path, scratch: Path) -> Path:
                                 "(a shallow clone lacks it: `git fetch --unshallow`)")
         ours, theirs = (_pins(Path(d) / "pyproject.toml") for d in (root, tree))
         if ours != theirs:  # the study's own environment runs that code; say where its pins differ
-            print(f"  note: {rev[:12]} pinned {sorted(theirs - ours)}; this environment has {sorted(ours - theirs)}",
+            had = f"{rev[:12]} pinned {', '.join(sorted(theirs - ours))}; " if theirs - ours else ""
+            print(f"  note: {had}this environment pins {', '.join(sorted(ours - theirs))} beyond {rev[:12]}'s",
                   flush=True)
     return tree
 
