@@ -174,7 +174,8 @@ def test_a_hub_stays_verifiable_after_the_code_adds_a_params_key(archived, tmp_p
     with the recorded commit's code in a git worktree and gets the archived bytes."""
     root, hub = archived
     code = json.loads((hub / "analysis" / "code.json").read_text())
-    assert code["commit"] == sh(root, "git", "rev-parse", "HEAD").stdout.strip() and code["changed"] == []
+    assert code["commit"] == sh(root, "git", "rev-parse", "HEAD").stdout.strip() and not code["uncommitted_changes"]
+    assert code["trees"]["src"] == sh(root, "git", "rev-parse", "HEAD:src").stdout.strip()
     clone = tmp_path / "clone"
     def leave_out(folder, names):  # no outputs, DVC cache or remote, nor the hub's bundle bytes
         d = Path(folder)
@@ -201,6 +202,24 @@ def test_a_hub_stays_verifiable_after_the_code_adds_a_params_key(archived, tmp_p
     assert f"with the code of {code['commit'][:12]} (recorded in the hub)" in proc.stdout
     assert sh(clone, "git", "worktree", "list").stdout.count("\n") == 1  # the checkout of the old code is gone
     assert sh(clone, "git", "status", "--porcelain", "--untracked-files=no").stdout == ""
+
+
+def test_archive_refuses_bundles_of_code_that_has_changed_since_they_were_trained(archived):
+    """The hub's code record is taken when the bundles are trained; uncommitted code counts (by its
+    git tree), and code changed between training and archiving is refused, naming the fix."""
+    root, hub = archived
+    from fly64study.evidence import code_record
+    extra = root / "src" / "fly64study" / "_not_yet_committed.py"
+    before = {p: sha256_file(p) for p in (hub / "analysis").iterdir()}
+    extra.write_text("# a module the training did not have\n")
+    try:
+        record = code_record(root)
+        assert record["uncommitted_changes"] and record["trees"]["src"] != sh(root, "git", "rev-parse", "HEAD:src").stdout.strip()
+        proc = make(root, "archive", f"HUB={hub.relative_to(root)}", check=False)
+        assert proc.returncode != 0 and "changed since `make train-evidence`" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        extra.unlink()
+    assert {p: sha256_file(p) for p in (hub / "analysis").iterdir()} == before  # the refused archive wrote nothing
 
 
 def test_train_evidence_brings_stale_phase_d_inputs_up_to_date(archived, tmp_path):

@@ -174,6 +174,7 @@ def train(hub: Path, *, dose: str, views: list[str], gridsizes: dict[str, int], 
     with atomic_path(hub / "cli" / "artifact_root.txt") as tmp:
         tmp.write_text(f"{artifacts}\n")
     atomic_copy(root / PARAMS, hub / "cli" / "params.yaml")  # the params these bundles are trained with
+    write_json(hub / "cli" / "code.json", code_record(root))  # and the code
     results = []
     for view in views:
         g = gridsizes[view]
@@ -211,6 +212,13 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
     pointer = hub / "cli" / "artifact_root.txt"
     if not pointer.is_file():
         raise EvidenceError(f"{pointer}: missing; run `make train-evidence` for this hub first")
+    trained_with = hub / "cli" / "code.json"
+    if not trained_with.is_file():
+        raise EvidenceError(f"{trained_with}: missing; run `make train-evidence` for this hub again")
+    code = json.loads(trained_with.read_text())
+    if code.get("trees") != code_record(root).get("trees"):
+        raise EvidenceError("the code (src/, stages/, pyproject.toml) changed since `make train-evidence` made this hub's "
+                            "bundles; run `make train-evidence` again, then `make archive`")
     artifacts = root / pointer.read_text().strip()
     manifests = sorted((artifacts / "runs").glob("*/training_manifest.json"))
     if not manifests:
@@ -242,7 +250,7 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
     if not params.is_file():
         raise EvidenceError(f"{params}: missing; run `make train-evidence` for this hub again")
     atomic_copy(params, hub / "analysis" / "params.yaml")  # what verify regenerates from
-    write_json(hub / "analysis" / "code.json", code_record(root))  # and with which code
+    atomic_copy(trained_with, hub / "analysis" / "code.json")  # verify regenerates with this code
     merged = {"jobs": archived, "sources": [str(p) for p in manifests]}
     write_json(hub / "data" / "training_manifest.json", merged)
     write_json(hub / "data" / "skip_summary.json", {"count": len(skipped), "skipped": skipped})
@@ -257,49 +265,103 @@ def archive(hub: Path, root: Path = Path(".")) -> list[dict]:
     return archived
 
 
+CODE = ("src", "stages", "pyproject.toml")  # what a regeneration runs: the package, the stage scripts, the pins
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def _git(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=env)
+    except FileNotFoundError:  # no git at all: as outside a checkout
+        return subprocess.CompletedProcess(["git", *args], 127, "", "git: not installed")
+
+
 def code_record(root: Path) -> dict:
-    """The code revision a hub is made with: the commit, and the tracked files changed since it
-    (a dirty tree: that commit alone does not hold the code that ran)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    """The code a hub's bundles are trained with: the commit, and the git tree ids of :data:`CODE`
+    as they are in the working tree (uncommitted changes included), so that ``verify`` uses a
+    commit only if it holds exactly that code."""
+    head = _git(root, "rev-parse", "--verify", "HEAD")
     if head.returncode:
-        return {"commit": None, "changed": [], "note": "not a git checkout: the code is not recorded"}
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                             capture_output=True, text=True).stdout.splitlines()
-    return {"commit": head.stdout.strip(), "changed": sorted(line[3:] for line in changed)}
+        return {"commit": None, "trees": {}, "note": "not a git checkout: the code is not recorded"}
+    with tempfile.TemporaryDirectory(prefix="fly64-index-") as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}  # git's own index stays untouched
+        present = [p for p in CODE if (root / p).exists()]  # git add refuses the lot over one missing path
+        for args in (("read-tree", "HEAD"), ("rm", "-r", "--cached", "--quiet", "--ignore-unmatch", "--", *CODE),
+                     ("add", "--all", "--", *present)):
+            _git(root, *args, env=env)
+        tree = _git(root, "write-tree", env=env).stdout.strip()
+    trees = {p: _object(root, f"{tree}:{p}") for p in CODE}
+    return {"commit": head.stdout.strip(), "trees": trees,
+            "uncommitted_changes": any(trees[p] != _object(root, f"HEAD:{p}") for p in CODE)}
 
 
-def _hub_revision(hub: Path, root: Path) -> tuple[str | None, str]:
-    """The commit whose code made the hub, and where that is known from."""
+def _object(root: Path, spec: str) -> str | None:
+    """The git object id of ``<tree-ish>:<path>``; None where the path is not there."""
+    proc = _git(root, "rev-parse", "--verify", "--quiet", spec)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _holds(root: Path, commit: str, trees: dict) -> bool:
+    """Whether ``commit`` is in this clone and holds exactly the recorded code."""
+    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode:
+        return False
+    return all(_object(root, f"{commit}:{p}") == tree for p, tree in trees.items())
+
+
+def _added(hub: Path, root: Path) -> str | None:
+    """The commit that added the hub's params to git (followed across moves)."""
+    log = _git(root, "log", "--follow", "--diff-filter=A", "--format=%H", "--",
+               str((hub / "analysis" / "params.yaml").resolve()))
+    return (log.stdout.split() or [None])[-1]
+
+
+def _hub_code(hub: Path, root: Path) -> tuple[str | None, str]:
+    """The commit whose code made the hub, and how it was found; None: this checkout's own code."""
+    shallow = _git(root, "rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+    unshallow = " (this clone is shallow: `git fetch --unshallow` brings the history)" if shallow else ""
     record = hub / "analysis" / "code.json"
     if record.is_file():
-        code = json.loads(record.read_text())
-        changed = f"; it also had uncommitted changes to {', '.join(code['changed'])}" if code.get("changed") else ""
-        return code.get("commit"), f"recorded in the hub{changed}"
-    params = hub / "analysis" / "params.yaml"
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", str(params.resolve())], cwd=root,
-                           capture_output=True, text=True).stdout.split()
-    if added:  # a hub from before the record: it was committed with the code that made it
-        return added[-1], "the commit that added the hub"
-    return None, "none known: this checkout's code"
+        try:
+            code = json.loads(record.read_text())
+            commit, trees = code.get("commit"), dict(code.get("trees") or {})
+        except (ValueError, AttributeError, TypeError) as err:
+            raise EvidenceError(f"{record}: not a code record ({err}); it is written by `make archive`") from None
+        if commit is None:
+            return None, "this checkout's code: the hub was made outside a git checkout"
+        for candidate, how in ((commit, "recorded in the hub"), (_added(hub, root), "the commit that added the hub, "
+                                                                   "which holds the code the hub recorded")):
+            if candidate and _SHA.fullmatch(candidate) and _holds(root, candidate, trees):
+                return candidate, how
+        dirty = ", with uncommitted changes to its code that no commit here holds" if code.get("uncommitted_changes") else ""
+        raise EvidenceError(f"{record}: the hub was made by {commit[:12]}{dirty}; this clone has no commit with that "
+                            f"code{unshallow}")
+    if shallow:
+        raise EvidenceError(f"{hub}: a hub from before code records, in a shallow clone: which commit added it "
+                            "cannot be told; `git fetch --unshallow` first")
+    added = _added(hub, root)
+    if added:  # it was committed with the code that made it
+        return added, "the commit that added the hub, which predates code records"
+    return None, "this checkout's code: the hub is not in git"
 
 
-def _code_tree(rev: str | None, root: Path, scratch: Path) -> Path:
-    """A checkout of ``rev`` (a ``git worktree`` in ``scratch``), or ``root`` itself when that is its code."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    if rev is None or rev == head:
+def _code_tree(rev: str | None, root: Path, scratch: Path, created: list[Path]) -> Path:
+    """A checkout of ``rev`` (a ``git worktree`` in ``scratch``, appended to ``created``), or ``root``
+    itself where that is exactly its code."""
+    head = _git(root, "rev-parse", "--verify", "HEAD").stdout.strip()
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *CODE).stdout.strip()
+    if rev is None or (rev == head and not dirty):
         return root
-    tree = scratch / f"code_{rev[:12]}"
-    if not tree.is_dir():
-        proc = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=root,
-                              capture_output=True, text=True)
+    tree = (scratch / f"code_{rev[:12]}").resolve()
+    if tree not in created:
+        proc = _git(root, "worktree", "add", "--detach", str(tree), rev)
         if proc.returncode:
-            raise EvidenceError(f"checking out {rev[:12]}, the code that made the hub: {proc.stderr.strip()[-300:]} "
-                                "(a shallow clone lacks it: `git fetch --unshallow`)")
-        ours, theirs = (_pins(Path(d) / "pyproject.toml") for d in (root, tree))
-        if ours != theirs:  # the study's own environment runs that code; say where its pins differ
-            had = f"{rev[:12]} pinned {', '.join(sorted(theirs - ours))}; " if theirs - ours else ""
-            print(f"  note: {had}this environment pins {', '.join(sorted(ours - theirs))} beyond {rev[:12]}'s",
-                  flush=True)
+            raise EvidenceError(f"checking out {rev[:12]}, the code that made the hub: {proc.stderr.strip()[-300:]}")
+        created.append(tree)
+        ours, theirs = (_pins(d / "pyproject.toml") for d in (root, tree))
+        notes = ([f"{rev[:12]} pinned {', '.join(sorted(theirs - ours))}"] if theirs - ours else []) + (
+            [f"this checkout pins {', '.join(sorted(ours - theirs))}"] if ours - theirs else [])
+        if notes:  # the study's own environment runs that code; say where the pins differ
+            print(f"  note: {'; '.join(notes)}", flush=True)
     return tree
 
 
@@ -333,7 +395,7 @@ def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Path:
+def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path, created: list[Path]) -> Path:
     """Train the job of ``rel`` again from the hub's params, in ``scratch``: phase C of its dose,
     phase D of its view, then the deterministic training CLI (the same command as ``cli/``), all
     with the code of the revision that made the hub."""
@@ -341,8 +403,8 @@ def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Pa
     if not params.is_file():
         raise EvidenceError(f"{hub / rel}: missing, not in the DVC cache or remote, and {params} is missing, "
                             "so the bundle cannot be regenerated (the hub predates archived params)")
-    rev, known = _hub_revision(hub, root)
-    code = _code_tree(rev, root, scratch)
+    rev, known = _hub_code(hub, root)
+    code = _code_tree(rev, root, scratch, created)
     print(f"  regenerating {rel} with the code of {rev[:12] if rev else 'this checkout'} ({known})", flush=True)
     dose, view = job["dose"], job["view"]
     phase_c, phase_d = scratch / "phase_c" / f"dose_{dose}", scratch / "phase_d"
@@ -358,7 +420,8 @@ def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Pa
     for step in steps:
         print(f"  regenerating {rel}: {' '.join(step[:1] + step[1:5])} …", flush=True)
         proc = subprocess.run([sys.executable, step[0], "--params", str(params.resolve()), *step[1:]],
-                              cwd=code, env={**os.environ, "PYTHONPATH": str((code / "src").resolve())},
+                              cwd=code, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str((code / "src").resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])},
                               capture_output=True, text=True)
         if proc.returncode:
             raise EvidenceError(f"regenerating {rel}: {step[0]} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
@@ -367,18 +430,17 @@ def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path) -> Pa
 
 @contextlib.contextmanager
 def _worktrees(root: Path):
-    """Remove the git worktrees a verification checked out, whatever happens."""
-    before = _worktree_list(root)
+    """The git worktrees a verification checks out (it appends them), removed afterwards whatever happens."""
+    created: list[Path] = []
     try:
-        yield
+        yield created
     finally:
-        for tree in _worktree_list(root) - before:
-            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, capture_output=True)
-
-
-def _worktree_list(root: Path) -> set[str]:
-    out = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-    return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")}
+        for tree in created:
+            proc = _git(root, "worktree", "remove", "--force", str(tree))
+            if proc.returncode:
+                print(f"  note: could not remove the worktree {tree}: {proc.stderr.strip()}", file=sys.stderr)
+        if created:
+            _git(root, "worktree", "prune")
 
 
 def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> dict[str, str]:
@@ -413,7 +475,7 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
     if extra:
         raise EvidenceError(f"{sums}: lists {extra}, which the training manifest does not hold")
     routes = {}
-    with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp, _worktrees(root):
+    with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp, _worktrees(root) as created:
         scratch = Path(scratch or tmp)
         for rel, digest in listed.items():
             path, route = hub / rel, "present"
@@ -424,7 +486,7 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
                                         capture_output=True, text=True)
                 route = "pulled" if pulled.returncode == 0 and path.is_file() else route
             if not path.is_file():
-                path, route = _regenerate(hub, rel, jobs[rel], scratch, root), "regenerated"
+                path, route = _regenerate(hub, rel, jobs[rel], scratch, root, created), "regenerated"
             actual = sha256_file(path)
             if actual != digest:
                 hint = (" (regenerated from the hub's params with the code that made it: the numerics or the "
