@@ -309,8 +309,9 @@ def _holds(root: Path, commit: str, trees: dict) -> bool:
 
 
 def _added(hub: Path, root: Path) -> str | None:
-    """The commit that added the hub's params to git (followed across moves)."""
-    log = _git(root, "log", "--follow", "--diff-filter=A", "--format=%H", "--",
+    """The commit that added the hub's params to git at their path (no --follow: its rename detection
+    takes a hub's params.yaml for a copy of the study's own and follows that file's history instead)."""
+    log = _git(root, "log", "--diff-filter=A", "--format=%H", "--",
                str((hub / "analysis" / "params.yaml").resolve()))
     return (log.stdout.split() or [None])[-1]
 
