@@ -33,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -353,22 +354,19 @@ def _code_tree(rev: str | None, root: Path, scratch: Path, created: list[Path]) 
     if rev is None or (rev == head and not dirty):
         return root
     tree = (scratch / f"code_{rev[:12]}").resolve()
-    if tree not in created:
-        proc = _git(root, "worktree", "add", "--detach", str(tree), rev)
-        if proc.returncode:
-            raise EvidenceError(f"checking out {rev[:12]}, the code that made the hub: {proc.stderr.strip()[-300:]}")
-        created.append(tree)
-        ours, theirs = (_pins(d / "pyproject.toml") for d in (root, tree))
-        notes = ([f"{rev[:12]} pinned {', '.join(sorted(theirs - ours))}"] if theirs - ours else []) + (
-            [f"this checkout pins {', '.join(sorted(ours - theirs))}"] if ours - theirs else [])
-        if notes:  # the study's own environment runs that code; say where the pins differ
-            print(f"  note: {'; '.join(notes)}", flush=True)
+    proc = _git(root, "worktree", "add", "--detach", str(tree), rev)
+    if proc.returncode:
+        raise EvidenceError(f"checking out {rev[:12]}, the code that made the hub: {proc.stderr.strip()[-300:]}")
+    created.append(tree)
+    ours, theirs = (_pins(d / "pyproject.toml") for d in (root, tree))
+    notes = ([f"{rev[:12]} pinned {', '.join(sorted(theirs - ours))}"] if theirs - ours else []) + (
+        [f"this checkout pins {', '.join(sorted(ours - theirs))}"] if ours - theirs else [])
+    if notes:  # the study's own environment runs that code; say where the pins differ
+        print(f"  note: {'; '.join(notes)}", flush=True)
     return tree
 
 
 def _pins(pyproject: Path) -> set[str]:
-    import tomllib
-
     try:
         return set(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
     except (OSError, KeyError, ValueError):
@@ -396,17 +394,14 @@ def _summary(hub: Path, jobs: list[dict], skipped: list[dict], exits: dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path, created: list[Path]) -> Path:
+def _regenerate(hub: Path, rel: str, job: dict, scratch: Path, root: Path, code: Path) -> Path:
     """Train the job of ``rel`` again from the hub's params, in ``scratch``: phase C of its dose,
     phase D of its view, then the deterministic training CLI (the same command as ``cli/``), all
-    with the code of the revision that made the hub."""
+    with the code checked out in ``code`` (:func:`_code_tree`)."""
     params = hub / "analysis" / "params.yaml"
     if not params.is_file():
         raise EvidenceError(f"{hub / rel}: missing, not in the DVC cache or remote, and {params} is missing, "
                             "so the bundle cannot be regenerated (the hub predates archived params)")
-    rev, known = _hub_code(hub, root)
-    code = _code_tree(rev, root, scratch, created)
-    print(f"  regenerating {rel} with the code of {rev[:12] if rev else 'this checkout'} ({known})", flush=True)
     dose, view = job["dose"], job["view"]
     phase_c, phase_d = scratch / "phase_c" / f"dose_{dose}", scratch / "phase_d"
     steps = []
@@ -475,7 +470,7 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
     extra = sorted(set(listed) - set(jobs))
     if extra:
         raise EvidenceError(f"{sums}: lists {extra}, which the training manifest does not hold")
-    routes = {}
+    routes, code = {}, None
     with tempfile.TemporaryDirectory(prefix="fly64-verify-") as tmp, _worktrees(root) as created:
         scratch = Path(scratch or tmp)
         for rel, digest in listed.items():
@@ -487,7 +482,11 @@ def verify(hub: Path, root: Path = Path("."), scratch: Path | None = None) -> di
                                         capture_output=True, text=True)
                 route = "pulled" if pulled.returncode == 0 and path.is_file() else route
             if not path.is_file():
-                path, route = _regenerate(hub, rel, jobs[rel], scratch, root, created), "regenerated"
+                if code is None:  # the first bundle to regenerate: find and check out the hub's code once
+                    rev, known = _hub_code(hub, root)
+                    code = _code_tree(rev, root, scratch, created)
+                    print(f"  regenerating with the code of {rev[:12] if rev else 'this checkout'} ({known})", flush=True)
+                path, route = _regenerate(hub, rel, jobs[rel], scratch, root, code), "regenerated"
             actual = sha256_file(path)
             if actual != digest:
                 hint = (" (regenerated from the hub's params with the code that made it: the numerics or the "

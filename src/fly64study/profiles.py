@@ -20,6 +20,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from fly64study.design import ParamsError, load_params
 from fly64study.files import atomic_path
 
 BASE = "default"
@@ -72,11 +73,11 @@ def compose(name: str, folder: Path = PROFILES) -> str:
     if not path.is_file():
         known = " ".join(sorted(p.stem for p in Path(folder).glob("*.yaml")))
         raise ProfileError(f"no profile {name!r} ({path}): choose one of {known}")
+    if name == BASE:
+        return path.read_text(encoding="utf-8")
     y = _yaml()
     header, body = _header(path.read_text(encoding="utf-8"))
     base_body = _header((Path(folder) / f"{BASE}.yaml").read_text(encoding="utf-8"))[1]
-    if name == BASE:
-        return header + body
     description = header.split("\n\n")[0].rstrip("\n") + "\n"  # its first paragraph: what the profile is for
     written = (f"# Written by `make profile PROFILE={name}`: profiles/{name}.yaml's keys merged over profiles/{BASE}.yaml\n"
                "# (every key's meaning); `dvc params diff` shows what a switch changed.\n")
@@ -95,8 +96,6 @@ def main(argv=None) -> int:
     parser.add_argument("profile", help=f"a profile in profiles/ ({BASE}, tiny, quality, real, full)")
     parser.add_argument("--out", default="params.yaml", help="where to write the composed params")
     args = parser.parse_args(argv)
-    from fly64study.design import ParamsError, load_params
-
     try:
         text = compose(args.profile)
         with atomic_path(Path(args.out)) as tmp:
