@@ -142,8 +142,8 @@ hub-new:
 push: setup
 	$(PY) -m fly64study.sharing push $(if $(REMOTE),--remote $(REMOTE))
 
-pull: setup
-	dvc pull --run-cache $(if $(REMOTE),-r $(REMOTE))
+pull: setup   # then every output re-hashed against dvc.lock (DVC trusts a remote's bytes unless it has `verify`)
+	$(PY) -m fly64study.sharing pull $(if $(REMOTE),--remote $(REMOTE))
 
 # One study on several machines (docs/scaling.md, "Running on several machines"): each runs
 # `make share DOSES="1e3"` (its doses' stages, then push); one then runs `make gather`

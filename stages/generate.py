@@ -2,6 +2,7 @@
 import argparse
 from pathlib import Path
 
+from fly64study import resources
 from fly64study.cli import run
 from fly64study.contract import save_dataset
 from fly64study.design import ParamsError, load_params
@@ -18,6 +19,7 @@ def main(argv=None):
     params = load_params(args.params)
     if args.dose not in params.design.doses:
         raise ParamsError(f"--dose {args.dose}: not a key of design.doses {list(params.design.doses)}")
+    resources.check(f"generate@{args.dose}", resources.generate(params), args.out)
     train, test = generate_dose(params.design, params.generate, args.dose)
     out = Path(args.out)
     save_dataset(out / "patched_train.npz", train)

@@ -6,6 +6,7 @@ baseline) keeps every position, so its files are phase C's splits byte for byte.
 import argparse
 from pathlib import Path
 
+from fly64study import resources
 from fly64study.cli import run
 from fly64study.contract import load_dataset, save_dataset
 from fly64study.design import ParamsError, load_params
@@ -24,6 +25,7 @@ def main(argv=None):
     design = params.design
     if args.view not in design.views:
         raise ParamsError(f"--view {args.view}: not a key of design.views {list(design.views)}")
+    resources.check(f"overlap {args.view} of {args.phase_c}", resources.overlap(params), args.out)
     out = Path(args.out)
     metrics = {"overlap_fraction": design.views[args.view]}
     for part in ("train", "test"):

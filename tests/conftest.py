@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +247,69 @@ def small_dataset(n: int = 6, N: int = 16, M: int = 40, seed: int = 0) -> Datase
         metadata=json.loads(json.dumps(meta)),
         Y=np.ones((n, N, N), dtype=np.complex64),
     )
+
+
+class SSHServer:
+    """Debian's openssh-server on 127.0.0.1, key auth only, keys and config in a temp folder; it can
+    be stopped (the listener and every session it serves, as a crashed or rebooted host would) and
+    started again on the same port."""
+
+    def __init__(self, folder: Path):
+        self.dir, self.log = folder, folder / "sshd.log"
+        folder.mkdir()
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True)
+        self.key = folder / "client"
+        (folder / "authorized_keys").write_text((folder / "client.pub").read_text())
+        (folder / "authorized_keys").chmod(0o600)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        (folder / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\nPidFile {folder / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            "UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(folder / "sshd_config")], check=True)
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run(["/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.log)], check=True)
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sshd did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        """SIGKILL the listener and its sessions (their processes are its children)."""
+        pid = int((self.dir / "sshd.pid").read_text())
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        for p in (pid, *map(int, children)):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        (self.dir / "sshd.pid").unlink(missing_ok=True)
+
+    def url(self, store: Path) -> str:
+        return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{store}"
+
+    def add_remote(self, root: Path, name: str, store: Path) -> None:
+        """A DVC remote ``name`` of ``root`` on this server (in .dvc/config.local: the key stays local)."""
+        sh(root, "dvc", "remote", "add", "--local", "-f", name, self.url(store))
+        sh(root, "dvc", "remote", "modify", "--local", name, "keyfile", str(self.key))
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A running :class:`SSHServer`, stopped after the test."""
+    if not Path("/usr/sbin/sshd").is_file() or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssh-server is not installed (.ci/run installs it: apt-get install openssh-server)")
+    server = SSHServer(tmp_path / "ssh")
+    yield server
+    if (server.dir / "sshd.pid").is_file():
+        server.stop()

@@ -2,10 +2,9 @@
 (a local directory, and SSH against a real sshd on 127.0.0.1)."""
 from __future__ import annotations
 
-import getpass
+import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -304,58 +303,52 @@ def test_local_directory_remote_is_the_default(archived):
     assert (root / ".dvc_remote").is_dir()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def sshd(tmp_path):
-    """Debian's openssh-server on 127.0.0.1, key auth only, keys and config in a temp folder."""
-    if not Path("/usr/sbin/sshd").is_file() or shutil.which("ssh-keygen") is None:
-        pytest.skip("openssh-server is not installed (.ci/run installs it: apt-get install openssh-server)")
-    d = tmp_path / "ssh"
-    d.mkdir()
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    (d / "authorized_keys").chmod(0o600)
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-        "Subsystem sftp internal-sftp\n")
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(d / "sshd_config")], check=True)
-    subprocess.run(["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")], check=True)
-    for _ in range(50):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield {"port": port, "key": d / "client", "log": d / "sshd.log"}
-    pid = d / "sshd.pid"
-    if pid.is_file():
-        subprocess.run(["kill", pid.read_text().strip()])
-
-
 def test_ssh_remote_push_pull_restores_identical_bundles(archived, sshd, tmp_path):
     root, hub = archived
     store = tmp_path / "ssh-store"
     store.mkdir()
-    url = f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}{store}"
-    sh(root, "dvc", "remote", "add", "--local", "-f", "ssh", url)
-    sh(root, "dvc", "remote", "modify", "--local", "ssh", "keyfile", str(sshd["key"]))
+    sshd.add_remote(root, "ssh", store)
     try:
         _round_trip(root, hub, "ssh")
     except AssertionError:
-        print(sshd["log"].read_text())
+        print(sshd.log.read_text())
         raise
     assert any(store.rglob("*")), "nothing reached the SSH remote"
     assert "ssh" not in (root / ".dvc" / "config").read_text()  # the key and URL stay in config.local
+
+
+def test_a_corrupted_remote_bundle_is_refused_by_archive_check(archived, sshd, tmp_path):
+    """DVC hands over an SSH remote's bytes without re-hashing them (no `verify`); archive-check's
+    own SHA256 refuses them, naming the file and both digests."""
+    root, hub = archived
+    rel = "data/wts_dense_gs2.h5.zip"
+    target = str((hub / rel).relative_to(root))
+    expected = _bundles(hub)[rel]
+    store = tmp_path / "ssh-store"
+    store.mkdir()
+    sshd.add_remote(root, "ssh", store)
+    sh(root, "dvc", "push", "-q", "-r", "ssh", target + ".dvc")
+    md5 = (hub / (rel + ".dvc")).read_text().split("md5: ")[1].split()[0]
+    obj = store / "files" / "md5" / md5[:2] / md5[2:]
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    obj.write_bytes(bytes(data))
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.unlink()
+    (hub / rel).unlink()  # a clone without the bundle: archive-check pulls it from the default remote
+    sh(root, "dvc", "remote", "default", "--local", "ssh")
+    try:
+        proc = make(root, "archive-check", f"HUB={hub.relative_to(root)}", check=False)
+    finally:
+        sh(root, "dvc", "remote", "default", "--local", "--unset")
+        (hub / rel).unlink(missing_ok=True)
+        cached.unlink(missing_ok=True)
+        sh(root, "dvc", "pull", "-q", "-r", "local", target + ".dvc")  # the shared fixture whole again
+    assert proc.returncode != 0
+    assert f"{hub.relative_to(root) / rel}: SHA256 {actual} differs from bundle_checksums.txt ({expected})" in proc.stderr
+    assert "regenerat" not in proc.stdout  # refused as pulled, not silently remade
+    assert sha256_file(hub / rel) == expected
 
 
 def test_an_altered_dvc_cache_object_is_reported_and_never_checked_out(archived, tmp_path):

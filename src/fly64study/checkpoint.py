@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from fly64study.files import atomic_path
+from fly64study.files import atomic_h5
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,14 @@ def save(path: str | Path, *, fingerprint: str, epoch: int, finished: bool, mode
     opt = optimiser.state_dict()
     meta = {"format": FORMAT, "fingerprint": fingerprint, "epoch": epoch, "finished": finished,
             "history": history, "best": best, "best_epoch": best_epoch, "param_groups": opt["param_groups"]}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="earliest") as h5:
-            h5.attrs["meta"] = json.dumps(meta)
-            _put(h5.create_group("model"), model.state_dict())
-            _put(h5.create_group("best"), best_state)
-            group = h5.create_group("optimiser")
-            for index, state in opt["state"].items():
-                _put(group.create_group(str(index)), state)
-            _put(h5.create_group("rng"), {name: g.get_state() for name, g in generators.items()})
+    with atomic_h5(path, libver="earliest") as h5:
+        h5.attrs["meta"] = json.dumps(meta)
+        _put(h5.create_group("model"), model.state_dict())
+        _put(h5.create_group("best"), best_state)
+        group = h5.create_group("optimiser")
+        for index, state in opt["state"].items():
+            _put(group.create_group(str(index)), state)
+        _put(h5.create_group("rng"), {name: g.get_state() for name, g in generators.items()})
 
 
 def load(path: str | Path, *, fingerprint: str, model: torch.nn.Module, optimiser: torch.optim.Optimizer,

@@ -208,6 +208,26 @@ def _inspect_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> N
                             f"the {info.file_size - header} data bytes it holds (truncated or forged)")
 
 
+def _crc_mismatch(path: Path, name: str) -> str:
+    """'member <name>: CRC-32 <actual> differs from the recorded <expected>' for a stored member
+    (the study writes its NPZ files uncompressed): its data bytes, read where the zip puts them."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return f"member {name!r}: its CRC-32 differs from the recorded {info.CRC:08x}"
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # the local file header; its name and extra field come before the data
+        fh.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        actual, left = 0, info.file_size
+        while left:
+            block = fh.read(min(left, 1 << 20))
+            if not block:
+                break
+            actual, left = zlib.crc32(block, actual), left - len(block)
+    return f"member {name!r}: CRC-32 {actual:08x} differs from the recorded {info.CRC:08x}"
+
+
 def read_npz(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> tuple[dict[str, np.ndarray], Any]:
     """Read every member of an NPZ without pickle; return (arrays, metadata parsed from JSON or None).
 
@@ -226,7 +246,12 @@ def read_npz(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> tupl
                     arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
     except ContractError as err:
         raise ContractError(f"{path}: {err}") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
+    except zipfile.BadZipFile as err:
+        if str(err).startswith("Bad CRC-32"):  # the member's bytes are not those it was written with
+            raise ContractError(f"{path}: corrupted: {_crc_mismatch(path, str(err).split(chr(39))[1])}; restore it "
+                                "(`dvc checkout`, `dvc pull`) or remake it (`dvc repro`)") from None
+        raise ContractError(f"{path}: not a readable NPZ file (BadZipFile: {err})") from None
+    except (zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
         raise ContractError(f"{path}: not a readable NPZ file ({type(err).__name__}: {err})") from None
     meta = None
     if "_metadata" in arrays:

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from fly64study.contract import ContractError
-from fly64study.files import atomic_path
+from fly64study.files import atomic_h5
 from fly64study.models import STEMS  # model -> file name stem (a further seed adds _seed<s>)
 
 
@@ -44,38 +44,35 @@ def write_product(path: str | Path, *, name: str, comments: str, probe: np.ndarr
     """One reconstruction as a Ptychodus product: ``probe`` (N, N), ``obj`` (H, W) in the scan's
     frame, positions in object pixels, ``geometry`` with pixel_size_m, photon_energy_eV and
     detector_distance_m, and the loss history as (epoch, value) pairs."""
-    import h5py
-
     dx = float(geometry["pixel_size_m"])
     H, W = obj.shape
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="earliest", track_order=False) as h5:
-            attrs = {"name": name, "comments": comments,
-                     "detector_object_distance_m": float(geometry["detector_distance_m"]),
-                     "photon_energy_eV": float(geometry["photon_energy_eV"]),
-                     "probe_photon_count": float(probe_photon_count), "exposure_time_s": 0.0,
-                     "mass_attenuation_m2_per_kg": 0.0, "tomography_angle_deg": 0.0,
-                     "focus_object_distance_m": 0.0, "tilt_angle_deg": 0.0, "far_field": True}
-            for key, value in attrs.items():
-                h5.attrs[key] = value
+    with atomic_h5(path, libver="earliest", track_order=False) as h5:
+        attrs = {"name": name, "comments": comments,
+                 "detector_object_distance_m": float(geometry["detector_distance_m"]),
+                 "photon_energy_eV": float(geometry["photon_energy_eV"]),
+                 "probe_photon_count": float(probe_photon_count), "exposure_time_s": 0.0,
+                 "mass_attenuation_m2_per_kg": 0.0, "tomography_angle_deg": 0.0,
+                 "focus_object_distance_m": 0.0, "tilt_angle_deg": 0.0, "far_field": True}
+        for key, value in attrs.items():
+            h5.attrs[key] = value
 
-            def dataset(key, data):
-                return h5.create_dataset(key, data=data, track_times=False)
+        def dataset(key, data):
+            return h5.create_dataset(key, data=data, track_times=False)
 
-            dataset("probe_position_indexes", np.arange(len(xcoords), dtype=np.int64))
-            dataset("probe_position_x_m", positions_m(xcoords, W, dx))
-            dataset("probe_position_y_m", positions_m(ycoords, H, dx))
-            p = dataset("probe", np.asarray(probe, dtype=np.complex64)[None, None])
-            p.attrs["pixel_width_m"] = dx
-            p.attrs["pixel_height_m"] = dx
-            o = dataset("object", np.asarray(obj, dtype=np.complex64)[None])
-            o.attrs["center_x_m"] = 0.0
-            o.attrs["center_y_m"] = 0.0
-            o.attrs["pixel_width_m"] = dx
-            o.attrs["pixel_height_m"] = dx
-            dataset("object_layer_spacing_m", np.zeros(0, dtype=np.float64))
-            dataset("loss_epochs", np.array([e for e, _ in losses], dtype=np.int64))
-            dataset("loss_values", np.array([v for _, v in losses], dtype=np.float64))
+        dataset("probe_position_indexes", np.arange(len(xcoords), dtype=np.int64))
+        dataset("probe_position_x_m", positions_m(xcoords, W, dx))
+        dataset("probe_position_y_m", positions_m(ycoords, H, dx))
+        p = dataset("probe", np.asarray(probe, dtype=np.complex64)[None, None])
+        p.attrs["pixel_width_m"] = dx
+        p.attrs["pixel_height_m"] = dx
+        o = dataset("object", np.asarray(obj, dtype=np.complex64)[None])
+        o.attrs["center_x_m"] = 0.0
+        o.attrs["center_y_m"] = 0.0
+        o.attrs["pixel_width_m"] = dx
+        o.attrs["pixel_height_m"] = dx
+        dataset("object_layer_spacing_m", np.zeros(0, dtype=np.float64))
+        dataset("loss_epochs", np.array([e for e, _ in losses], dtype=np.int64))
+        dataset("loss_values", np.array([v for _, v in losses], dtype=np.float64))
 
 
 def write_products(out_dir: str | Path, test, candidates, *, dose: str, view: str, probe_photon_count: float,

@@ -12,35 +12,97 @@ entries, but of the files they name only those the workspace's dvc.lock names in
 A stage's git-kept metrics and plot tables (`cache: false`) are in neither, so without them a
 collector could not restore the stage and would run it again.
 
-Command line (the Makefile's push, share and gather targets):
+Command line (the Makefile's push, pull, share and gather targets):
     python -m fly64study.sharing push [--remote R]
+    python -m fly64study.sharing pull [--remote R]   (then every output checked against dvc.lock)
     python -m fly64study.sharing share --dose 1e3 [--dose ...] [--remote R]
     python -m fly64study.sharing gather            (the default remote)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import json
 import logging
+import os
+import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
+from fly64study.files import atomic_path, existing_folder, md5_file
 
 log = logging.getLogger(__name__)
 
 
 def dvc(*args: str, cwd: Path, capture: bool = False) -> str:
     """Run a dvc command in ``cwd``: echoed with its output shown, or quietly with its stdout
-    returned (``capture``); a failure ends the program with DVC's message."""
+    returned (``capture``). A failure ends the program with one line saying what went wrong
+    (:func:`transfer_failure`); DVC's own messages are kept in ``.dvc/tmp/<command>.log``."""
     cmd = ["dvc", *args]
     if not capture:
         print("+ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=capture, text=True)
-    if proc.returncode:
-        raise SystemExit(f"`{' '.join(cmd)}` failed" + (f": {proc.stderr.strip()}" if capture else " (above)"))
-    return proc.stdout if capture else ""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE,
+                            text=True)
+    stdout, messages = "", []
+    if capture:
+        stdout, err = proc.communicate()
+        messages.append(err)
+    else:
+        for line in proc.stderr:  # shown as they come (a stage's log, DVC's warnings), and kept
+            if not line.startswith("ERROR"):
+                print(line, end="", file=sys.stderr, flush=True)
+            messages.append(line)
+    stderr = "".join(messages)
+    if proc.wait():
+        saved = Path(cwd) / ".dvc" / "tmp" / f"{args[0]}.log"
+        with contextlib.suppress(OSError), atomic_path(saved) as tmp:  # a full disk may have no room for it
+            tmp.write_text(stderr)
+        raise SystemExit(f"error: {transfer_failure(cmd, proc.returncode, stderr)} (DVC's messages: "
+                         f"{saved.relative_to(cwd) if saved.is_file() else 'not kept: no space'})")
+    return stdout
+
+
+def transfer_failure(cmd: list[str], code: int, stderr: str) -> str:
+    """What a failed dvc command's messages come to, in one line: a full disk (and where), a
+    connection that broke, or DVC's first error. DVC moves an object into a cache or remote only
+    once it is whole (a temporary name, then a rename), so what failed is only not there yet."""
+    what = " ".join(cmd[:2])
+    failed = re.search(r"(\d+) files? failed to (upload|download)", stderr)
+    count = f"; {failed.group(1)} files were not {failed.group(2)}ed" if failed else ""
+    again = "then run the same command again: it transfers only what is missing"
+    full = re.search(r"\[Errno (?:28|122)\] [^:]*: '[^']*' -> '([^']*)'", stderr)
+    if full or "No space left on device" in stderr:
+        where = Path(full.group(1)).parent if full else None
+        place = ""
+        if where is not None:
+            root = where.parent.parent.parent if where.parent.name == "md5" else where  # <root>/files/md5/<xx>
+            place = f" at {root} ({shutil.disk_usage(where).free / 2**20:.1f} MiB free there)"
+        return f"`{what}`: disk full{place}{count}; no object is half-written under its name; free space, {again}"
+    link = re.search(r"No possible cache link types for '([^']*)'", stderr)
+    if link:  # DVC's words for a checkout that could not write the file, as on a full disk
+        free = shutil.disk_usage(existing_folder(Path(link.group(1)).parent)).free
+        return (f"`{what}`: could not put {link.group(1)} in place (DVC: 'no possible cache link types'; "
+                f"{free / 2**20:.1f} MiB free there: most likely the disk is full); "
+                f"free space, {again}")
+    broke = re.search(r"Connection (?:not open|lost|refused|reset|closed)[^\n]*|Could not connect[^\n]*|"
+                      r"Permission denied[^\n]*|Host is unreachable[^\n]*|timed out[^\n]*", stderr)
+    if broke:
+        return (f"`{what}`: the connection to the remote failed ({broke.group(0).strip(' .')}){count}; objects that "
+                f"reached it are whole; once the remote is reachable, {again}")
+    if code == 141 and "ERROR" not in stderr:
+        # DVC takes any BrokenPipeError for its own stdout's and exits 141 in silence (dvc/cli/__init__.py),
+        # which is what a connection to an SSH remote that broke mid-transfer looks like
+        return (f"`{what}` ended with status 141 and no message: a broken pipe, here a connection to the remote "
+                f"that broke mid-transfer; objects that reached it are whole; once the remote is reachable, {again}")
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    return f"`{' '.join(cmd)}` failed (exit {code}): " + (errors[-1][len("ERROR: "):] if errors else stderr.strip()[-300:])
 
 
 def _remote(remote: str | None) -> list[str]:
@@ -83,6 +145,58 @@ def push(root: Path, remote: str | None = None, stages: list[str] | None = None)
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
 
+def pull(root: Path, remote: str | None = None) -> None:
+    """`dvc pull --run-cache`, then every output in the workspace re-hashed against the MD5 that
+    dvc.lock or its .dvc file records. DVC takes an SSH or cloud remote's bytes on trust unless
+    the remote has ``verify`` set, and records them under the expected hash, so `dvc status` and
+    `dvc repro` would not notice a corrupted remote object: here it is found and removed (from
+    the workspace and the cache: it came from the remote just now), never used."""
+    from dvc.repo import Repo
+
+    dvc("pull", "--run-cache", *_remote(remote), cwd=root)
+    bad = altered_outputs(root)
+    if not bad:
+        print("every pulled output matches dvc.lock and the .dvc files", flush=True)
+        return
+    with Repo(str(root)) as repo:
+        cache, odb = repo.cache.local, repo.cloud.get_remote_odb(remote)
+        for path, expected, actual in bad:
+            (root / path).unlink()
+            Path(cache.oid_to_path(expected)).unlink(missing_ok=True)
+            print(f"error: {path}: MD5 {actual} differs from the recorded {expected}: the remote's object "
+                  f"{odb.oid_to_path(expected)} is corrupted; removed here", file=sys.stderr, flush=True)
+    raise SystemExit(f"error: {len(bad)} pulled file(s) were not the bytes the study recorded and are removed; "
+                     "`dvc repro` remakes them from their inputs; to mend the remote, delete those objects there and "
+                     "`make push` from a clone that has them whole")
+
+
+def altered_outputs(root: Path) -> list[tuple[str, str, str]]:
+    """(path, recorded MD5, actual MD5) of every workspace file that dvc.lock or a git-tracked
+    .dvc file names with other bytes; files not in the workspace are DVC's to report."""
+    from dvc.repo import Repo
+
+    recorded = []  # (path, md5) of each output
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+            recorded += [(root / out["path"], out["md5"]) for out in stage.get("outs", []) if "md5" in out]
+    listed = subprocess.run(["git", "ls-files", "-z", "*.dvc"], cwd=root, capture_output=True, text=True).stdout
+    for name in filter(None, listed.split("\0")):
+        for out in (yaml.safe_load((root / name).read_text()) or {}).get("outs", []):
+            recorded.append(((root / name).parent / out["path"], out["md5"]))
+    files = []
+    with Repo(str(root)) as repo:
+        for path, md5 in recorded:
+            if not md5.endswith(".dir"):
+                files.append((path, md5))
+                continue
+            listing = Path(repo.cache.local.oid_to_path(md5))
+            if listing.is_file():  # a directory: the listing of its files, JSON, in the cache
+                files += [(path / entry["relpath"], entry["md5"]) for entry in json.loads(listing.read_text())]
+    return [(os.path.relpath(path, root), md5, actual) for path, md5 in files
+            if path.is_file() and (actual := md5_file(path)) != md5]
+
+
 def share(root: Path, doses: list[str], remote: str | None = None) -> None:
     """Run this machine's share of the study (every stage of ``doses``) and push it."""
     known = list(dict.keys(load_params(Path(root) / "params.yaml").design.doses))
@@ -111,10 +225,10 @@ def gather(root: Path) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("push", "share", "gather"))
+    parser.add_argument("action", choices=("push", "pull", "share", "gather"))
     parser.add_argument("--dose", action="append", default=[], help="share: a dose label of design.doses "
                         "(repeatable)")
-    parser.add_argument("--remote", help="push, share: a DVC remote's name (default: core.remote, e.g. set in "
+    parser.add_argument("--remote", help="push, pull, share: a DVC remote's name (default: core.remote, e.g. set in "
                         ".dvc/config.local)")
     args = parser.parse_args(argv)
     root = Path.cwd()
@@ -124,6 +238,8 @@ def main(argv=None):
         raise ParamsError(f"--dose: only for share, not {args.action}")
     elif args.action == "push":
         push(root, args.remote)
+    elif args.action == "pull":
+        pull(root, args.remote)
     elif args.remote:
         raise ParamsError("--remote: gather uses the default remote (`dvc repro --pull` has no remote option); "
                           "make it the default with `dvc remote default --local <name>`")

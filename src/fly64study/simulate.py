@@ -154,7 +154,9 @@ def simulate_diffraction(
     rng : generator for the Poisson draws
     """
     # Parseval: the total expected intensity per pattern is sum |O P|^2, no FFT needed for s.
-    energy = np.sum(np.abs(patches.astype(np.complex128) * probe) ** 2, axis=(1, 2))
+    # In batches: the whole stack in complex128 would be the stage's peak (5x the patches).
+    energy = np.concatenate([np.sum(np.abs(patches[i:i + _BATCH].astype(np.complex128) * probe) ** 2, axis=(1, 2))
+                             for i in range(0, len(patches), _BATCH)])
     s = physics.intensity_scale(float(energy.mean()), dose)
     probe_t = torch.from_numpy(probe)
     diffraction = np.empty(patches.shape, dtype=np.float32)

@@ -1,0 +1,203 @@
+"""A full disk, on a small tmpfs the test mounts: while `generate` writes its NPZ, `train` its
+checkpoint or bundle, `compare` its products, `make push` to a local remote and `make pull` into
+the cache. Each fails with one line that names the path and says the disk is full, leaves no
+partial file in place of an output and everything produced earlier (outputs, DVC's cache) as it
+was; once space is freed the same command completes with the bytes of an undisturbed run (the
+shared tiny run's)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import clone_run, project_env, sh
+from fly64study.files import sha256_file
+from fly64study.resources import SKIP_ENV
+
+pytestmark = pytest.mark.pipeline
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted on ``path`` for the block (CI runs as root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"mounting a tmpfs was refused ({proc.stderr.strip()}); the full-disk tests need root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Take all but ``leave`` bytes of ``folder``'s file system with one file (written: tmpfs does
+    not count a sparse file)."""
+    filler = folder / ".filler"
+    left = shutil.disk_usage(folder).free - leave
+    with open(filler, "wb") as fh:
+        while left > 0:
+            left -= fh.write(b"\0" * min(left, 1 << 20))
+    return filler
+
+
+def digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA256 of every file under ``folder`` but the filler, DVC's .gitignore files and ``skip``
+    (relative prefixes)."""
+    return {rel: sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (
+        ".filler", ".gitignore") and not (rel := str(p.relative_to(folder))).startswith(skip)}
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def on_tmpfs(tiny_pipeline, tmp_path):
+    """A copy of the shared tiny run whose data/ lies on a 96 MB tmpfs."""
+    root = clone_run(tiny_pipeline, tmp_path / "study")
+    (root / "data").rename(root / "data.kept")
+    with tmpfs(root / "data", "96m"):
+        shutil.copytree(root / "data.kept", root / "data", symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(root / "data.kept")
+        yield root
+
+
+# (stage, its outputs (files or folders, as dvc.yaml names them), the path its failing write names,
+# bytes left free: less than the first large file it writes)
+G = "data/phase_g/dose_1e3/dense/"
+STAGES = {
+    "generate": ("generate@1e3", ["data/phase_c/dose_1e3/patched_train.npz", "data/phase_c/dose_1e3/patched_test.npz",
+                                  "data/phase_c/dose_1e3/overview.png"],
+                 "data/phase_c/dose_1e3/patched_train.npz", 600_000),
+    "train": ("train@1e3-dense", ["data/phase_e/dose_1e3/dense"] + [f"data/phase_e/runs/1e3-dense/{n}" for n in (
+        "training_manifest.json", "skip_summary.json", "losses_1e3_dense.png", "eval_1e3_dense.json",
+        "losses_1e3_dense.csv")], "data/phase_e/", 60_000),
+    "compare": ("compare@1e3-dense", [G + n for n in ("comparison_metrics.csv", "frc_curves.csv", "comparison.png",
+                                                      "frc_curves.png", "products", "comparison.json", "metrics.json")],
+                G, 200_000),
+}
+
+
+@pytest.mark.parametrize("phase", list(STAGES))
+def test_a_stage_that_fills_the_disk_fails_clearly_and_its_rerun_gives_the_same_bytes(phase, on_tmpfs,
+                                                                                      tiny_pipeline):
+    root = on_tmpfs
+    stage, outs, names, leave = STAGES[phase]
+    for out in outs:  # the stage has to run: its outputs are not there (they are in DVC's cache)
+        (shutil.rmtree if (root / out).is_dir() else os.unlink)(root / out)
+    undisturbed = {o: v for o, v in digests(tiny_pipeline.root / "data").items()
+                   if any(f"data/{o}" == x or f"data/{o}".startswith(x + "/") for x in outs)}
+    assert len(undisturbed) >= len(outs)
+    earlier, cache = digests(root / "data"), digests(root / ".dvc" / "cache")
+    filler = fill(root / "data", leave)
+
+    env = {**project_env(root), SKIP_ENV: "1"}  # past the early check: the disk fills mid-write
+    # forced: otherwise DVC restores the outputs from its cache instead of running the stage
+    proc = subprocess.run(["dvc", "repro", "-f", "-s", stage], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert f"error: {names}" in lines[0] and "disk full (no space left on device" in lines[0], lines
+    assert "free space, then rerun the same command" in lines[0]
+    assert not [p for p in (root / "data").rglob("*.tmp")], "a temporary file was left behind"
+    after = digests(root / "data")
+    written = {o: v for o, v in after.items() if o not in earlier}
+    for rel, digest in written.items():  # an output written before the disk filled is whole
+        assert digest == undisturbed[rel], f"{rel} is not whole"
+    assert len(written) < len(undisturbed)  # ... and the one that did not fit is absent
+    assert {o: v for o, v in after.items() if o in earlier} == earlier  # everything produced earlier is as it was
+    assert digests(root / ".dvc" / "cache") == cache
+
+    filler.unlink()
+    sh(root, "dvc", "repro", "-f", "-s", stage)  # the same command, with space
+    assert {o: v for o, v in digests(root / "data").items() if o in undisturbed} == undisturbed
+    assert "up to date" in sh(root, "dvc", "status", stage).stdout
+
+
+def test_generate_refuses_early_when_its_outputs_cannot_fit(on_tmpfs):
+    root = on_tmpfs
+    out = root / "data" / "phase_c" / "dose_1e3"
+    shutil.rmtree(out)
+    earlier = digests(root / "data")
+    fill(root / "data", 1_000_000)
+    proc = sh(root, "dvc", "repro", "-f", "-s", "generate@1e3", check=False)
+    assert proc.returncode != 0
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("error: generate@1e3: needs about "), proc.stderr
+    assert "of disk space in data/phase_c" in lines[0] and "1 MiB is free" in lines[0], lines[0]
+    assert "make profile PROFILE=default" in lines[0]
+    assert "diffraction @" not in proc.stderr and "positions on a" not in proc.stderr  # refused before simulating
+    assert digests(root / "data") == earlier
+
+
+def _objects_whole(store: Path) -> int:
+    """Every file under a content-hash name in a DVC remote or cache holds those bytes; returns how many."""
+    whole = 0
+    for p in store.rglob("*"):
+        if p.is_file() and p.parent.parent.name == "md5" and not p.name.endswith(".tmp") and not p.name.startswith("."):
+            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), p
+            whole += 1
+    return whole
+
+
+def sharing(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fly64study.sharing", *args], cwd=root, env=project_env(root),
+                          capture_output=True, text=True)
+
+
+def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pipeline, tmp_path):
+    root = clone_run(tiny_pipeline, tmp_path / "study")
+    cache = digests(root / ".dvc" / "cache")
+    with tmpfs(tmp_path / "remote", "64m") as remote:
+        sh(root, "dvc", "remote", "add", "--local", "small", str(remote))
+        filler = fill(remote, 3_000_000)
+        proc = sharing(root, "push", "--remote", "small")
+        assert proc.returncode != 0
+        lines = error_lines(proc)
+        assert len(lines) == 1 and lines[0].startswith(f"error: `dvc push`: disk full at {remote} ("), proc.stderr
+        assert "files were not uploaded" in lines[0] and ".dvc/tmp/push.log" in lines[0]
+        sent = _objects_whole(remote)  # what arrived is whole under its name; the rest is not there
+        assert sent > 0
+        assert digests(root / ".dvc" / "cache") == cache  # nothing here changed
+
+        filler.unlink()
+        sharing_ok = sharing(root, "push", "--remote", "small")
+        assert sharing_ok.returncode == 0, sharing_ok.stderr
+        assert _objects_whole(remote) > sent
+        clone = tmp_path / "clone"  # a colleague's fresh clone pulls what was pushed
+        sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
+        sh(clone, "dvc", "remote", "add", "--local", "small", str(remote))
+        pulled = sharing(clone, "pull", "--remote", "small")
+        assert pulled.returncode == 0 and "every pulled output matches" in pulled.stdout, pulled.stderr
+    assert digests(clone / "data") == digests(tiny_pipeline.root / "data", skip=("timing",))
+
+
+def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_pipeline, tmp_path):
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "team", str(tiny_pipeline.remote))
+    undisturbed = digests(tiny_pipeline.root / "data", skip=("timing",))
+    with tmpfs(clone / ".dvc" / "cache", "64m") as cache:
+        filler = fill(cache, 4_000_000)
+        proc = sharing(clone, "pull", "--remote", "team")
+        assert proc.returncode != 0
+        lines = error_lines(proc)
+        assert len(lines) == 1 and lines[0].startswith(f"error: `dvc pull`: disk full at {cache} ("), proc.stderr
+        assert "files were not downloaded" in lines[0]
+        assert _objects_whole(cache) > 0
+        for rel, digest in digests(clone / "data").items():  # what was checked out is whole
+            assert digest == undisturbed[rel], rel
+
+        filler.unlink()
+        proc = sharing(clone, "pull", "--remote", "team")
+        assert proc.returncode == 0 and "every pulled output matches" in proc.stdout, proc.stderr
+        assert digests(clone / "data") == undisturbed

@@ -1,0 +1,72 @@
+"""Too little memory: a stage whose estimated peak (from params) exceeds what the machine lets it
+use refuses before it computes anything, naming the estimate, what is available and a smaller
+profile. The limit is a real one: a memory cgroup (as a batch scheduler or a container sets),
+created by the test (CI runs as root)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, profile_params
+from fly64study import resources
+from fly64study.design import load_params
+
+GiB = 1 << 30
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int):
+    """A memory cgroup (v2 or v1) limited to ``limit`` bytes; yields the command prefix that runs a
+    command inside it."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").is_file()
+    group = (Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/memory")) / f"fly64study-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(limit))
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        pytest.skip(f"cannot make a memory cgroup here ({err}); the test needs root and a writable cgroup tree")
+    try:
+        yield ["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "sh"]
+    finally:
+        group.rmdir()
+
+
+@pytest.mark.parametrize("stage", ["generate", "overlap"])
+def test_a_stage_that_would_not_fit_in_memory_refuses_before_it_starts(stage, tmp_path):
+    params = profile_params("full")
+    need = getattr(resources, stage)(load_params(params)).memory
+    cmd = {"generate": ["stages/generate.py", "--dose", "1e3"],
+           "overlap": ["stages/overlap.py", "--view", "dense", "--phase-c", str(tmp_path / "c")]}[stage]
+    out = tmp_path / "out"
+    with memory_cgroup(need // 2) as inside:
+        proc = subprocess.run([*inside, sys.executable, *cmd, "--params", str(params), "--out", str(out)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    m = re.search(r"needs about ([\d.]+) GiB of memory at its peak \(estimated from params\), but ([\d.]+) GiB is "
+                  r"available; switch to a smaller profile \(`make profile PROFILE=default`", lines[0])
+    assert m, lines[0]
+    assert float(m.group(1)) == pytest.approx(need / GiB, abs=0.05)
+    assert float(m.group(2)) <= need / 2 / GiB + 0.05  # the cgroup's limit, not the machine's memory
+    assert not out.exists() or not any(out.iterdir())  # nothing computed, nothing written
+
+
+def test_the_estimates_follow_the_profiles_sizes():
+    """The full profile (10,000 positions of 128 x 128) against the default (1,600 of 64 x 64): the
+    data term grows 25-fold; bench/memory.py compares both with measured peaks."""
+    default, full = (load_params(profile_params(name)) for name in ("default", "full"))
+    for stage in ("generate", "overlap"):
+        d, f = getattr(resources, stage)(default), getattr(resources, stage)(full)
+        assert f.memory > d.memory and f.disk > 20 * d.disk
+    assert 4 * GiB < resources.generate(full).memory < 5 * GiB  # measured 4.28 GiB (bench/LOG.md)
+    assert resources.generate(full).disk > 1.8 * GiB  # the two splits are 2.0 GB on disk
