@@ -1,6 +1,7 @@
 """Shared fixtures: the repository root, the tiny profile, and small synthetic datasets."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -287,8 +288,12 @@ class SSHServer:
     def stop(self) -> None:
         """SIGKILL the listener and its sessions (their processes are its children)."""
         pid = int((self.dir / "sshd.pid").read_text())
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        for p in (pid, *map(int, children)):
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
+                    children.append(int(stat.parent.name))
+        for p in (pid, *children):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
