@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from filelock import FileLock  # noqa: E402
 
 from fly64study.contract import Dataset  # noqa: E402
 from fly64study.design import RECORD_ENV, Params, load_params  # noqa: E402
+from fly64study.files import sha256_file  # noqa: E402
 from fly64study.numerics import PINNED_ENV, host_settings  # noqa: E402
 from fly64study.profiles import compose  # noqa: E402
 
@@ -250,6 +252,38 @@ def small_dataset(n: int = 6, N: int = 16, M: int = 40, seed: int = 0) -> Datase
     )
 
 
+# ------------------------------------------------------------------ faults (disk, remote, memory)
+def sharing(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m fly64study.sharing <args>`` (make push / pull) in ``root``, run to its end."""
+    return subprocess.run([sys.executable, "-m", "fly64study.sharing", *args], cwd=root, env=project_env(root),
+                          capture_output=True, text=True)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The ``error:`` lines a failed command printed; a traceback instead is a failure."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def output_digests(data: Path) -> dict[str, str]:
+    """SHA256 of every file under a study's data/ but its untracked timings, DVC's .gitignore
+    files and a test's filler, by path relative to data/."""
+    return {rel: sha256_file(p) for p in sorted(data.rglob("*")) if p.is_file() and p.name not in (
+        ".filler", ".gitignore") and not (rel := str(p.relative_to(data))).startswith("timing/")}
+
+
+def whole_objects(store: Path) -> int:
+    """Every object under a content-hash name in a DVC cache or remote holds those bytes (DVC's
+    temporary files, ``.<random>.tmp``, excepted); returns how many there are."""
+    count = 0
+    for p in (store / "files" / "md5").rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), \
+                f"{p} is not whole under its final name"
+            count += 1
+    return count
+
+
 class SSHServer:
     """Debian's openssh-server on 127.0.0.1, key auth only, keys and config in a temp folder; it can
     be stopped (the listener and every session it serves, as a crashed or rebooted host would) and
@@ -286,14 +320,16 @@ class SSHServer:
         raise RuntimeError(f"sshd did not start: {self.log.read_text()}")
 
     def stop(self) -> None:
-        """SIGKILL the listener and its sessions (their processes are its children)."""
-        pid = int((self.dir / "sshd.pid").read_text())
-        children = []
+        """SIGKILL the listener and every process under it (each session: its children, or their
+        children where OpenSSH forks again after login)."""
+        parents = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError):
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
-                    children.append(int(stat.parent.name))
-        for p in (pid, *children):
+            with contextlib.suppress(OSError, ValueError):
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # field 4
+        tree = [int((self.dir / "sshd.pid").read_text())]
+        for pid in tree:
+            tree += [child for child, parent in parents.items() if parent == pid]
+        for p in tree:
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

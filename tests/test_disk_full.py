@@ -7,17 +7,15 @@ shared tiny run's)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import clone_run, project_env, sh
-from fly64study.files import sha256_file
+from conftest import clone_run, error_lines, output_digests, project_env, sh, sharing, whole_objects
 from fly64study.resources import SKIP_ENV
 
 pytestmark = pytest.mark.pipeline
@@ -48,16 +46,21 @@ def fill(folder: Path, leave: int) -> Path:
     return filler
 
 
-def digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """SHA256 of every file under ``folder`` but the filler, DVC's .gitignore files and ``skip``
-    (relative prefixes)."""
-    return {rel: sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (
-        ".filler", ".gitignore") and not (rel := str(p.relative_to(folder))).startswith(skip)}
+def test_an_hdf5_file_and_an_npz_that_meet_a_full_disk_leave_nothing_but_one_clear_error(tmp_path):
+    """HDF5 meeting a full disk mid-write crashed the process (SIGSEGV) while closing: it is built
+    in memory and written like any other file."""
+    import numpy as np
 
+    from fly64study.contract import write_npz
+    from fly64study.files import DiskFullError, atomic_h5
 
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    with tmpfs(tmp_path / "small", "256k") as small:
+        with pytest.raises(DiskFullError, match=rf"^{small}/a\.h5: disk full \(no space left on device, "):
+            with atomic_h5(small / "a.h5") as h5:
+                h5.create_dataset("x", data=np.zeros(100_000))
+        with pytest.raises(DiskFullError, match=rf"^{small}/b\.npz: disk full"):
+            write_npz(small / "b.npz", {"x": np.zeros(100_000)})
+        assert list(small.iterdir()) == []
 
 
 @pytest.fixture
@@ -71,19 +74,20 @@ def on_tmpfs(tiny_pipeline, tmp_path):
         yield root
 
 
-# (stage, its outputs (files or folders, as dvc.yaml names them), the path its failing write names,
-# bytes left free: less than the first large file it writes)
+# (stage, its outputs (files or folders, as dvc.yaml names them), the path its failing write names
+# (a pattern), bytes left free: less than the first large file it writes: train's checkpoint, 0.6 MB)
 G = "data/phase_g/dose_1e3/dense/"
 STAGES = {
     "generate": ("generate@1e3", ["data/phase_c/dose_1e3/patched_train.npz", "data/phase_c/dose_1e3/patched_test.npz",
                                   "data/phase_c/dose_1e3/overview.png"],
-                 "data/phase_c/dose_1e3/patched_train.npz", 600_000),
+                 r"data/phase_c/dose_1e3/patched_train\.npz", 600_000),
     "train": ("train@1e3-dense", ["data/phase_e/dose_1e3/dense"] + [f"data/phase_e/runs/1e3-dense/{n}" for n in (
         "training_manifest.json", "skip_summary.json", "losses_1e3_dense.png", "eval_1e3_dense.json",
-        "losses_1e3_dense.csv")], "data/phase_e/", 60_000),
+        "losses_1e3_dense.csv")], r"data/phase_e/(\.checkpoints/1e3-dense-gs2\.h5|dose_1e3/dense/gs2/wts\.h5\.zip)",
+              60_000),
     "compare": ("compare@1e3-dense", [G + n for n in ("comparison_metrics.csv", "frc_curves.csv", "comparison.png",
                                                       "frc_curves.png", "products", "comparison.json", "metrics.json")],
-                G, 200_000),
+                re.escape(G) + r"[\w/.]+", 200_000),
 }
 
 
@@ -94,10 +98,10 @@ def test_a_stage_that_fills_the_disk_fails_clearly_and_its_rerun_gives_the_same_
     stage, outs, names, leave = STAGES[phase]
     for out in outs:  # the stage has to run: its outputs are not there (they are in DVC's cache)
         (shutil.rmtree if (root / out).is_dir() else os.unlink)(root / out)
-    undisturbed = {o: v for o, v in digests(tiny_pipeline.root / "data").items()
+    undisturbed = {o: v for o, v in output_digests(tiny_pipeline.root / "data").items()
                    if any(f"data/{o}" == x or f"data/{o}".startswith(x + "/") for x in outs)}
     assert len(undisturbed) >= len(outs)
-    earlier, cache = digests(root / "data"), digests(root / ".dvc" / "cache")
+    earlier, cache = output_digests(root / "data"), output_digests(root / ".dvc" / "cache")
     filler = fill(root / "data", leave)
 
     env = {**project_env(root), SKIP_ENV: "1"}  # past the early check: the disk fills mid-write
@@ -106,20 +110,21 @@ def test_a_stage_that_fills_the_disk_fails_clearly_and_its_rerun_gives_the_same_
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stderr
-    assert f"error: {names}" in lines[0] and "disk full (no space left on device" in lines[0], lines
+    assert re.match(rf"error: {names}: disk full \(no space left on device, [\d.]+ MiB free there\); nothing was "
+                    "written in its place", lines[0]), lines
     assert "free space, then rerun the same command" in lines[0]
     assert not [p for p in (root / "data").rglob("*.tmp")], "a temporary file was left behind"
-    after = digests(root / "data")
+    after = output_digests(root / "data")
     written = {o: v for o, v in after.items() if o not in earlier}
     for rel, digest in written.items():  # an output written before the disk filled is whole
         assert digest == undisturbed[rel], f"{rel} is not whole"
     assert len(written) < len(undisturbed)  # ... and the one that did not fit is absent
-    assert {o: v for o, v in after.items() if o in earlier} == earlier  # everything produced earlier is as it was
-    assert digests(root / ".dvc" / "cache") == cache
+    assert earlier.items() <= after.items()  # everything produced earlier is there, as it was
+    assert output_digests(root / ".dvc" / "cache") == cache
 
     filler.unlink()
     sh(root, "dvc", "repro", "-f", "-s", stage)  # the same command, with space
-    assert {o: v for o, v in digests(root / "data").items() if o in undisturbed} == undisturbed
+    assert {o: v for o, v in output_digests(root / "data").items() if o in undisturbed} == undisturbed
     assert "up to date" in sh(root, "dvc", "status", stage).stdout
 
 
@@ -127,7 +132,7 @@ def test_generate_refuses_early_when_its_outputs_cannot_fit(on_tmpfs):
     root = on_tmpfs
     out = root / "data" / "phase_c" / "dose_1e3"
     shutil.rmtree(out)
-    earlier = digests(root / "data")
+    earlier = output_digests(root / "data")
     fill(root / "data", 1_000_000)
     proc = sh(root, "dvc", "repro", "-f", "-s", "generate@1e3", check=False)
     assert proc.returncode != 0
@@ -136,27 +141,12 @@ def test_generate_refuses_early_when_its_outputs_cannot_fit(on_tmpfs):
     assert "of disk space in data/phase_c" in lines[0] and "1 MiB is free" in lines[0], lines[0]
     assert "make profile PROFILE=default" in lines[0]
     assert "diffraction @" not in proc.stderr and "positions on a" not in proc.stderr  # refused before simulating
-    assert digests(root / "data") == earlier
-
-
-def _objects_whole(store: Path) -> int:
-    """Every file under a content-hash name in a DVC remote or cache holds those bytes; returns how many."""
-    whole = 0
-    for p in store.rglob("*"):
-        if p.is_file() and p.parent.parent.name == "md5" and not p.name.endswith(".tmp") and not p.name.startswith("."):
-            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), p
-            whole += 1
-    return whole
-
-
-def sharing(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fly64study.sharing", *args], cwd=root, env=project_env(root),
-                          capture_output=True, text=True)
+    assert output_digests(root / "data") == earlier
 
 
 def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pipeline, tmp_path):
     root = clone_run(tiny_pipeline, tmp_path / "study")
-    cache = digests(root / ".dvc" / "cache")
+    cache = output_digests(root / ".dvc" / "cache")
     with tmpfs(tmp_path / "remote", "64m") as remote:
         sh(root, "dvc", "remote", "add", "--local", "small", str(remote))
         filler = fill(remote, 3_000_000)
@@ -165,27 +155,27 @@ def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pi
         lines = error_lines(proc)
         assert len(lines) == 1 and lines[0].startswith(f"error: `dvc push`: disk full at {remote} ("), proc.stderr
         assert "files were not uploaded" in lines[0] and ".dvc/tmp/push.log" in lines[0]
-        sent = _objects_whole(remote)  # what arrived is whole under its name; the rest is not there
+        sent = whole_objects(remote)  # what arrived is whole under its name; the rest is not there
         assert sent > 0
-        assert digests(root / ".dvc" / "cache") == cache  # nothing here changed
+        assert output_digests(root / ".dvc" / "cache") == cache  # nothing here changed
 
         filler.unlink()
         sharing_ok = sharing(root, "push", "--remote", "small")
         assert sharing_ok.returncode == 0, sharing_ok.stderr
-        assert _objects_whole(remote) > sent
+        assert whole_objects(remote) > sent
         clone = tmp_path / "clone"  # a colleague's fresh clone pulls what was pushed
         sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
         sh(clone, "dvc", "remote", "add", "--local", "small", str(remote))
         pulled = sharing(clone, "pull", "--remote", "small")
-        assert pulled.returncode == 0 and "every pulled output matches" in pulled.stdout, pulled.stderr
-    assert digests(clone / "data") == digests(tiny_pipeline.root / "data", skip=("timing",))
+        assert pulled.returncode == 0 and "every object pulled matches" in pulled.stdout, pulled.stderr
+    assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")
 
 
 def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_pipeline, tmp_path):
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(clone))
     sh(clone, "dvc", "remote", "add", "--local", "team", str(tiny_pipeline.remote))
-    undisturbed = digests(tiny_pipeline.root / "data", skip=("timing",))
+    undisturbed = output_digests(tiny_pipeline.root / "data")
     with tmpfs(clone / ".dvc" / "cache", "64m") as cache:
         filler = fill(cache, 4_000_000)
         proc = sharing(clone, "pull", "--remote", "team")
@@ -193,11 +183,39 @@ def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_p
         lines = error_lines(proc)
         assert len(lines) == 1 and lines[0].startswith(f"error: `dvc pull`: disk full at {cache} ("), proc.stderr
         assert "files were not downloaded" in lines[0]
-        assert _objects_whole(cache) > 0
-        for rel, digest in digests(clone / "data").items():  # what was checked out is whole
+        assert whole_objects(cache) > 0
+        for rel, digest in output_digests(clone / "data").items():  # what was checked out is whole
             assert digest == undisturbed[rel], rel
 
         filler.unlink()
         proc = sharing(clone, "pull", "--remote", "team")
-        assert proc.returncode == 0 and "every pulled output matches" in proc.stdout, proc.stderr
-        assert digests(clone / "data") == undisturbed
+        assert proc.returncode == 0 and "every object pulled matches" in proc.stdout, proc.stderr
+        assert output_digests(clone / "data") == undisturbed
+
+
+def test_pull_into_a_full_workspace_names_the_file_it_could_not_put_in_place(tiny_pipeline, tmp_path):
+    """The cache has room, the workspace not: DVC's checkout says only 'No possible cache link
+    types'; `make pull` says which file and that the disk is full, and the next pull completes."""
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "team", str(tiny_pipeline.remote))
+    git_kept = output_digests(clone / "data")  # the metrics tables git holds
+    (clone / "data").rename(clone / "data.git")
+    with tmpfs(clone / "data", "64m") as data:
+        shutil.copytree(clone / "data.git", data, dirs_exist_ok=True)
+        shutil.rmtree(clone / "data.git")
+        filler = fill(data, 1_000_000)
+        proc = sharing(clone, "pull", "--remote", "team")
+        assert proc.returncode != 0
+        lines = error_lines(proc)
+        assert len(lines) == 1 and re.match(r"error: `dvc pull`: could not put \S+/data/\S+ in place \(DVC: 'no "
+                                            r"possible cache link types'; [\d.]+ MiB free there: the disk is full\)",
+                                            lines[0]), proc.stderr
+        assert git_kept.items() <= output_digests(data).items()
+        undisturbed = output_digests(tiny_pipeline.root / "data")
+        for rel, digest in output_digests(data).items():  # what was checked out is whole
+            assert digest == undisturbed[rel], rel
+        filler.unlink()
+        proc = sharing(clone, "pull", "--remote", "team")
+        assert proc.returncode == 0, proc.stderr
+        assert output_digests(data) == undisturbed

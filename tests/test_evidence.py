@@ -335,16 +335,16 @@ def test_a_corrupted_remote_bundle_is_refused_by_archive_check(archived, sshd, t
     obj.write_bytes(bytes(data))
     actual = hashlib.sha256(bytes(data)).hexdigest()
     cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-    cached.unlink()
-    (hub / rel).unlink()  # a clone without the bundle: archive-check pulls it from the default remote
-    sh(root, "dvc", "remote", "default", "--local", "ssh")
     try:
+        cached.unlink()
+        (hub / rel).unlink()  # a clone without the bundle: archive-check pulls it from the default remote
+        sh(root, "dvc", "remote", "default", "--local", "ssh")
         proc = make(root, "archive-check", f"HUB={hub.relative_to(root)}", check=False)
-    finally:
-        sh(root, "dvc", "remote", "default", "--local", "--unset")
+    finally:  # the module's shared hub as it was: its bundle from the local remote, no SSH remote
+        sh(root, "dvc", "remote", "remove", "--local", "ssh")
         (hub / rel).unlink(missing_ok=True)
         cached.unlink(missing_ok=True)
-        sh(root, "dvc", "pull", "-q", "-r", "local", target + ".dvc")  # the shared fixture whole again
+        sh(root, "dvc", "pull", "-q", "-r", "local", target + ".dvc")
     assert proc.returncode != 0
     assert f"{hub.relative_to(root) / rel}: SHA256 {actual} differs from bundle_checksums.txt ({expected})" in proc.stderr
     assert "regenerat" not in proc.stdout  # refused as pulled, not silently remade

@@ -13,40 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import clone_run, project_env, sh
+from conftest import clone_run, error_lines, output_digests, project_env, sh, sharing, whole_objects
 from fly64study.contract import ContractError, load_dataset
 from fly64study.files import sha256_file
 
 pytestmark = pytest.mark.pipeline
 
 NPZ = "data/phase_c/dose_1e3/patched_train.npz"
-
-
-def digests(folder: Path) -> dict[str, str]:
-    """SHA256 of every output file under a study's data/ (not its untracked timings, nor DVC's .gitignore files)."""
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".gitignore" and not str(p.relative_to(folder)).startswith("timing")}
-
-
-def whole_objects(store: Path) -> int:
-    """Every object under a content-hash name holds those bytes (DVC's temporary files excepted); how many."""
-    count = 0
-    for p in (store / "files" / "md5").rglob("*"):
-        if p.is_file() and not p.name.startswith("."):
-            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), \
-                f"{p} is half-written under its final name"
-            count += 1
-    return count
-
-
-def sharing(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fly64study.sharing", *args], cwd=root, env=project_env(root),
-                          capture_output=True, text=True)
-
-
-def errors(proc: subprocess.CompletedProcess) -> list[str]:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
 def lock_md5(root: Path, path: str) -> str:
@@ -70,7 +43,7 @@ def test_a_remote_that_dies_mid_push_fails_clearly_and_the_next_push_completes(t
     out, err = proc.communicate(timeout=300)
     failed = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert proc.returncode != 0, "the push ended before sshd stopped: nothing was injected"
-    lines = errors(failed)
+    lines = error_lines(failed)
     assert len(lines) == 1 and lines[0].startswith("error: `dvc push`"), err
     assert "connection to the remote" in lines[0] and "run the same command again" in lines[0], lines[0]
     sent = whole_objects(store)  # no half-written object under a final name
@@ -84,8 +57,8 @@ def test_a_remote_that_dies_mid_push_fails_clearly_and_the_next_push_completes(t
     sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
     sshd.add_remote(clone, "ssh", store)
     pulled = sharing(clone, "pull", "--remote", "ssh")
-    assert pulled.returncode == 0 and "every pulled output matches dvc.lock" in pulled.stdout, pulled.stderr
-    assert digests(clone / "data") == digests(tiny_pipeline.root / "data")  # the undisturbed run's SHA256
+    assert pulled.returncode == 0 and "every object pulled matches" in pulled.stdout, pulled.stderr
+    assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")  # the undisturbed run's SHA256
 
 
 def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, sshd, tmp_path):
@@ -122,13 +95,13 @@ def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, ss
     study = fresh("study_pull")
     proc = sharing(study, "pull", "--remote", "ssh")
     assert proc.returncode != 0
-    lines = errors(proc)
-    assert f"error: {NPZ}: MD5 {bad_md5} differs from the recorded {md5}: the remote's object {obj} is corrupted" \
-        in lines[0], proc.stderr
+    lines = error_lines(proc)
+    assert f"error: {NPZ}: the object pulled for it has MD5 {bad_md5}, not the recorded {md5}: the remote's object " \
+           f"{obj} is corrupted; removed here" == lines[0], proc.stderr
     assert not (study / NPZ).exists()
     assert not any(line.startswith("error: data/") and NPZ not in line and "baseline/train.npz" not in line
                    for line in lines)  # (the baseline view of that split is the same file)
-    assert digests(study / "data").items() <= digests(tiny_pipeline.root / "data").items()  # the rest is whole
+    assert output_digests(study / "data").items() <= output_digests(tiny_pipeline.root / "data").items()  # the rest is whole
     sh(study, "dvc", "repro", "generate@1e3")  # DVC now sees it missing and remakes it from its inputs
     assert sha256_file(study / NPZ) == sha256_file(tiny_pipeline.root / NPZ)
 
@@ -138,3 +111,25 @@ def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, ss
     proc = sharing(verified, "pull", "--remote", "ssh")
     assert proc.returncode != 0 and NPZ in proc.stderr, proc.stderr
     assert not (verified / NPZ).exists()
+
+
+def test_a_corrupted_object_in_a_local_directory_remote_is_dropped_by_dvc(tiny_pipeline, tmp_path):
+    """DVC re-hashes what it reads from a local-directory remote (the study's preset kind): it
+    drops the corrupted object and reports it missing; the workspace never gets those bytes."""
+    root = clone_run(tiny_pipeline, tmp_path / "study")
+    store = tmp_path / "store"
+    sh(root, "dvc", "remote", "add", "--local", "dir", str(store))
+    sh(root, "dvc", "push", "-q", "-r", "dir")
+    md5 = lock_md5(root, NPZ)
+    obj = store / "files" / "md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    obj.write_bytes(bytes(data))
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "dir", str(store))
+    proc = sharing(clone, "pull", "--remote", "dir")
+    assert proc.returncode != 0 and f"md5: {md5}" in proc.stderr and NPZ in proc.stderr, proc.stderr
+    assert not (clone / NPZ).exists() and not obj.exists()  # never handed over; dropped from the remote
+    assert output_digests(clone / "data").items() <= output_digests(tiny_pipeline.root / "data").items()

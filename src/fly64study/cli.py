@@ -11,7 +11,11 @@ from fly64study import numerics
 from fly64study.contract import ContractError
 from fly64study.design import ParamsError
 from fly64study.files import DiskFullError, is_disk_full
-from fly64study.resources import ResourceError
+
+
+class ResourceError(RuntimeError):
+    """The machine lacks the memory or disk space a stage will need (fly64study.resources): said
+    before the stage starts."""
 
 
 def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:

@@ -8,11 +8,14 @@ compares the estimates with `/usr/bin/time -v` (results in bench/LOG.md).
 """
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fly64study.cli import ResourceError
 from fly64study.design import Params
 from fly64study.files import existing_folder
 
@@ -27,10 +30,6 @@ DATASET = 4 + 8
 
 SKIP_ENV = "FLY64STUDY_SKIP_RESOURCE_CHECK"
 SMALLER = "switch to a smaller profile (`make profile PROFILE=default`, or tiny) or lower generate.n_positions / design.N"
-
-
-class ResourceError(RuntimeError):
-    """The machine has too little memory or disk space for a stage: said before it starts."""
 
 
 @dataclass(frozen=True)
@@ -61,26 +60,28 @@ def overlap(params: Params) -> Need:
     return Need(memory=NUMPY_PROCESS + data + data // 4, disk=data + (1 << 20))
 
 
-def available_memory() -> int:
+def available_memory(cgroups: Path = Path("/sys/fs/cgroup")) -> int:
     """What this process may hold at its peak: what it holds now (the estimates count it) and the
-    kernel's MemAvailable, lowered by a cgroup memory limit (a batch scheduler's or a container's,
-    v1 or v2) where one is set."""
-    avail = _meminfo("MemAvailable")
-    for limit, usage in _cgroup_limits():
-        avail = min(avail, max(limit - usage, 0))
-    return avail + _meminfo("RssAnon", "/proc/self/status")  # its own heap (library pages are reclaimable)
+    kernel's MemAvailable, lowered by the memory limits of its cgroup and the cgroups above it (a
+    batch scheduler's or a container's, v1 or v2), less what they hold that cannot be reclaimed
+    (their usage counts the page cache, which gives way)."""
+    avail = _field(Path("/proc/meminfo"), "MemAvailable") * 1024
+    for limit, held in _cgroup_limits(cgroups):
+        avail = min(avail, max(limit - held, 0))
+    return avail + _field(Path("/proc/self/status"), "RssAnon") * 1024  # its own heap (library pages give way)
 
 
-def _meminfo(key: str, path: str = "/proc/meminfo") -> int:
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{path} has no {key}")
+def _field(path: Path, key: str, sep: str = ":") -> int:
+    """The number after ``key`` in a ``key: value`` (or ``key value``) file."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(sep)
+        if name.strip() == key:
+            return int(value.split()[0])
+    raise KeyError(f"{path} has no {key}")
 
 
-def _cgroup_limits() -> list[tuple[int, int]]:
-    """(limit, usage) of this process's memory cgroup, if it has a limit."""
+def _cgroup_limits(cgroups: Path) -> list[tuple[int, int]]:
+    """(limit, unreclaimable usage) of each memory cgroup this process is in or under that has a limit."""
     found = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -88,46 +89,70 @@ def _cgroup_limits() -> list[tuple[int, int]]:
         return found
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2: one unified hierarchy
-            names, root = ("memory.max", "memory.current"), Path("/sys/fs/cgroup")
-        elif "memory" in controllers.split(","):  # v1
-            names, root = ("memory.limit_in_bytes", "memory.usage_in_bytes"), Path("/sys/fs/cgroup/memory")
-        else:
-            continue
-        # the path is relative to the namespace's root; a container often mounts only its own
-        for folder in (root / path.lstrip("/"), root):
-            try:
-                limit = (folder / names[0]).read_text().strip()
-                usage = int((folder / names[1]).read_text())
-            except (OSError, ValueError):
-                continue
-            if limit != "max" and int(limit) < 1 << 60:
-                found.append((int(limit), usage))
-            break
+        try:
+            if controllers == "":  # v2: one hierarchy; a limit may sit on any ancestor
+                folder = _mounted(cgroups, path)
+                while folder is not None:
+                    limit = (folder / "memory.max").read_text().strip() if (folder / "memory.max").is_file() else "max"
+                    if limit != "max":
+                        usage = int((folder / "memory.current").read_text())
+                        found.append((int(limit), usage - _field(folder / "memory.stat", "inactive_file", " ")))
+                    folder = folder.parent if folder != cgroups else None
+            elif "memory" in controllers.split(","):  # v1: memory.stat holds the limit over the whole hierarchy
+                folder = _mounted(cgroups / "memory", path)
+                limit = _field(folder / "memory.stat", "hierarchical_memory_limit", " ")
+                if limit < 1 << 60:
+                    usage = int((folder / "memory.usage_in_bytes").read_text())
+                    found.append((limit, usage - _field(folder / "memory.stat", "total_inactive_file", " ")))
+        except (OSError, KeyError, ValueError):
+            continue  # no limit readable here: MemAvailable stands
     return found
+
+
+def _mounted(root: Path, path: str) -> Path:
+    """A cgroup's folder: its path is relative to the namespace's root, and a container often
+    mounts only its own cgroup at ``root``."""
+    folder = root / path.lstrip("/")
+    return folder if folder.is_dir() else root
+
+
+def _dvc_cache() -> tuple[Path | None, bool]:
+    """DVC's cache folder of the repository in the working directory, and whether DVC copies an
+    output into it (`cache.type` other than links); (None, False) outside a DVC repository."""
+    if not Path(".dvc").is_dir():
+        return None, False
+    config = configparser.ConfigParser(strict=False, interpolation=None)
+    config.read([".dvc/config", ".dvc/config.local"])
+    folder = Path(config.get("cache", "dir", fallback="cache"))
+    folder = folder if folder.is_absolute() else Path(".dvc") / folder
+    links = {t.strip() for t in config.get("cache", "type", fallback="reflink,copy").split(",")}
+    return folder, "copy" in links or "reflink" in links  # a reflink falls back to a copy on most file systems
 
 
 def check(stage: str, need: Need, out: str | os.PathLike) -> None:
     """Refuse, before anything is computed, a stage whose estimated memory or disk space the
-    machine lacks. Disk space is that of ``out``'s file system, twice over when DVC's cache shares
-    it (DVC copies each output into the cache after the stage). ``FLY64STUDY_SKIP_RESOURCE_CHECK=1``
-    skips the check, for a machine where the estimate is wrong (a full disk is still reported)."""
+    machine lacks. Disk space: the outputs on ``out``'s file system, and DVC's copy of them on its
+    cache's (the same one, most often). ``FLY64STUDY_SKIP_RESOURCE_CHECK=1`` skips the check, for a
+    machine where the estimate is wrong (a full disk is still reported, by the write that fails)."""
     if os.environ.get(SKIP_ENV) == "1":
         return
     avail = available_memory()
     if need.memory > avail:
         raise ResourceError(f"{stage}: needs about {_size(need.memory)} of memory at its peak (estimated from params), "
                             f"but {_size(avail)} is available; {SMALLER}")
-    folder = existing_folder(out)
-    disk = need.disk
-    cache = Path(".dvc/cache")
-    if cache.is_dir() and cache.stat().st_dev == folder.stat().st_dev:
-        disk *= 2
-    free = shutil.disk_usage(folder).free
-    if disk > free:
-        shared = " (the outputs and DVC's cache copy of them)" if disk > need.disk else ""
-        raise ResourceError(f"{stage}: needs about {_size(disk)} of disk space{shared} in {folder}, but "
-                            f"{_size(free)} is free; free space there, or {SMALLER}")
+    places = {existing_folder(out): "the outputs"}
+    cache, copies = _dvc_cache()
+    if copies:
+        places[existing_folder(cache)] = "DVC's cache copy of them"
+    needs = Counter()
+    for folder in places:
+        needs[folder.stat().st_dev] += need.disk
+    for folder, what in places.items():
+        disk, free = needs[folder.stat().st_dev], shutil.disk_usage(folder).free
+        if disk > free:
+            shared = " (the outputs and DVC's cache copy of them)" if disk > need.disk else f" ({what})"
+            raise ResourceError(f"{stage}: needs about {_size(disk)} of disk space{shared} in {folder}, but "
+                                f"{_size(free)} is free; free space there, or {SMALLER}")
 
 
 def _size(n: int) -> str:

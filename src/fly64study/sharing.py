@@ -30,9 +30,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
-
-import yaml
 
 from fly64study.cli import run
 from fly64study.design import ParamsError, load_params
@@ -71,38 +70,41 @@ def dvc(*args: str, cwd: Path, capture: bool = False) -> str:
 
 def transfer_failure(cmd: list[str], code: int, stderr: str) -> str:
     """What a failed dvc command's messages come to, in one line: a full disk (and where), a
-    connection that broke, or DVC's first error. DVC moves an object into a cache or remote only
+    connection that broke, or DVC's last error. DVC moves an object into a cache or remote only
     once it is whole (a temporary name, then a rename), so what failed is only not there yet."""
     what = " ".join(cmd[:2])
+    errors = [line[len("ERROR: "):] for line in stderr.splitlines() if line.startswith("ERROR: ")]
     failed = re.search(r"(\d+) files? failed to (upload|download)", stderr)
     count = f"; {failed.group(1)} files were not {failed.group(2)}ed" if failed else ""
     again = "then run the same command again: it transfers only what is missing"
-    full = re.search(r"\[Errno (?:28|122)\] [^:]*: '[^']*' -> '([^']*)'", stderr)
-    if full or "No space left on device" in stderr:
-        where = Path(full.group(1)).parent if full else None
+    full = re.search(r"\[Errno (28|122)\] [^:]*: '[^']*' -> '([^']*)'", stderr)
+    if full or "[Errno 28] No space left on device" in stderr:
         place = ""
-        if where is not None:
-            root = where.parent.parent.parent if where.parent.name == "md5" else where  # <root>/files/md5/<xx>
-            place = f" at {root} ({shutil.disk_usage(where).free / 2**20:.1f} MiB free there)"
-        return f"`{what}`: disk full{place}{count}; no object is half-written under its name; free space, {again}"
-    link = re.search(r"No possible cache link types for '([^']*)'", stderr)
-    if link:  # DVC's words for a checkout that could not write the file, as on a full disk
-        free = shutil.disk_usage(existing_folder(Path(link.group(1)).parent)).free
+        if full:
+            where = Path(full.group(2)).parent  # <root>/files/md5/<xx>/.<tmp>: the cache or remote
+            root = where.parents[2] if where.parent.name == "md5" and len(where.parents) > 2 else where
+            free = shutil.disk_usage(existing_folder(where)).free
+            place = f" at {root} ({free / 2**20:.1f} MiB free there)"
+        kind = "disk quota exceeded" if full and full.group(1) == "122" else "disk full"
+        return f"`{what}`: {kind}{place}{count}; no object is half-written under its name; free space, {again}"
+    link = re.search(r"No possible cache link types for '([^',]*)", stderr)
+    if link:  # DVC's words for a checkout that could not write a file
+        free = shutil.disk_usage(existing_folder(Path(link.group(1)).parent)).free / 2**20
+        why = "the disk is full" if free < 64 else "DVC could neither link nor copy it there"
         return (f"`{what}`: could not put {link.group(1)} in place (DVC: 'no possible cache link types'; "
-                f"{free / 2**20:.1f} MiB free there: most likely the disk is full); "
-                f"free space, {again}")
-    broke = re.search(r"Connection (?:not open|lost|refused|reset|closed)[^\n]*|Could not connect[^\n]*|"
-                      r"Permission denied[^\n]*|Host is unreachable[^\n]*|timed out[^\n]*", stderr)
+                f"{free:.1f} MiB free there: {why}); {'free space, ' if free < 64 else ''}{again}")
+    broke = next((m.group(0) for line in errors if (m := re.search(
+        r"Connection (?:not open|lost|refused|reset|closed)|Could not connect|Host is unreachable", line))), None)
     if broke:
-        return (f"`{what}`: the connection to the remote failed ({broke.group(0).strip(' .')}){count}; objects that "
-                f"reached it are whole; once the remote is reachable, {again}")
-    if code == 141 and "ERROR" not in stderr:
-        # DVC takes any BrokenPipeError for its own stdout's and exits 141 in silence (dvc/cli/__init__.py),
-        # which is what a connection to an SSH remote that broke mid-transfer looks like
+        return (f"`{what}`: the connection to the remote failed ({broke}){count}; objects that reached it are "
+                f"whole; once the remote is reachable, {again}")
+    if code == 141 and not errors:
+        # DVC takes any BrokenPipeError for its own stdout's and exits 141 in silence (dvc/cli/__init__.py):
+        # a connection to an SSH remote that broke mid-transfer looks so
         return (f"`{what}` ended with status 141 and no message: a broken pipe, here a connection to the remote "
-                f"that broke mid-transfer; objects that reached it are whole; once the remote is reachable, {again}")
-    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
-    return f"`{' '.join(cmd)}` failed (exit {code}): " + (errors[-1][len("ERROR: "):] if errors else stderr.strip()[-300:])
+                f"that broke mid-transfer (or a reader of its output that went away); objects that reached the "
+                f"remote are whole; once it is reachable, {again}")
+    return f"`{' '.join(cmd)}` failed (exit {code}): " + (errors[-1] if errors else stderr.strip()[-300:])
 
 
 def _remote(remote: str | None) -> list[str]:
@@ -131,7 +133,8 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
         held = {h for h in objs if (repo.cache.local if h.name == "md5" else repo.cache.legacy).exists(h.value)}
         result = repo.cloud.push(held, remote=remote)
         if result.failed:
-            raise SystemExit(f"push: {len(result.failed)} run-cache files failed to reach the remote")
+            raise SystemExit(f"error: `make push`: {len(result.failed)} run-cache files did not reach the remote "
+                             "(a full disk or a broken connection; `dvc push` before it succeeded); run it again")
     log.info("run-cache: %d entries, %d of their files sent (%d not held here)", len(entries),
              len(result.transferred), len(objs) - len(held))
     return len(entries), len(result.transferred)
@@ -140,61 +143,69 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
 def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
     """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, stage names or
     dvc.yaml, their outputs alone) and the run-cache with all its files."""
+    from dvc.exceptions import DvcException
+
     dvc("push", *_remote(remote), *(stages or []), cwd=root)
-    entries, sent = push_run_cache(root, remote)
+    try:
+        entries, sent = push_run_cache(root, remote)
+    except (OSError, DvcException) as err:
+        raise SystemExit(f"error: `make push`: the run-cache did not reach the remote ({err}); `dvc push` before "
+                         "it succeeded; run it again") from None
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
 
 def pull(root: Path, remote: str | None = None) -> None:
-    """`dvc pull --run-cache`, then every output in the workspace re-hashed against the MD5 that
-    dvc.lock or its .dvc file records. DVC takes an SSH or cloud remote's bytes on trust unless
-    the remote has ``verify`` set, and records them under the expected hash, so `dvc status` and
-    `dvc repro` would not notice a corrupted remote object: here it is found and removed (from
-    the workspace and the cache: it came from the remote just now), never used."""
+    """`dvc pull --run-cache`, then every object this pull brought into the cache re-hashed. DVC
+    takes an SSH or cloud remote's bytes on trust unless the remote has ``verify`` set, and
+    records them under the expected hash, so `dvc status` and `dvc repro` would not notice a
+    corrupted remote object: here it is found, and removed with the workspace copy made from it."""
     from dvc.repo import Repo
 
+    started = time.time() - 1  # ctime: when an object was renamed into the cache
     dvc("pull", "--run-cache", *_remote(remote), cwd=root)
-    bad = altered_outputs(root)
-    if not bad:
-        print("every pulled output matches dvc.lock and the .dvc files", flush=True)
-        return
     with Repo(str(root)) as repo:
-        cache, odb = repo.cache.local, repo.cloud.get_remote_odb(remote)
+        bad = corrupted_pulls(root, repo, started)
+        if not bad:
+            print("every object pulled matches its recorded MD5", flush=True)
+            return
+        odb = repo.cloud.get_remote_odb(remote)
         for path, expected, actual in bad:
-            (root / path).unlink()
-            Path(cache.oid_to_path(expected)).unlink(missing_ok=True)
-            print(f"error: {path}: MD5 {actual} differs from the recorded {expected}: the remote's object "
-                  f"{odb.oid_to_path(expected)} is corrupted; removed here", file=sys.stderr, flush=True)
+            print(f"error: {path}: the object pulled for it has MD5 {actual}, not the recorded {expected}: the "
+                  f"remote's object {odb.oid_to_path(expected)} is corrupted; removed here", file=sys.stderr,
+                  flush=True)
     raise SystemExit(f"error: {len(bad)} pulled file(s) were not the bytes the study recorded and are removed; "
                      "`dvc repro` remakes them from their inputs; to mend the remote, delete those objects there and "
-                     "`make push` from a clone that has them whole")
+                     "`make push` from a clone that has them whole (a push does not resend an object the remote has)")
 
 
-def altered_outputs(root: Path) -> list[tuple[str, str, str]]:
-    """(path, recorded MD5, actual MD5) of every workspace file that dvc.lock or a git-tracked
-    .dvc file names with other bytes; files not in the workspace are DVC's to report."""
-    from dvc.repo import Repo
-
-    recorded = []  # (path, md5) of each output
-    lock = root / "dvc.lock"
-    if lock.is_file():
-        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-            recorded += [(root / out["path"], out["md5"]) for out in stage.get("outs", []) if "md5" in out]
-    listed = subprocess.run(["git", "ls-files", "-z", "*.dvc"], cwd=root, capture_output=True, text=True).stdout
-    for name in filter(None, listed.split("\0")):
-        for out in (yaml.safe_load((root / name).read_text()) or {}).get("outs", []):
-            recorded.append(((root / name).parent / out["path"], out["md5"]))
-    files = []
-    with Repo(str(root)) as repo:
-        for path, md5 in recorded:
-            if not md5.endswith(".dir"):
-                files.append((path, md5))
-                continue
-            listing = Path(repo.cache.local.oid_to_path(md5))
-            if listing.is_file():  # a directory: the listing of its files, JSON, in the cache
-                files += [(path / entry["relpath"], entry["md5"]) for entry in json.loads(listing.read_text())]
-    return [(os.path.relpath(path, root), md5, actual) for path, md5 in files
-            if path.is_file() and (actual := md5_file(path)) != md5]
+def corrupted_pulls(root: Path, repo, since: float) -> list[tuple[str, str, str]]:
+    """(path, recorded MD5, actual MD5) of each file whose cache object arrived after ``since`` with
+    other bytes; that object and the workspace file checked out from it are removed."""
+    cache = repo.cache.local
+    files = []  # (workspace path, recorded md5) of every file of every cached output
+    for out in repo.index.outs:
+        if not out.use_cache or not out.hash_info or not out.hash_info.value:
+            continue  # git keeps a `cache: false` output (a metrics table): not DVC's to pull
+        md5 = out.hash_info.value
+        if not out.hash_info.isdir:
+            files.append((Path(out.fs_path), md5))
+        elif Path(cache.oid_to_path(md5)).is_file():  # a folder: the listing of its files, JSON, in the cache
+            listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
+            files += [(Path(out.fs_path) / entry["relpath"], entry["md5"]) for entry in listing]
+    by_object = {}  # one object may be several files (a view that keeps every position is its split)
+    for path, md5 in files:
+        by_object.setdefault(md5, []).append(path)
+    bad = []
+    for md5, paths in by_object.items():
+        obj = Path(cache.oid_to_path(md5))
+        if not obj.is_file() or obj.stat().st_ctime < since or (actual := md5_file(obj)) == md5:
+            continue
+        obj.unlink()
+        for path in paths:
+            if path.is_file() and md5_file(path) == actual:  # a copy made from it (not a change of one's own)
+                path.unlink()
+            bad.append((os.path.relpath(path, root), md5, actual))
+    return bad
 
 
 def share(root: Path, doses: list[str], remote: str | None = None) -> None:
