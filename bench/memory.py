@@ -39,12 +39,13 @@ def main(profiles: list[str]) -> None:
             (root / "params.yaml").write_text(compose(profile, REPO / "profiles"))
             params = load_params(root / "params.yaml")
             dose = next(iter(params.design.doses))
-            rows = [("generate@" + dose, resources.generate(params),
+            rows = [("generate@" + dose, lambda: resources.generate(params),
                      ["python", str(REPO / "stages/generate.py"), "--dose", dose, "--out", "c"])]
-            rows += [(f"overlap@{dose}-{view}", resources.overlap(params),
+            rows += [(f"overlap@{dose}-{view}", lambda: resources.overlap(root / "c"),
                       ["python", str(REPO / "stages/overlap.py"), "--view", view, "--phase-c", "c", "--out", f"d/{view}"])
                      for view in params.design.views]
-            for stage, need, cmd in rows:
+            for stage, estimate, cmd in rows:
+                need = estimate()  # overlap's, from the files generate wrote
                 rss, wall = peak(cmd, root)
                 print(f"| {profile} | {stage} | {need.memory / 2**30:.2f} GiB | {rss / 2**30:.2f} GiB | "
                       f"{need.memory / rss:.2f} | {wall:.0f} s |", flush=True)

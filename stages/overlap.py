@@ -25,7 +25,7 @@ def main(argv=None):
     design = params.design
     if args.view not in design.views:
         raise ParamsError(f"--view {args.view}: not a key of design.views {list(design.views)}")
-    resources.check(f"overlap {args.view} of {args.phase_c}", resources.overlap(params), args.out)
+    resources.check(f"overlap {args.view} of {args.phase_c}", resources.overlap(args.phase_c), args.out)
     out = Path(args.out)
     metrics = {"overlap_fraction": design.views[args.view]}
     for part in ("train", "test"):

@@ -58,3 +58,15 @@ def test_a_stage_s_own_words_are_not_taken_for_a_broken_connection(stderr):
     line = transfer_failure(["dvc", "repro"], 1, stderr)
     assert line == "`dvc repro` failed (exit 1): failed to reproduce 'x': failed to run: python stages/train.py, " \
                    "exited with 1"
+
+
+def test_a_checkout_that_failed_for_want_of_space_or_of_objects(tmp_path):
+    (tmp_path / "data").mkdir()
+    stderr = ("ERROR: failed to pull data from the cloud - Checkout failed for following targets:\ndata/design.json\n"
+              "data/report/index.html\nIs your cache up to date?\n<https://error.dvc.org/missing-files>\n")
+    line = transfer_failure(["dvc", "pull"], 1, stderr, tmp_path)
+    assert line.startswith("`dvc pull`: could not check out data/design.json and 1 more (")
+    assert "DVC says no more (`dvc checkout -v` shows why)" in line  # this disk has room
+    missing = "WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n" \
+              "md5: 4c6f4cf88a0ab98996b71ee4e1e723dd\n" + stderr
+    assert "objects neither in the cache nor on the remote" in transfer_failure(["dvc", "pull"], 1, missing, tmp_path)

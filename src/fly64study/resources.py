@@ -1,9 +1,10 @@
 """What a stage will need, estimated from params before it starts: memory and disk space.
 
 A stage that cannot fit should say so in its first second, not an hour later by the kernel's
-out-of-memory killer or a full disk. The array sizes of phases C and D follow from params (n
-positions of N x N patterns), so their peaks do too: each estimate below is the stage's live
-arrays at its peak, read off the code, plus the process as measured before them. `bench/memory.py`
+out-of-memory killer or a full disk. The array sizes of phase C follow from params (n positions of
+N x N patterns), those of phase D from the size of phase C's files, so their peaks do too: each
+estimate below is the stage's live arrays at its peak, read off the code, plus the process as
+measured before them. `bench/memory.py`
 compares the estimates with `/usr/bin/time -v` (results in bench/LOG.md).
 """
 from __future__ import annotations
@@ -52,11 +53,13 @@ def generate(params: Params) -> Need:
     return Need(memory=TORCH_PROCESS + 2 * data, disk=data + (2 << 20))
 
 
-def overlap(params: Params) -> Need:
-    """Phase D, one view: the train split and its view stay alive while the test split is read
-    (a view with every position is the split itself, a Poisson-disc view a copy of a fraction of
-    it): the data and a quarter more. Writes at most the two splits again."""
-    data = _data(params)
+def overlap(phase_c: str | os.PathLike) -> Need:
+    """Phase D, one view, from the size of the splits it reads (uncompressed NPZ files: their
+    arrays' size): the train split and its view stay alive while the test split is read (a view
+    with every position is the split itself, a Poisson-disc view a copy of a fraction of it): the
+    data and a quarter more. Writes at most the two splits again."""
+    data = sum(p.stat().st_size for p in (Path(phase_c) / f"patched_{part}.npz" for part in ("train", "test"))
+               if p.is_file())
     return Need(memory=NUMPY_PROCESS + data + data // 4, disk=data + (1 << 20))
 
 

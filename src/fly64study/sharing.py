@@ -63,12 +63,12 @@ def dvc(*args: str, cwd: Path, capture: bool = False) -> str:
         saved = Path(cwd) / ".dvc" / "tmp" / f"{args[0]}.log"
         with contextlib.suppress(OSError), atomic_path(saved) as tmp:  # a full disk may have no room for it
             tmp.write_text(stderr)
-        raise SystemExit(f"error: {transfer_failure(cmd, proc.returncode, stderr)} (DVC's messages: "
+        raise SystemExit(f"error: {transfer_failure(cmd, proc.returncode, stderr, Path(cwd))} (DVC's messages: "
                          f"{saved.relative_to(cwd) if saved.is_file() else 'not kept: no space'})")
     return stdout
 
 
-def transfer_failure(cmd: list[str], code: int, stderr: str) -> str:
+def transfer_failure(cmd: list[str], code: int, stderr: str, cwd: Path = Path(".")) -> str:
     """What a failed dvc command's messages come to, in one line: a full disk (and where), a
     connection that broke, or DVC's last error. DVC moves an object into a cache or remote only
     once it is whole (a temporary name, then a rename), so what failed is only not there yet."""
@@ -93,6 +93,18 @@ def transfer_failure(cmd: list[str], code: int, stderr: str) -> str:
         why = "the disk is full" if free < 64 else "DVC could neither link nor copy it there"
         return (f"`{what}`: could not put {link.group(1)} in place (DVC: 'no possible cache link types'; "
                 f"{free:.1f} MiB free there: {why}); {'free space, ' if free < 64 else ''}{again}")
+    checkout = re.search(r"Checkout failed for following targets:\n(.*?)\nIs your cache up to date", stderr, re.S)
+    if checkout:  # DVC's words for both a file it could not write and an object it does not have
+        targets = [t.strip() for t in checkout.group(1).splitlines() if t.strip()]
+        which = f"{targets[0]}" + (f" and {len(targets) - 1} more" if len(targets) > 1 else "") if targets else "files"
+        if "do not exist neither locally nor on remote" in stderr:
+            return (f"`{what}`: {which} not checked out: objects neither in the cache nor on the remote (DVC drops "
+                    "one whose bytes do not match its name when it re-hashes a local-directory remote's objects); "
+                    "`dvc repro` remakes them, or push them from a clone that has them")
+        free = shutil.disk_usage(existing_folder(cwd / targets[0] if targets else cwd)).free / 2**20
+        why = "the disk is full" if free < 64 else "DVC says no more (`dvc checkout -v` shows why)"
+        return (f"`{what}`: could not check out {which} ({free:.1f} MiB free there: {why}); "
+                f"{'free space, ' if free < 64 else ''}{again}")
     broke = next((m.group(0) for line in errors if (m := re.search(
         r"Connection (?:not open|lost|refused|reset|closed)|Could not connect|Host is unreachable", line))), None)
     if broke:
