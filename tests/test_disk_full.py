@@ -213,6 +213,7 @@ def test_pull_into_a_full_workspace_names_the_file_it_could_not_put_in_place(tin
                                             r"MiB free there: the disk is full\); free space, then run the same command "
                                             r"again", lines[0]), proc.stderr
         assert git_kept.items() <= output_digests(data).items()
+        assert not list(data.rglob("*.tmp")), "DVC's partial copies were left beside the outputs"
         undisturbed = output_digests(tiny_pipeline.root / "data")
         for rel, digest in output_digests(data).items():  # what was checked out is whole
             assert digest == undisturbed[rel], rel

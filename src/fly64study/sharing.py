@@ -174,7 +174,12 @@ def pull(root: Path, remote: str | None = None) -> None:
     from dvc.repo import Repo
 
     started = time.time() - 1  # ctime: when an object was renamed into the cache
-    dvc("pull", "--run-cache", *_remote(remote), cwd=root)
+    try:
+        dvc("pull", "--run-cache", *_remote(remote), cwd=root)
+    finally:
+        dropped = drop_dvc_temporaries(root)
+        if dropped:
+            log.info("removed %d partial file(s) DVC left beside the outputs it could not check out", dropped)
     with Repo(str(root)) as repo:
         bad = corrupted_pulls(root, repo, started)
         if not bad:
@@ -188,6 +193,24 @@ def pull(root: Path, remote: str | None = None) -> None:
     raise SystemExit(f"error: {len(bad)} pulled file(s) were not the bytes the study recorded and are removed; "
                      "`dvc repro` remakes them from their inputs; to mend the remote, delete those objects there and "
                      "`make push` from a clone that has them whole (a push does not resend an object the remote has)")
+
+
+def drop_dvc_temporaries(root: Path) -> int:
+    """Remove the partial copies a failed `dvc checkout` leaves beside the outputs (DVC copies to
+    ``.<22 random characters>.tmp`` and renames; on a full disk the copy stays). Returns how many."""
+    from dvc.repo import Repo
+
+    pattern = re.compile(r"\.[A-Za-z0-9_-]{22}\.tmp")
+    with Repo(str(root)) as repo:
+        folders = {Path(out.fs_path).parent for out in repo.index.outs}
+        folders |= {Path(out.fs_path) for out in repo.index.outs if Path(out.fs_path).is_dir()}
+    dropped = 0
+    for folder in folders:
+        for path in (folder.rglob(".*.tmp") if folder.is_dir() else ()):
+            if pattern.fullmatch(path.name) and path.is_file():
+                path.unlink()
+                dropped += 1
+    return dropped
 
 
 def corrupted_pulls(root: Path, repo, since: float) -> list[tuple[str, str, str]]:
