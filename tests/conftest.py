@@ -46,7 +46,8 @@ COPY = ["dvc.yaml", "profiles", "stages", "src", "inputs", "Makefile", ".dvcigno
 # the longest test files, longest first (`pytest --durations`, 2 cores): a worker takes the next
 # file when it is free, so the long ones start early and the short ones fill the end
 LONGEST = ("test_evidence.py", "test_train_cli.py", "test_pipeline.py", "test_iterative.py", "test_faults.py",
-           "test_reproducible.py", "test_design.py", "test_readme.py", "test_refine.py", "test_fuzz.py")
+           "test_disk_full.py", "test_reproducible.py", "test_design.py", "test_readme.py", "test_refine.py",
+           "test_remote_faults.py", "test_fuzz.py")
 
 
 def pytest_collection_modifyitems(config, items):
