@@ -323,18 +323,22 @@ class SSHServer:
     def stop(self) -> None:
         """SIGKILL the listener and every process under it (each session: its children, or their
         children where OpenSSH forks again after login)."""
-        parents = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError):
-                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # field 4
-        tree = [int((self.dir / "sshd.pid").read_text())]
-        for pid in tree:
-            tree += [child for child, parent in parents.items() if parent == pid]
-        for p in tree:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        root, killed = int((self.dir / "sshd.pid").read_text()), set()
+        while True:  # again until no process is left under it (a session may fork while it is read)
+            parents = {}
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, ValueError):
+                    parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # field 4
+            tree = [root]
+            for pid in tree:
+                tree += [child for child, parent in parents.items() if parent == pid]
+            alive = [p for p in tree if p in parents and p not in killed]
+            if not alive:
+                break
+            for p in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+                killed.add(p)
         (self.dir / "sshd.pid").unlink(missing_ok=True)
 
     def url(self, store: Path) -> str:

@@ -184,12 +184,14 @@ def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_p
         assert len(lines) == 1 and lines[0].startswith(f"error: `dvc pull`: disk full at {cache} ("), proc.stderr
         assert "files were not downloaded" in lines[0]
         assert whole_objects(cache) > 0
+        assert (clone / ".dvc" / "tmp" / "pull-unverified-since").is_file()  # the next pull checks what came now
         for rel, digest in output_digests(clone / "data").items():  # what was checked out is whole
             assert digest == undisturbed[rel], rel
 
         filler.unlink()
         proc = sharing(clone, "pull", "--remote", "team")
         assert proc.returncode == 0 and "every object pulled matches" in proc.stdout, proc.stderr
+        assert not (clone / ".dvc" / "tmp" / "pull-unverified-since").exists()
         assert output_digests(clone / "data") == undisturbed
 
 

@@ -326,16 +326,16 @@ def test_a_corrupted_remote_bundle_is_refused_by_archive_check(archived, sshd, t
     expected = _bundles(hub)[rel]
     store = tmp_path / "ssh-store"
     store.mkdir()
-    sshd.add_remote(root, "ssh", store)
-    sh(root, "dvc", "push", "-q", "-r", "ssh", target + ".dvc")
     md5 = (hub / (rel + ".dvc")).read_text().split("md5: ")[1].split()[0]
-    obj = store / "files" / "md5" / md5[:2] / md5[2:]
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    obj.write_bytes(bytes(data))
-    actual = hashlib.sha256(bytes(data)).hexdigest()
     cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
     try:
+        sshd.add_remote(root, "ssh", store)
+        sh(root, "dvc", "push", "-q", "-r", "ssh", target + ".dvc")
+        obj = store / "files" / "md5" / md5[:2] / md5[2:]
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        obj.write_bytes(bytes(data))
+        actual = hashlib.sha256(bytes(data)).hexdigest()
         cached.unlink()
         (hub / rel).unlink()  # a clone without the bundle: archive-check pulls it from the default remote
         sh(root, "dvc", "remote", "default", "--local", "ssh")
@@ -351,10 +351,15 @@ def test_a_corrupted_remote_bundle_is_refused_by_archive_check(archived, sshd, t
     assert sha256_file(hub / rel) == expected
 
 
-def test_an_altered_dvc_cache_object_is_reported_and_never_checked_out(archived, tmp_path):
+@pytest.mark.parametrize("mode", [0o644, 0o444])
+def test_an_altered_dvc_cache_object_is_refused_before_it_is_used(archived, tmp_path, mode):
+    """A cache object altered in place: DVC re-hashes a writable one and drops it; one that kept
+    the read-only mode DVC gives every object (bit rot keeps it) DVC trusts, and hands over on
+    checkout: then the study's own checks refuse it, naming both SHA256."""
     root, hub = archived
     rel = "data/wts_dense_gs2.h5.zip"
     target = str((hub / rel).relative_to(root))
+    expected = _bundles(hub)[rel]
     sh(root, "dvc", "push", "-r", "local", target + ".dvc")
     md5 = (hub / (rel + ".dvc")).read_text().split("md5: ")[1].split()[0]
     obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
@@ -362,19 +367,28 @@ def test_an_altered_dvc_cache_object_is_reported_and_never_checked_out(archived,
     data = bytearray(obj.read_bytes())
     data[len(data) // 3] ^= 0x55
     obj.write_bytes(bytes(data))
-    altered = tmp_path / "altered.h5.zip"
-    altered.write_bytes(bytes(data))
-    assert "not in cache" in sh(root, "dvc", "status", target + ".dvc").stdout  # DVC re-hashes it: no match
-    assert not obj.exists()  # ... and drops the corrupted object
-    (hub / rel).unlink()
-    assert sh(root, "dvc", "checkout", target + ".dvc", check=False).returncode != 0
-    assert not (hub / rel).exists()  # the altered bytes are never put in the workspace
-    # and the loader refuses them, against the digest the archive recorded
-    from fly64study.bundle import BundleError, read_bundle
-    expected = _bundles(hub)[rel]
-    with pytest.raises(BundleError, match="differs from the expected"):
-        read_bundle(altered, expected)
-    sh(root, "dvc", "pull", "-r", "local", target + ".dvc")  # the remote's copy restores it
+    obj.chmod(mode)
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    try:
+        status = sh(root, "dvc", "status", target + ".dvc").stdout
+        (hub / rel).unlink()
+        checkout = sh(root, "dvc", "checkout", target + ".dvc", check=False)
+        if mode == 0o644:
+            assert "not in cache" in status and not obj.exists()  # re-hashed and dropped ...
+            assert checkout.returncode != 0 and not (hub / rel).exists()  # ... never checked out
+        else:
+            assert "up to date" in status  # DVC sees nothing wrong ...
+            assert checkout.returncode == 0 and sha256_file(hub / rel) == actual  # ... and hands it over
+            from fly64study.bundle import BundleError, read_bundle
+            with pytest.raises(BundleError, match=f"SHA256 {actual} differs from the expected {expected}"):
+                read_bundle(hub / rel, expected)  # the loader, against the digest the archive recorded
+            proc = make(root, "archive-check", f"HUB={hub.relative_to(root)}", check=False)
+            assert proc.returncode != 0
+            assert f"{target}: SHA256 {actual} differs from bundle_checksums.txt ({expected})" in proc.stderr
+    finally:  # the module's shared hub whole again, from the remote's copy
+        (hub / rel).unlink(missing_ok=True)
+        obj.unlink(missing_ok=True)
+        sh(root, "dvc", "pull", "-r", "local", target + ".dvc")
     assert sha256_file(hub / rel) == expected
 
 

@@ -113,9 +113,9 @@ def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, ss
     assert not (verified / NPZ).exists()
 
 
-def test_a_corrupted_object_in_a_local_directory_remote_is_dropped_by_dvc(tiny_pipeline, tmp_path):
-    """DVC re-hashes what it reads from a local-directory remote (the study's preset kind): it
-    drops the corrupted object and reports it missing; the workspace never gets those bytes."""
+def test_a_corrupted_object_in_a_local_directory_remote_is_caught_by_make_pull(tiny_pipeline, tmp_path):
+    """The study's preset kind of remote: DVC re-hashes none of its objects that kept their
+    read-only mode (as bit rot leaves them) and hands the bytes over; `make pull` refuses them."""
     root = clone_run(tiny_pipeline, tmp_path / "study")
     store = tmp_path / "store"
     sh(root, "dvc", "remote", "add", "--local", "dir", str(store))
@@ -126,10 +126,14 @@ def test_a_corrupted_object_in_a_local_directory_remote_is_dropped_by_dvc(tiny_p
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))
+    obj.chmod(0o444)
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
     sh(clone, "dvc", "remote", "add", "--local", "dir", str(store))
     proc = sharing(clone, "pull", "--remote", "dir")
-    assert proc.returncode != 0 and f"md5: {md5}" in proc.stderr and NPZ in proc.stderr, proc.stderr
-    assert not (clone / NPZ).exists() and not obj.exists()  # never handed over; dropped from the remote
+    assert proc.returncode != 0
+    lines = error_lines(proc)
+    assert lines[0] == (f"error: {NPZ}: the object pulled for it has MD5 {hashlib.md5(data).hexdigest()}, not the "
+                        f"recorded {md5}: the remote's object {obj} is corrupted; removed here"), proc.stderr
+    assert not (clone / NPZ).exists()
     assert output_digests(clone / "data").items() <= output_digests(tiny_pipeline.root / "data").items()

@@ -58,7 +58,8 @@ def test_a_stage_that_would_not_fit_in_memory_refuses_before_it_starts(stage, tm
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr
-    m = re.search(r"needs about ([\d.]+) GiB of memory at its peak \(estimated from params\), but ([\d.]+) GiB is "
+    basis = "params" if stage == "generate" else "the size of its input files"
+    m = re.search(rf"needs about ([\d.]+) GiB of memory at its peak \(estimated from {basis}\), but ([\d.]+) GiB is "
                   r"available; switch to a smaller profile \(`make profile PROFILE=default`", lines[0])
     assert m, lines[0]
     assert float(m.group(1)) == pytest.approx(need / GiB, abs=0.05)

@@ -69,4 +69,4 @@ def test_a_checkout_that_failed_for_want_of_space_or_of_objects(tmp_path):
     assert "DVC says no more (`dvc checkout -v` shows why)" in line  # this disk has room
     missing = "WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n" \
               "md5: 4c6f4cf88a0ab98996b71ee4e1e723dd\n" + stderr
-    assert "objects neither in the cache nor on the remote" in transfer_failure(["dvc", "pull"], 1, missing, tmp_path)
+    assert "objects are neither in the cache nor on the remote" in transfer_failure(["dvc", "pull"], 1, missing, tmp_path)

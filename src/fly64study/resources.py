@@ -1,4 +1,4 @@
-"""What a stage will need, estimated from params before it starts: memory and disk space.
+"""What a stage will need, estimated before it starts: memory and disk space.
 
 A stage that cannot fit should say so in its first second, not an hour later by the kernel's
 out-of-memory killer or a full disk. The array sizes of phase C follow from params (n positions of
@@ -37,6 +37,7 @@ SMALLER = "switch to a smaller profile (`make profile PROFILE=default`, or tiny)
 class Need:
     memory: int  # bytes, the estimated peak resident size
     disk: int  # bytes the stage writes
+    basis: str = "params"  # what the estimate comes from
 
 
 def _data(params: Params) -> int:
@@ -60,7 +61,7 @@ def overlap(phase_c: str | os.PathLike) -> Need:
     data and a quarter more. Writes at most the two splits again."""
     data = sum(p.stat().st_size for p in (Path(phase_c) / f"patched_{part}.npz" for part in ("train", "test"))
                if p.is_file())
-    return Need(memory=NUMPY_PROCESS + data + data // 4, disk=data + (1 << 20))
+    return Need(memory=NUMPY_PROCESS + data + data // 4, disk=data + (1 << 20), basis="the size of its input files")
 
 
 def available_memory(cgroups: Path = Path("/sys/fs/cgroup")) -> int:
@@ -71,7 +72,11 @@ def available_memory(cgroups: Path = Path("/sys/fs/cgroup")) -> int:
     avail = _field(Path("/proc/meminfo"), "MemAvailable") * 1024
     for limit, held in _cgroup_limits(cgroups):
         avail = min(avail, max(limit - held, 0))
-    return avail + _field(Path("/proc/self/status"), "RssAnon") * 1024  # its own heap (library pages give way)
+    try:
+        own = _field(Path("/proc/self/status"), "RssAnon")  # its own heap (library pages give way)
+    except KeyError:  # a kernel before 4.5
+        own = 0
+    return avail + own * 1024
 
 
 def _field(path: Path, key: str, sep: str = ":") -> int:
@@ -83,8 +88,14 @@ def _field(path: Path, key: str, sep: str = ":") -> int:
     raise KeyError(f"{path} has no {key}")
 
 
+# per cgroup version: the limit, the usage and the page cache in memory.stat that gives way
+_CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+
+
 def _cgroup_limits(cgroups: Path) -> list[tuple[int, int]]:
-    """(limit, unreclaimable usage) of each memory cgroup this process is in or under that has a limit."""
+    """(limit, unreclaimable usage) of each memory cgroup, this process's and those above it, that
+    has a limit: a limit on a parent holds the usage of every group under it."""
     found = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -92,23 +103,25 @@ def _cgroup_limits(cgroups: Path) -> list[tuple[int, int]]:
         return found
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        try:
-            if controllers == "":  # v2: one hierarchy; a limit may sit on any ancestor
-                folder = _mounted(cgroups, path)
-                while folder is not None:
-                    limit = (folder / "memory.max").read_text().strip() if (folder / "memory.max").is_file() else "max"
-                    if limit != "max":
-                        usage = int((folder / "memory.current").read_text())
-                        found.append((int(limit), usage - _field(folder / "memory.stat", "inactive_file", " ")))
-                    folder = folder.parent if folder != cgroups else None
-            elif "memory" in controllers.split(","):  # v1: memory.stat holds the limit over the whole hierarchy
-                folder = _mounted(cgroups / "memory", path)
-                limit = _field(folder / "memory.stat", "hierarchical_memory_limit", " ")
-                if limit < 1 << 60:
-                    usage = int((folder / "memory.usage_in_bytes").read_text())
-                    found.append((limit, usage - _field(folder / "memory.stat", "total_inactive_file", " ")))
-        except (OSError, KeyError, ValueError):
-            continue  # no limit readable here: MemAvailable stands
+        if controllers == "":
+            version, root = 2, cgroups
+        elif "memory" in controllers.split(","):
+            version, root = 1, cgroups / "memory"
+        else:
+            continue
+        limit_file, usage_file, cache_key = _CGROUP_FILES[version]
+        folder = _mounted(root, path)
+        while True:
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                if limit != "max" and int(limit) < 1 << 60:
+                    usage = int((folder / usage_file).read_text())
+                    found.append((int(limit), usage - _field(folder / "memory.stat", cache_key, " ")))
+            except (OSError, KeyError, ValueError):
+                pass  # no limit readable here: MemAvailable and the other levels stand
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
     return found
 
 
@@ -141,8 +154,8 @@ def check(stage: str, need: Need, out: str | os.PathLike) -> None:
         return
     avail = available_memory()
     if need.memory > avail:
-        raise ResourceError(f"{stage}: needs about {_size(need.memory)} of memory at its peak (estimated from params), "
-                            f"but {_size(avail)} is available; {SMALLER}")
+        raise ResourceError(f"{stage}: needs about {_size(need.memory)} of memory at its peak (estimated from "
+                            f"{need.basis}), but {_size(avail)} is available; {SMALLER}")
     places = {existing_folder(out): "the outputs"}
     cache, copies = _dvc_cache()
     if copies:

@@ -98,9 +98,9 @@ def transfer_failure(cmd: list[str], code: int, stderr: str, cwd: Path = Path(".
         targets = [t.strip() for t in checkout.group(1).splitlines() if t.strip()]
         which = f"{targets[0]}" + (f" and {len(targets) - 1} more" if len(targets) > 1 else "") if targets else "files"
         if "do not exist neither locally nor on remote" in stderr:
-            return (f"`{what}`: {which} not checked out: objects neither in the cache nor on the remote (DVC drops "
-                    "one whose bytes do not match its name when it re-hashes a local-directory remote's objects); "
-                    "`dvc repro` remakes them, or push them from a clone that has them")
+            return (f"`{what}`: {which} not checked out: their objects are neither in the cache nor on the remote "
+                    "(never pushed there, or dropped by DVC as corrupted); `dvc repro` remakes them, or `make push` "
+                    "them from a clone that has them")
         free = shutil.disk_usage(existing_folder(cwd / targets[0] if targets else cwd)).free / 2**20
         why = "the disk is full" if free < 64 else "DVC says no more (`dvc checkout -v` shows why)"
         return (f"`{what}`: could not check out {which} ({free:.1f} MiB free there: {why}); "
@@ -155,41 +155,46 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
 def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
     """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, stage names or
     dvc.yaml, their outputs alone) and the run-cache with all its files."""
-    from dvc.exceptions import DvcException
 
     dvc("push", *_remote(remote), *(stages or []), cwd=root)
     try:
         entries, sent = push_run_cache(root, remote)
-    except (OSError, DvcException) as err:
-        raise SystemExit(f"error: `make push`: the run-cache did not reach the remote ({err}); `dvc push` before "
-                         "it succeeded; run it again") from None
+    except Exception as err:  # noqa: BLE001 - OSError, DvcException, asyncssh's own: any is one line
+        raise SystemExit(f"error: `make push`: the run-cache did not reach the remote ({type(err).__name__}: {err}); "
+                         "`dvc push` before it succeeded; run it again") from None
     print(f"run-cache: {entries} entries pushed, with {sent} files the remote lacked", flush=True)
 
 
 def pull(root: Path, remote: str | None = None) -> None:
-    """`dvc pull --run-cache`, then every object this pull brought into the cache re-hashed. DVC
-    takes an SSH or cloud remote's bytes on trust unless the remote has ``verify`` set, and
-    records them under the expected hash, so `dvc status` and `dvc repro` would not notice a
-    corrupted remote object: here it is found, and removed with the workspace copy made from it."""
+    """`dvc pull --run-cache`, then every object brought into the cache since the last pull that
+    was checked re-hashed. DVC takes a remote's bytes on trust (an SSH or cloud remote without
+    ``verify``, and any object it finds read-only, as it leaves every object it stores) and records
+    them under the expected hash, so `dvc status` and `dvc repro` would not notice a corrupted
+    object: here it is found, and removed with the workspace copy made from it."""
     from dvc.repo import Repo
 
-    started = time.time() - 1  # ctime: when an object was renamed into the cache
+    # objects a failed pull brought in are checked by the next one: the time stays until a check completes
+    marker = root / ".dvc" / "tmp" / "pull-unverified-since"
+    since = float(marker.read_text()) if marker.is_file() else time.time() - 1  # ctime: the rename into the cache
+    with atomic_path(marker) as tmp:
+        tmp.write_text(f"{since}\n")
     try:
         dvc("pull", "--run-cache", *_remote(remote), cwd=root)
     finally:
-        dropped = drop_dvc_temporaries(root)
-        if dropped:
-            log.info("removed %d partial file(s) DVC left beside the outputs it could not check out", dropped)
+        with contextlib.suppress(OSError):  # the pull's own error is the one to show
+            if dropped := drop_dvc_temporaries(root):
+                log.info("removed %d partial file(s) DVC left beside the outputs it could not check out", dropped)
     with Repo(str(root)) as repo:
-        bad = corrupted_pulls(root, repo, started)
-        if not bad:
-            print("every object pulled matches its recorded MD5", flush=True)
-            return
+        bad = corrupted_pulls(root, repo, since)
         odb = repo.cloud.get_remote_odb(remote)
         for path, expected, actual in bad:
             print(f"error: {path}: the object pulled for it has MD5 {actual}, not the recorded {expected}: the "
                   f"remote's object {odb.oid_to_path(expected)} is corrupted; removed here", file=sys.stderr,
                   flush=True)
+    marker.unlink()
+    if not bad:
+        print("every object pulled matches its recorded MD5", flush=True)
+        return
     raise SystemExit(f"error: {len(bad)} pulled file(s) were not the bytes the study recorded and are removed; "
                      "`dvc repro` remakes them from their inputs; to mend the remote, delete those objects there and "
                      "`make push` from a clone that has them whole (a push does not resend an object the remote has)")
@@ -214,32 +219,41 @@ def drop_dvc_temporaries(root: Path) -> int:
 
 
 def corrupted_pulls(root: Path, repo, since: float) -> list[tuple[str, str, str]]:
-    """(path, recorded MD5, actual MD5) of each file whose cache object arrived after ``since`` with
-    other bytes; that object and the workspace file checked out from it are removed."""
+    """(path, recorded MD5, actual MD5) of each output file (or folder, for a folder's listing)
+    whose cache object arrived after ``since`` with other bytes; that object and the workspace
+    files checked out from it are removed."""
     cache = repo.cache.local
-    files = []  # (workspace path, recorded md5) of every file of every cached output
+    by_object = {}  # md5 -> workspace paths: one object may be several files (a view that keeps every position)
+    bad = []
+
+    def arrived_altered(md5: str) -> str | None:
+        """The actual MD5 of the object named ``md5``, if it came after ``since`` with other bytes."""
+        obj = Path(cache.oid_to_path(md5))
+        if not obj.is_file() or obj.stat().st_ctime < since or (actual := md5_file(obj)) == md5.removesuffix(".dir"):
+            return None
+        obj.unlink()
+        return actual
+
     for out in repo.index.outs:
         if not out.use_cache or not out.hash_info or not out.hash_info.value:
             continue  # git keeps a `cache: false` output (a metrics table): not DVC's to pull
-        md5 = out.hash_info.value
+        md5, path = out.hash_info.value, Path(out.fs_path)
         if not out.hash_info.isdir:
-            files.append((Path(out.fs_path), md5))
-        elif Path(cache.oid_to_path(md5)).is_file():  # a folder: the listing of its files, JSON, in the cache
-            listing = json.loads(Path(cache.oid_to_path(md5)).read_text())
-            files += [(Path(out.fs_path) / entry["relpath"], entry["md5"]) for entry in listing]
-    by_object = {}  # one object may be several files (a view that keeps every position is its split)
-    for path, md5 in files:
-        by_object.setdefault(md5, []).append(path)
-    bad = []
-    for md5, paths in by_object.items():
-        obj = Path(cache.oid_to_path(md5))
-        if not obj.is_file() or obj.stat().st_ctime < since or (actual := md5_file(obj)) == md5:
+            by_object.setdefault(md5, []).append(path)
             continue
-        obj.unlink()
-        for path in paths:
-            if path.is_file() and md5_file(path) == actual:  # a copy made from it (not a change of one's own)
-                path.unlink()
+        if actual := arrived_altered(md5):  # a folder's listing (JSON): its files cannot be told
             bad.append((os.path.relpath(path, root), md5, actual))
+            continue
+        listing = Path(cache.oid_to_path(md5))
+        if listing.is_file():
+            for entry in json.loads(listing.read_text()):
+                by_object.setdefault(entry["md5"], []).append(path / entry["relpath"])
+    for md5, paths in by_object.items():
+        if actual := arrived_altered(md5):
+            for path in paths:
+                if path.is_file() and md5_file(path) == actual:  # a copy made from it (not a change of one's own)
+                    path.unlink()
+                bad.append((os.path.relpath(path, root), md5, actual))
     return bad
 
 
