@@ -285,6 +285,20 @@ def whole_objects(store: Path) -> int:
     return count
 
 
+
+def push_again_then_pull_fresh(root: Path, remote: str, store: Path, sent: int, add_remote, clone: Path) -> Path:
+    """After a push to ``remote`` (its objects in ``store``) failed with ``sent`` whole objects
+    there: the same `make push` completes, adding whole objects only, and a fresh ``clone``
+    (``add_remote(clone)`` names the remote there) pulls with `make pull`, each object checked."""
+    again = sharing(root, "push", "--remote", remote)
+    assert again.returncode == 0, again.stderr
+    assert whole_objects(store) > sent
+    sh(clone.parent, "git", "clone", "-q", str(root), str(clone))
+    add_remote(clone)
+    pulled = sharing(clone, "pull", "--remote", remote)
+    assert pulled.returncode == 0 and "every object pulled matches" in pulled.stdout, pulled.stderr
+    return clone
+
 class SSHServer:
     """Debian's openssh-server on 127.0.0.1, key auth only, keys and config in a temp folder; it can
     be stopped (the listener and every session it serves, as a crashed or rebooted host would) and

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clone_run, error_lines, output_digests, project_env, sh, sharing, whole_objects
+from conftest import (clone_run, error_lines, output_digests, project_env, push_again_then_pull_fresh, sh,
+                      sharing, whole_objects)
 from fly64study.resources import SKIP_ENV
 
 pytestmark = pytest.mark.pipeline
@@ -160,14 +161,8 @@ def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pi
         assert output_digests(root / ".dvc" / "cache") == cache  # nothing here changed
 
         filler.unlink()
-        sharing_ok = sharing(root, "push", "--remote", "small")
-        assert sharing_ok.returncode == 0, sharing_ok.stderr
-        assert whole_objects(remote) > sent
-        clone = tmp_path / "clone"  # a colleague's fresh clone pulls what was pushed
-        sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
-        sh(clone, "dvc", "remote", "add", "--local", "small", str(remote))
-        pulled = sharing(clone, "pull", "--remote", "small")
-        assert pulled.returncode == 0 and "every object pulled matches" in pulled.stdout, pulled.stderr
+        clone = push_again_then_pull_fresh(root, "small", remote, sent, lambda c: sh(
+            c, "dvc", "remote", "add", "--local", "small", str(remote)), tmp_path / "clone")
     assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")
 
 

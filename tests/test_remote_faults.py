@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import clone_run, error_lines, output_digests, project_env, sh, sharing, whole_objects
+from conftest import (clone_run, error_lines, output_digests, project_env, push_again_then_pull_fresh, sh,
+                      sharing, whole_objects)
 from fly64study.contract import ContractError, load_dataset
 from fly64study.files import sha256_file
 
@@ -48,16 +49,9 @@ def test_a_remote_that_dies_mid_push_fails_clearly_and_the_next_push_completes(t
     assert "connection to the remote" in lines[0] and "run the same command again" in lines[0], lines[0]
     sent = whole_objects(store)  # no half-written object under a final name
 
-    sshd.start()
-    again = sharing(root, "push", "--remote", "ssh")
-    assert again.returncode == 0, again.stderr
-    assert whole_objects(store) > sent
-
-    clone = tmp_path / "clone"  # a colleague's fresh clone pulls from that remote
-    sh(tmp_path, "git", "clone", "-q", str(root), str(clone))
-    sshd.add_remote(clone, "ssh", store)
-    pulled = sharing(clone, "pull", "--remote", "ssh")
-    assert pulled.returncode == 0 and "every object pulled matches" in pulled.stdout, pulled.stderr
+    sshd.start()  # the host is back: the push completes, a colleague's fresh clone pulls from it
+    clone = push_again_then_pull_fresh(root, "ssh", store, sent, lambda c: sshd.add_remote(c, "ssh", store),
+                                       tmp_path / "clone")
     assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")  # the undisturbed run's SHA256
 
 
