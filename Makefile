@@ -142,7 +142,7 @@ hub-new:
 push: setup
 	$(PY) -m fly64study.sharing push $(if $(REMOTE),--remote $(REMOTE))
 
-pull: setup   # then every output re-hashed against dvc.lock (DVC trusts a remote's bytes unless it has `verify`)
+pull: setup   # then every object it brought in re-hashed (DVC trusts a remote's bytes unless it has `verify`)
 	$(PY) -m fly64study.sharing pull $(if $(REMOTE),--remote $(REMOTE))
 
 # One study on several machines (docs/scaling.md, "Running on several machines"): each runs

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from filelock import FileLock  # noqa: E402
 
 from fly64study.contract import Dataset  # noqa: E402
 from fly64study.design import RECORD_ENV, Params, load_params  # noqa: E402
-from fly64study.files import sha256_file  # noqa: E402
+from fly64study.files import md5_file, sha256_file  # noqa: E402
 from fly64study.numerics import PINNED_ENV, host_settings  # noqa: E402
 from fly64study.profiles import compose  # noqa: E402
 
@@ -266,11 +265,11 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
-def output_digests(data: Path) -> dict[str, str]:
-    """SHA256 of every file under a study's data/ but its untracked timings, DVC's .gitignore
-    files and a test's filler, by path relative to data/."""
-    return {rel: sha256_file(p) for p in sorted(data.rglob("*")) if p.is_file() and p.name not in (
-        ".filler", ".gitignore") and not (rel := str(p.relative_to(data))).startswith("timing/")}
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA256 of every file under ``folder`` (a study's data/, a DVC cache) by its path there, but
+    DVC's .gitignore files, the untracked run timings (data/timing/) and a test's filler."""
+    return {rel: sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (
+        ".filler", ".gitignore") and not (rel := p.relative_to(folder).as_posix()).startswith("timing/")}
 
 
 def whole_objects(store: Path) -> int:
@@ -279,8 +278,7 @@ def whole_objects(store: Path) -> int:
     count = 0
     for p in (store / "files" / "md5").rglob("*"):
         if p.is_file() and not p.name.startswith("."):
-            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name.removesuffix(".dir"), \
-                f"{p} is not whole under its final name"
+            assert md5_file(p) == p.parent.name + p.name.removesuffix(".dir"), f"{p} is not whole under its final name"
             count += 1
     return count
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (clone_run, error_lines, output_digests, project_env, push_again_then_pull_fresh, sh,
+from conftest import (clone_run, error_lines, file_digests, project_env, push_again_then_pull_fresh, sh,
                       sharing, whole_objects)
 from fly64study.resources import SKIP_ENV
 
@@ -24,13 +24,20 @@ pytestmark = pytest.mark.pipeline
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str):
-    """A tmpfs of ``size`` mounted on ``path`` for the block (CI runs as root)."""
-    path.mkdir(parents=True, exist_ok=True)
+    """A tmpfs of ``size`` mounted on ``path`` for the block (CI runs as root), holding what
+    ``path`` held before."""
+    kept = path.with_name(path.name + ".kept")
+    if path.is_dir():
+        path.rename(kept)
+    path.mkdir(parents=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if proc.returncode:
         pytest.skip(f"mounting a tmpfs was refused ({proc.stderr.strip()}); the full-disk tests need root")
     try:
+        if kept.is_dir():
+            shutil.copytree(kept, path, symlinks=True, dirs_exist_ok=True)
+            shutil.rmtree(kept)
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
@@ -68,10 +75,7 @@ def test_an_hdf5_file_and_an_npz_that_meet_a_full_disk_leave_nothing_but_one_cle
 def on_tmpfs(tiny_pipeline, tmp_path):
     """A copy of the shared tiny run whose data/ lies on a 96 MB tmpfs."""
     root = clone_run(tiny_pipeline, tmp_path / "study")
-    (root / "data").rename(root / "data.kept")
     with tmpfs(root / "data", "96m"):
-        shutil.copytree(root / "data.kept", root / "data", symlinks=True, dirs_exist_ok=True)
-        shutil.rmtree(root / "data.kept")
         yield root
 
 
@@ -99,10 +103,10 @@ def test_a_stage_that_fills_the_disk_fails_clearly_and_its_rerun_gives_the_same_
     stage, outs, names, leave = STAGES[phase]
     for out in outs:  # the stage has to run: its outputs are not there (they are in DVC's cache)
         (shutil.rmtree if (root / out).is_dir() else os.unlink)(root / out)
-    undisturbed = {o: v for o, v in output_digests(tiny_pipeline.root / "data").items()
+    undisturbed = {o: v for o, v in file_digests(tiny_pipeline.root / "data").items()
                    if any(f"data/{o}" == x or f"data/{o}".startswith(x + "/") for x in outs)}
     assert len(undisturbed) >= len(outs)
-    earlier, cache = output_digests(root / "data"), output_digests(root / ".dvc" / "cache")
+    earlier, cache = file_digests(root / "data"), file_digests(root / ".dvc" / "cache")
     filler = fill(root / "data", leave)
 
     env = {**project_env(root), SKIP_ENV: "1"}  # past the early check: the disk fills mid-write
@@ -115,17 +119,17 @@ def test_a_stage_that_fills_the_disk_fails_clearly_and_its_rerun_gives_the_same_
                     "written in its place", lines[0]), lines
     assert "free space, then rerun the same command" in lines[0]
     assert not [p for p in (root / "data").rglob("*.tmp")], "a temporary file was left behind"
-    after = output_digests(root / "data")
+    after = file_digests(root / "data")
     written = {o: v for o, v in after.items() if o not in earlier}
     for rel, digest in written.items():  # an output written before the disk filled is whole
         assert digest == undisturbed[rel], f"{rel} is not whole"
     assert len(written) < len(undisturbed)  # ... and the one that did not fit is absent
     assert earlier.items() <= after.items()  # everything produced earlier is there, as it was
-    assert output_digests(root / ".dvc" / "cache") == cache
+    assert file_digests(root / ".dvc" / "cache") == cache
 
     filler.unlink()
     sh(root, "dvc", "repro", "-f", "-s", stage)  # the same command, with space
-    assert {o: v for o, v in output_digests(root / "data").items() if o in undisturbed} == undisturbed
+    assert {o: v for o, v in file_digests(root / "data").items() if o in undisturbed} == undisturbed
     assert "up to date" in sh(root, "dvc", "status", stage).stdout
 
 
@@ -133,7 +137,7 @@ def test_generate_refuses_early_when_its_outputs_cannot_fit(on_tmpfs):
     root = on_tmpfs
     out = root / "data" / "phase_c" / "dose_1e3"
     shutil.rmtree(out)
-    earlier = output_digests(root / "data")
+    earlier = file_digests(root / "data")
     fill(root / "data", 1_000_000)
     proc = sh(root, "dvc", "repro", "-f", "-s", "generate@1e3", check=False)
     assert proc.returncode != 0
@@ -142,12 +146,12 @@ def test_generate_refuses_early_when_its_outputs_cannot_fit(on_tmpfs):
     assert "of disk space (the outputs) in data/phase_c, but 1 MiB is free" in lines[0], lines[0]
     assert "make profile PROFILE=default" in lines[0]
     assert "diffraction @" not in proc.stderr and "positions on a" not in proc.stderr  # refused before simulating
-    assert output_digests(root / "data") == earlier
+    assert file_digests(root / "data") == earlier
 
 
 def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pipeline, tmp_path):
     root = clone_run(tiny_pipeline, tmp_path / "study")
-    cache = output_digests(root / ".dvc" / "cache")
+    cache = file_digests(root / ".dvc" / "cache")
     with tmpfs(tmp_path / "remote", "64m") as remote:
         sh(root, "dvc", "remote", "add", "--local", "small", str(remote))
         filler = fill(remote, 3_000_000)
@@ -158,19 +162,19 @@ def test_push_to_a_full_remote_fails_clearly_and_the_next_push_completes(tiny_pi
         assert "files were not uploaded" in lines[0] and ".dvc/tmp/push.log" in lines[0]
         sent = whole_objects(remote)  # what arrived is whole under its name; the rest is not there
         assert sent > 0
-        assert output_digests(root / ".dvc" / "cache") == cache  # nothing here changed
+        assert file_digests(root / ".dvc" / "cache") == cache  # nothing here changed
 
         filler.unlink()
         clone = push_again_then_pull_fresh(root, "small", remote, sent, lambda c: sh(
             c, "dvc", "remote", "add", "--local", "small", str(remote)), tmp_path / "clone")
-    assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")
+    assert file_digests(clone / "data") == file_digests(tiny_pipeline.root / "data")
 
 
 def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_pipeline, tmp_path):
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(clone))
     sh(clone, "dvc", "remote", "add", "--local", "team", str(tiny_pipeline.remote))
-    undisturbed = output_digests(tiny_pipeline.root / "data")
+    undisturbed = file_digests(tiny_pipeline.root / "data")
     with tmpfs(clone / ".dvc" / "cache", "64m") as cache:
         filler = fill(cache, 4_000_000)
         proc = sharing(clone, "pull", "--remote", "team")
@@ -180,14 +184,14 @@ def test_pull_into_a_full_cache_fails_clearly_and_the_next_pull_completes(tiny_p
         assert "files were not downloaded" in lines[0]
         assert whole_objects(cache) > 0
         assert (clone / ".dvc" / "tmp" / "pull-unverified-since").is_file()  # the next pull checks what came now
-        for rel, digest in output_digests(clone / "data").items():  # what was checked out is whole
+        for rel, digest in file_digests(clone / "data").items():  # what was checked out is whole
             assert digest == undisturbed[rel], rel
 
         filler.unlink()
         proc = sharing(clone, "pull", "--remote", "team")
         assert proc.returncode == 0 and "every object pulled matches" in proc.stdout, proc.stderr
         assert not (clone / ".dvc" / "tmp" / "pull-unverified-since").exists()
-        assert output_digests(clone / "data") == undisturbed
+        assert file_digests(clone / "data") == undisturbed
 
 
 def test_pull_into_a_full_workspace_names_the_file_it_could_not_put_in_place(tiny_pipeline, tmp_path):
@@ -197,11 +201,8 @@ def test_pull_into_a_full_workspace_names_the_file_it_could_not_put_in_place(tin
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(tiny_pipeline.root), str(clone))
     sh(clone, "dvc", "remote", "add", "--local", "team", str(tiny_pipeline.remote))
-    git_kept = output_digests(clone / "data")  # the metrics tables git holds
-    (clone / "data").rename(clone / "data.git")
+    git_kept = file_digests(clone / "data")  # the metrics tables git holds
     with tmpfs(clone / "data", "64m") as data:
-        shutil.copytree(clone / "data.git", data, dirs_exist_ok=True)
-        shutil.rmtree(clone / "data.git")
         filler = fill(data, 1_000_000)
         proc = sharing(clone, "pull", "--remote", "team")
         assert proc.returncode != 0
@@ -209,12 +210,12 @@ def test_pull_into_a_full_workspace_names_the_file_it_could_not_put_in_place(tin
         assert len(lines) == 1 and re.match(r"error: `dvc pull`: could not check out data/\S+( and \d+ more)? \([\d.]+ "
                                             r"MiB free there: the disk is full\); free space, then run the same command "
                                             r"again", lines[0]), proc.stderr
-        assert git_kept.items() <= output_digests(data).items()
+        assert git_kept.items() <= file_digests(data).items()
         assert not list(data.rglob("*.tmp")), "DVC's partial copies were left beside the outputs"
-        undisturbed = output_digests(tiny_pipeline.root / "data")
-        for rel, digest in output_digests(data).items():  # what was checked out is whole
+        undisturbed = file_digests(tiny_pipeline.root / "data")
+        for rel, digest in file_digests(data).items():  # what was checked out is whole
             assert digest == undisturbed[rel], rel
         filler.unlink()
         proc = sharing(clone, "pull", "--remote", "team")
         assert proc.returncode == 0, proc.stderr
-        assert output_digests(data) == undisturbed
+        assert file_digests(data) == undisturbed

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (clone_run, error_lines, output_digests, project_env, push_again_then_pull_fresh, sh,
+from conftest import (clone_run, error_lines, file_digests, project_env, push_again_then_pull_fresh, sh,
                       sharing, whole_objects)
 from fly64study.contract import ContractError, load_dataset
 from fly64study.files import sha256_file
@@ -52,7 +52,7 @@ def test_a_remote_that_dies_mid_push_fails_clearly_and_the_next_push_completes(t
     sshd.start()  # the host is back: the push completes, a colleague's fresh clone pulls from it
     clone = push_again_then_pull_fresh(root, "ssh", store, sent, lambda c: sshd.add_remote(c, "ssh", store),
                                        tmp_path / "clone")
-    assert output_digests(clone / "data") == output_digests(tiny_pipeline.root / "data")  # the undisturbed run's SHA256
+    assert file_digests(clone / "data") == file_digests(tiny_pipeline.root / "data")  # the undisturbed run's SHA256
 
 
 def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, sshd, tmp_path):
@@ -95,7 +95,7 @@ def test_a_corrupted_remote_object_never_reaches_a_computation(tiny_pipeline, ss
     assert not (study / NPZ).exists()
     assert not any(line.startswith("error: data/") and NPZ not in line and "baseline/train.npz" not in line
                    for line in lines)  # (the baseline view of that split is the same file)
-    assert output_digests(study / "data").items() <= output_digests(tiny_pipeline.root / "data").items()  # the rest is whole
+    assert file_digests(study / "data").items() <= file_digests(tiny_pipeline.root / "data").items()  # the rest is whole
     sh(study, "dvc", "repro", "generate@1e3")  # DVC now sees it missing and remakes it from its inputs
     assert sha256_file(study / NPZ) == sha256_file(tiny_pipeline.root / NPZ)
 
@@ -130,4 +130,4 @@ def test_a_corrupted_object_in_a_local_directory_remote_is_caught_by_make_pull(t
     assert lines[0] == (f"error: {NPZ}: the object pulled for it has MD5 {hashlib.md5(data).hexdigest()}, not the "
                         f"recorded {md5}: the remote's object {obj} is corrupted; removed here"), proc.stderr
     assert not (clone / NPZ).exists()
-    assert output_digests(clone / "data").items() <= output_digests(tiny_pipeline.root / "data").items()
+    assert file_digests(clone / "data").items() <= file_digests(tiny_pipeline.root / "data").items()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clone_run, copy_project, host_env, profile_params, sh
+from conftest import REPO, clone_run, copy_project, file_digests, host_env, profile_params, sh
 from fly64study.files import sha256_file
 
 pytestmark = pytest.mark.pipeline
@@ -30,11 +30,9 @@ FOREIGN_HOST = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABI
 
 def output_digests(root: Path) -> dict[str, str]:
     """SHA256 of every pipeline output, in pipeline order (phase, then path); no run records."""
-    files = [p for p in (root / "data").rglob("*") if p.is_file() and p.name != ".gitignore"
-             and "timing" not in p.relative_to(root / "data").parts]
-    rel = sorted((p.relative_to(root).as_posix() for p in files),
-                 key=lambda r: (next(i for i, ph in enumerate(PHASES) if r.split("/")[1] == ph), r))
-    return {r: sha256_file(root / r) for r in rel}
+    digests = file_digests(root / "data")
+    order = sorted(digests, key=lambda r: (next(i for i, ph in enumerate(PHASES) if r.split("/")[0] == ph), r))
+    return {f"data/{r}": digests[r] for r in order}
 
 
 def read_golden() -> dict[str, str]:

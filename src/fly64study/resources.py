@@ -132,17 +132,18 @@ def _mounted(root: Path, path: str) -> Path:
     return folder if folder.is_dir() else root
 
 
-def _dvc_cache() -> tuple[Path | None, bool]:
-    """DVC's cache folder of the repository in the working directory, and whether DVC copies an
-    output into it (`cache.type` other than links); (None, False) outside a DVC repository."""
+def _dvc_cache_copy() -> Path | None:
+    """DVC's cache folder of the repository in the working directory, where DVC copies each output
+    after the stage (`cache.type` with a copy); None where it only links, or outside a repository."""
     if not Path(".dvc").is_dir():
-        return None, False
+        return None
     config = configparser.ConfigParser(strict=False, interpolation=None)
     config.read([".dvc/config", ".dvc/config.local"])
     folder = Path(config.get("cache", "dir", fallback="cache"))
     folder = folder if folder.is_absolute() else Path(".dvc") / folder
     links = {t.strip() for t in config.get("cache", "type", fallback="reflink,copy").split(",")}
-    return folder, "copy" in links or "reflink" in links  # a reflink falls back to a copy on most file systems
+    # a reflink falls back to a copy on most file systems
+    return folder if "copy" in links or "reflink" in links else None
 
 
 def check(stage: str, need: Need, out: str | os.PathLike) -> None:
@@ -157,8 +158,8 @@ def check(stage: str, need: Need, out: str | os.PathLike) -> None:
         raise ResourceError(f"{stage}: needs about {_size(need.memory)} of memory at its peak (estimated from "
                             f"{need.basis}), but {_size(avail)} is available; {SMALLER}")
     places = {existing_folder(out): "the outputs"}
-    cache, copies = _dvc_cache()
-    if copies:
+    cache = _dvc_cache_copy()
+    if cache is not None:
         places[existing_folder(cache)] = "DVC's cache copy of them"
     needs = Counter()
     for folder in places:

@@ -14,7 +14,7 @@ collector could not restore the stage and would run it again.
 
 Command line (the Makefile's push, pull, share and gather targets):
     python -m fly64study.sharing push [--remote R]
-    python -m fly64study.sharing pull [--remote R]   (then every output checked against dvc.lock)
+    python -m fly64study.sharing pull [--remote R]   (then every object it brought in re-hashed)
     python -m fly64study.sharing share --dose 1e3 [--dose ...] [--remote R]
     python -m fly64study.sharing gather            (the default remote)
 """
@@ -38,6 +38,8 @@ from fly64study.design import ParamsError, load_params
 from fly64study.files import atomic_path, existing_folder, md5_file
 
 log = logging.getLogger(__name__)
+# a checkout that failed with less free than this, where DVC does not say why, is called a full disk
+FULL_BELOW_MIB = 64
 
 
 def dvc(*args: str, cwd: Path, capture: bool = False) -> str:
@@ -77,22 +79,26 @@ def transfer_failure(cmd: list[str], code: int, stderr: str, cwd: Path = Path(".
     failed = re.search(r"(\d+) files? failed to (upload|download)", stderr)
     count = f"; {failed.group(1)} files were not {failed.group(2)}ed" if failed else ""
     again = "then run the same command again: it transfers only what is missing"
+
+    def room(path: Path) -> tuple[str, bool]:
+        """How much is free where ``path`` would be written, and whether that is a full disk's little."""
+        free = shutil.disk_usage(existing_folder(path)).free / 2**20
+        return f"{free:.1f} MiB free there", free < FULL_BELOW_MIB
     full = re.search(r"\[Errno (28|122)\] [^:]*: '[^']*' -> '([^']*)'", stderr)
     if full or "[Errno 28] No space left on device" in stderr:
         place = ""
         if full:
             where = Path(full.group(2)).parent  # <root>/files/md5/<xx>/.<tmp>: the cache or remote
             root = where.parents[2] if where.parent.name == "md5" and len(where.parents) > 2 else where
-            free = shutil.disk_usage(existing_folder(where)).free
-            place = f" at {root} ({free / 2**20:.1f} MiB free there)"
+            place = f" at {root} ({room(where)[0]})"
         kind = "disk quota exceeded" if full and full.group(1) == "122" else "disk full"
         return f"`{what}`: {kind}{place}{count}; no object is half-written under its name; free space, {again}"
     link = re.search(r"No possible cache link types for '([^',]*)", stderr)
     if link:  # DVC's words for a checkout that could not write a file
-        free = shutil.disk_usage(existing_folder(Path(link.group(1)).parent)).free / 2**20
-        why = "the disk is full" if free < 64 else "DVC could neither link nor copy it there"
+        free, little = room(Path(link.group(1)).parent)
+        why = "the disk is full" if little else "DVC could neither link nor copy it there"
         return (f"`{what}`: could not put {link.group(1)} in place (DVC: 'no possible cache link types'; "
-                f"{free:.1f} MiB free there: {why}); {'free space, ' if free < 64 else ''}{again}")
+                f"{free}: {why}); {'free space, ' if little else ''}{again}")
     checkout = re.search(r"Checkout failed for following targets:\n(.*?)\nIs your cache up to date", stderr, re.S)
     if checkout:  # DVC's words for both a file it could not write and an object it does not have
         targets = [t.strip() for t in checkout.group(1).splitlines() if t.strip()]
@@ -101,10 +107,9 @@ def transfer_failure(cmd: list[str], code: int, stderr: str, cwd: Path = Path(".
             return (f"`{what}`: {which} not checked out: their objects are neither in the cache nor on the remote "
                     "(never pushed there, or dropped by DVC as corrupted); `dvc repro` remakes them, or `make push` "
                     "them from a clone that has them")
-        free = shutil.disk_usage(existing_folder(cwd / targets[0] if targets else cwd)).free / 2**20
-        why = "the disk is full" if free < 64 else "DVC says no more (`dvc checkout -v` shows why)"
-        return (f"`{what}`: could not check out {which} ({free:.1f} MiB free there: {why}); "
-                f"{'free space, ' if free < 64 else ''}{again}")
+        free, little = room(cwd / targets[0] if targets else cwd)
+        why = "the disk is full" if little else "DVC says no more (`dvc checkout -v` shows why)"
+        return f"`{what}`: could not check out {which} ({free}: {why}); {'free space, ' if little else ''}{again}"
     broke = next((m.group(0) for line in errors if (m := re.search(
         r"Connection (?:not open|lost|refused|reset|closed)|Could not connect|Host is unreachable", line))), None)
     if broke:
@@ -155,7 +160,6 @@ def push_run_cache(root: Path, remote: str | None = None) -> tuple[int, int]:
 def push(root: Path, remote: str | None = None, stages: list[str] | None = None) -> None:
     """`dvc push` (what dvc.lock and the .dvc files name; with ``stages``, stage names or
     dvc.yaml, their outputs alone) and the run-cache with all its files."""
-
     dvc("push", *_remote(remote), *(stages or []), cwd=root)
     try:
         entries, sent = push_run_cache(root, remote)
@@ -178,13 +182,13 @@ def pull(root: Path, remote: str | None = None) -> None:
     since = float(marker.read_text()) if marker.is_file() else time.time() - 1  # ctime: the rename into the cache
     with atomic_path(marker) as tmp:
         tmp.write_text(f"{since}\n")
-    try:
-        dvc("pull", "--run-cache", *_remote(remote), cwd=root)
-    finally:
-        with contextlib.suppress(OSError):  # the pull's own error is the one to show
-            if dropped := drop_dvc_temporaries(root):
-                log.info("removed %d partial file(s) DVC left beside the outputs it could not check out", dropped)
-    with Repo(str(root)) as repo:
+    with Repo(str(root)) as repo:  # its index is read after the pull (dvc.lock and the .dvc files)
+        try:
+            dvc("pull", "--run-cache", *_remote(remote), cwd=root)
+        finally:
+            with contextlib.suppress(OSError):  # the pull's own error is the one to show
+                if dropped := drop_dvc_temporaries(repo):
+                    log.info("removed %d partial file(s) DVC left beside the outputs it could not check out", dropped)
         bad = corrupted_pulls(root, repo, since)
         odb = repo.cloud.get_remote_odb(remote)
         for path, expected, actual in bad:
@@ -200,17 +204,13 @@ def pull(root: Path, remote: str | None = None) -> None:
                      "`make push` from a clone that has them whole (a push does not resend an object the remote has)")
 
 
-def drop_dvc_temporaries(root: Path) -> int:
+def drop_dvc_temporaries(repo) -> int:
     """Remove the partial copies a failed `dvc checkout` leaves beside the outputs (DVC copies to
     ``.<22 random characters>.tmp`` and renames; on a full disk the copy stays). Returns how many."""
-    from dvc.repo import Repo
-
     pattern = re.compile(r"\.[A-Za-z0-9_-]{22}\.tmp")
-    with Repo(str(root)) as repo:
-        folders = {Path(out.fs_path).parent for out in repo.index.outs}
-        folders |= {Path(out.fs_path) for out in repo.index.outs if Path(out.fs_path).is_dir()}
+    folders = {Path(out.fs_path).parent for out in repo.index.outs}  # a folder output lies under its parent
     dropped = 0
-    for folder in folders:
+    for folder in folders - {f for f in folders if any(p in folders for p in f.parents)}:  # each tree once
         for path in (folder.rglob(".*.tmp") if folder.is_dir() else ()):
             if pattern.fullmatch(path.name) and path.is_file():
                 path.unlink()
